@@ -1,0 +1,7 @@
+"""`python -m indexer ...` entry point."""
+
+import sys
+
+from indexer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""Read a catalog (CSV, JSON Lines or a folder of images) into a list of items."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
+
+
+class CatalogError(ValueError):
+    """The catalog itself is unusable (bad format, missing column, duplicate ids)."""
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One catalog entry: a unique id, an absolute image path and free-form metadata."""
+
+    id: str
+    image: str
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Catalog:
+    """The items of a catalog, in file order, and a fingerprint of the catalog itself."""
+
+    path: str
+    items: list[CatalogItem]
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def shard(self, index: int, count: int) -> Catalog:
+        """The `index`-th (0-based) of `count` contiguous slices, in catalog order."""
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"bad shard {index}/{count}: need 0 <= I < N")
+        n = len(self.items)
+        lo, hi = index * n // count, (index + 1) * n // count
+        return Catalog(self.path, self.items[lo:hi], self.sha256)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse 'I/N' (0-based I) into (I, N)."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def load_catalog(path: str | os.PathLike) -> Catalog:
+    """Load a catalog file or folder; raises CatalogError on duplicate ids or bad format."""
+    p = Path(path)
+    if p.is_dir():
+        items, digest = _read_folder(p)
+    elif not p.exists():
+        raise CatalogError(f"catalog not found: {p}")
+    else:
+        raw = p.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        text = raw.decode("utf-8-sig")
+        if p.suffix.lower() in JSONL_SUFFIXES:
+            items = _read_jsonl(text, p.parent)
+        else:
+            items = _read_csv(text, p.parent)
+    _check_duplicates(items)
+    return Catalog(str(p.resolve()), items, digest)
+
+
+def _resolve_image(image: str, base: Path) -> str:
+    img = Path(os.path.expanduser(image))
+    return os.path.abspath(img if img.is_absolute() else base / img)
+
+
+def _make_item(record: dict, base: Path, where: str) -> CatalogItem:
+    item_id = record.get("id")
+    image = record.get("image")
+    if item_id is None or str(item_id).strip() == "":
+        raise CatalogError(f"{where}: empty or missing 'id'")
+    if image is None or str(image).strip() == "":
+        raise CatalogError(f"{where}: empty or missing 'image' (id {item_id!r})")
+    meta = {k: v for k, v in record.items() if k not in ("id", "image")}
+    return CatalogItem(str(item_id), _resolve_image(str(image), base), meta)
+
+
+def _read_csv(text: str, base: Path) -> list[CatalogItem]:
+    reader = csv.DictReader(text.splitlines())
+    cols = reader.fieldnames or []
+    missing = [c for c in ("id", "image") if c not in cols]
+    if missing:
+        raise CatalogError(f"catalog CSV lacks column(s) {missing}; has {cols}")
+    items = []
+    for line_no, row in enumerate(reader, start=2):
+        if None in row:
+            raise CatalogError(f"line {line_no}: more fields than columns")
+        items.append(_make_item(dict(row), base, f"line {line_no}"))
+    return items
+
+
+def _read_jsonl(text: str, base: Path) -> list[CatalogItem]:
+    items = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CatalogError(f"line {line_no}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise CatalogError(f"line {line_no}: expected a JSON object")
+        items.append(_make_item(record, base, f"line {line_no}"))
+    return items
+
+
+def _read_folder(root: Path) -> tuple[list[CatalogItem], str]:
+    """Every image file under `root` (by suffix); id = path relative to root, '/'-separated."""
+    h = hashlib.sha256()
+    items = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            st = full.stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            items.append(CatalogItem(rel, os.path.abspath(full), {}))
+    return items, h.hexdigest()
+
+
+def _check_duplicates(items: list[CatalogItem]) -> None:
+    counts = Counter(it.id for it in items)
+    dups = [i for i, c in counts.items() if c > 1]
+    if dups:
+        shown = ", ".join(repr(d) for d in dups[:5])
+        more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
+        raise CatalogError(f"duplicate ids in catalog: {shown}{more}")

@@ -1,0 +1,226 @@
+"""Embed catalog images for every attribute: parallel decoding, batched shared-trunk passes.
+
+Worker processes read each file once, hash its bytes (the content sha256 that drives resume
+and `--update`), decode it safely and run the embedder's preprocessing. The main process
+runs `Embedder.embed_all_prepared` (each global trunk once for all attributes) on the
+batches and commits embeddings to a :class:`ShardStore` every `shard_size` images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from indexer.catalog import CatalogItem
+from indexer.shards import ShardStore
+from model.errors import ImageError
+from model.imageio import DEFAULT_MAX_PIXELS, open_image
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k shards
+
+
+class Reject(NamedTuple):
+    """A skipped catalog item and why."""
+
+    path: str
+    id: str
+    reason: str
+    detail: str = ""
+
+
+class _Loaded(NamedTuple):
+    pos: int
+    sha: str | None
+    status: str        # "new" | "unchanged" | "cached" | "rejected"
+    payload: Any       # PreparedImage for "new", (reason, detail) for "rejected"
+
+
+@dataclass
+class EmbedLimits:
+    """Per-file safety limits."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+@dataclass
+class EmbedOutcome:
+    """Per-item result of an embedding run, in catalog order."""
+
+    shas: list[str | None]
+    status: list[str]
+    rejects: list[Reject] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        """How many items ended with `status`."""
+        return sum(1 for s in self.status if s == status)
+
+
+class _ImageDataset(Dataset):
+    """Reads, hashes, decodes and preprocesses one catalog image per index (in a worker)."""
+
+    def __init__(self, items: list[CatalogItem], preprocess: Callable, limits: EmbedLimits,
+                 previous: Mapping[str, str], cached: Mapping[str, Any]) -> None:
+        self.items = [(it.id, it.image) for it in items]
+        self.preprocess = preprocess
+        self.limits = limits
+        self.previous = previous
+        self.cached = cached
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, path: str) -> bytes:
+        st = os.stat(path)
+        if st.st_size > self.limits.max_bytes:
+            raise ImageError("too_large", f"{st.st_size} bytes exceeds {self.limits.max_bytes}")
+        with open(path, "rb") as f:
+            return f.read()
+
+    def __getitem__(self, pos: int) -> _Loaded:
+        item_id, path = self.items[pos]
+        sha = None
+        try:
+            data = self._read(path)
+            sha = hashlib.sha256(data).hexdigest()
+            if self.previous.get(item_id) == sha:
+                return _Loaded(pos, sha, "unchanged", None)
+            if sha in self.cached:
+                return _Loaded(pos, sha, "cached", None)
+            img = open_image(data, max_pixels=self.limits.max_pixels)
+            return _Loaded(pos, sha, "new", self.preprocess(img))
+        except ImageError as exc:
+            return _Loaded(pos, sha, "rejected", (exc.reason, str(exc)))
+        except FileNotFoundError:
+            return _Loaded(pos, sha, "rejected", ("missing", "no such file"))
+        except OSError as exc:
+            return _Loaded(pos, sha, "rejected", ("unreadable", f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the job
+            return _Loaded(pos, sha, "rejected", ("decode_error", f"{type(exc).__name__}: {exc}"))
+
+
+def _collate(batch: list[_Loaded]) -> list[_Loaded]:
+    return batch
+
+
+def default_workers() -> int:
+    """Decode workers: one per spare core, at least one, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _embed_batch(emb, prepared: list, items: list[CatalogItem]) -> tuple[list[int], np.ndarray,
+                                                                        list[tuple[int, str]]]:
+    """Embed a batch; on failure isolate the bad images one by one.
+
+    Returns (indices that succeeded, their vectors [n, A, D], [(index, error)]).
+    """
+    try:
+        return list(range(len(prepared))), emb.embed_all_prepared(prepared), []
+    except Exception:  # noqa: BLE001 - fall back to find the culprit
+        ok, vecs, bad = [], [], []
+        for i, p in enumerate(prepared):
+            try:
+                vecs.append(emb.embed_all_prepared([p])[0])
+                ok.append(i)
+            except Exception as exc:  # noqa: BLE001
+                bad.append((i, f"{type(exc).__name__}: {exc}"))
+        arr = np.stack(vecs) if vecs else np.zeros((0, len(emb.attribute_names), emb.dim),
+                                                    dtype=np.float32)
+        return ok, arr, bad
+
+
+def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
+                  previous: Mapping[str, str] | None = None, batch_size: int = 32,
+                  workers: int | None = None, shard_size: int = 1024,
+                  limits: EmbedLimits | None = None, progress: bool = True) -> EmbedOutcome:
+    """Embed every item not already known, committing shards as it goes.
+
+    previous: id -> sha256 of items already in the index being updated ("unchanged" when the
+    content hash matches). Images whose sha256 is already in `store` are not re-embedded.
+    """
+    limits = limits or EmbedLimits()
+    workers = default_workers() if workers is None else workers
+    previous = previous or {}
+    dataset = _ImageDataset(items, emb.preprocess, limits, previous, store.locations)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, prefetch_factor=4 if workers > 0 else None,
+        pin_memory=emb.device.type == "cuda",
+    )
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    out = EmbedOutcome(shas=[None] * len(items), status=["pending"] * len(items))
+    buf_shas: list[str] = []
+    buf_vecs: list[np.ndarray] = []
+    buffered: set[str] = set()
+
+    def flush() -> None:
+        if buf_shas:
+            store.write(buf_shas, np.concatenate(buf_vecs))
+            buf_shas.clear()
+            buf_vecs.clear()
+            buffered.clear()
+            if crash_after and store.shard_count >= crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def reject(pos: int, reason: str, detail: str) -> None:
+        out.status[pos] = "rejected"
+        out.shas[pos] = None
+        it = items[pos]
+        out.rejects.append(Reject(it.image, it.id, reason, detail))
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1,
+               desc="embedding", dynamic_ncols=True)
+    try:
+        for batch in loader:
+            todo: list[_Loaded] = []
+            for rec in batch:
+                out.shas[rec.pos] = rec.sha
+                if rec.status == "rejected":
+                    reject(rec.pos, *rec.payload)
+                elif rec.status == "new" and (rec.sha in store or rec.sha in buffered):
+                    out.status[rec.pos] = "cached"
+                elif rec.status == "new":
+                    todo.append(rec)
+                else:
+                    out.status[rec.pos] = rec.status
+            if todo:
+                ok, vecs, bad = _embed_batch(emb, [r.payload for r in todo],
+                                             [items[r.pos] for r in todo])
+                for i, err in bad:
+                    reject(todo[i].pos, "embed_error", err)
+                for j, i in enumerate(ok):
+                    rec = todo[i]
+                    out.status[rec.pos] = "computed"
+                    if rec.sha in buffered:
+                        continue
+                    buffered.add(rec.sha)
+                    buf_shas.append(rec.sha)
+                    buf_vecs.append(vecs[j:j + 1])
+            if len(buf_shas) >= shard_size:
+                flush()
+            bar.update(len(batch))
+            bar.set_postfix(rejected=len(out.rejects), refresh=False)
+        flush()
+    finally:
+        bar.close()
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch intra-op threads for the main process (None: leave torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,56 @@
+"""Attribute-aware spatial (ASA) and channel (ACA) attention, plus the attribute table.
+
+Module and parameter names follow the published release, so its state dicts load by key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttributeTable(nn.Module):
+    """The attribute embedding table shared by both branches."""
+
+    def __init__(self, n_attrs: int, dim: int):
+        super().__init__()
+        self.attr_embedding = nn.Embedding(n_attrs, dim)
+
+    def forward(self, attr: torch.Tensor) -> torch.Tensor:
+        return self.attr_embedding(attr)
+
+
+class AttributeAttention(nn.Module):
+    """ASA then ACA then a final linear layer: features [B,C,H,W] -> embedding [B,out]."""
+
+    def __init__(self, in_channels: int, attr_dim: int, common_dim: int, reduction: int,
+                 out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, common_dim, kernel_size=1)
+        self.attr_transform1 = nn.Linear(attr_dim, common_dim)
+        self.attr_transform2 = nn.Linear(attr_dim, attr_dim)
+        self.fc1 = nn.Linear(in_channels + attr_dim, in_channels // reduction)
+        self.fc2 = nn.Linear(in_channels // reduction, in_channels)
+        self.feature_fc = nn.Linear(in_channels, out_dim)
+
+    def spatial_attention(self, feat: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
+        """Softmax attention over locations: [B,H,W], each map sums to 1."""
+        b, _, h, w = feat.shape
+        img = torch.tanh(self.conv(feat)).flatten(2)               # B, common, HW
+        key = torch.tanh(self.attr_transform1(attr))               # B, common
+        scores = torch.einsum("bc,bcn->bn", key, img) / math.sqrt(img.shape[1])
+        return F.softmax(scores.float(), dim=1).to(feat.dtype).view(b, h, w)
+
+    def channel_attention(self, pooled: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.attr_transform2(attr))
+        m = F.relu(self.fc1(torch.cat([pooled, a], dim=1)))
+        return torch.sigmoid(self.fc2(m))
+
+    def forward(self, feat: torch.Tensor, attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attn = self.spatial_attention(feat, attr)
+        pooled = torch.einsum("bcn,bn->bc", feat.flatten(2), attn.flatten(1))
+        pooled = pooled * self.channel_attention(pooled, attr)
+        return self.feature_fc(pooled), attn

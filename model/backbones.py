@@ -1,0 +1,113 @@
+"""Backbone trunks: the CNN part of each branch, cut before global pooling.
+
+ResNet trunks keep torchvision's own module names (conv1, bn1, layer1..layer3) so that
+published checkpoints and torchvision weight files load by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+from .errors import CheckpointError
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet up to and including layer3 (stride 16)."""
+
+    def __init__(self, arch: str):
+        super().__init__()
+        full = getattr(models, arch)(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = full.conv1, full.bn1, full.relu, full.maxpool
+        self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+class MobileNetV2Trunk(nn.Module):
+    """torchvision MobileNetV2 features up to the last stride-16 block (96 channels)."""
+
+    N_BLOCKS = 14
+
+    def __init__(self):
+        super().__init__()
+        self.features = models.mobilenet_v2(weights=None).features[: self.N_BLOCKS]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class TinyTrunk(nn.Module):
+    """Three strided convolutions (stride 8): a fast stand-in for tests."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.features = nn.Sequential(block(3, width // 2), block(width // 2, width),
+                                      block(width, width * 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    factory: Callable[[], nn.Module]
+    out_channels: int
+    stride: int
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(lambda: ResNetTrunk("resnet50"), 1024, 16),
+    "resnet34": BackboneSpec(lambda: ResNetTrunk("resnet34"), 256, 16),
+    "resnet18": BackboneSpec(lambda: ResNetTrunk("resnet18"), 256, 16),
+    "mobilenet_v2": BackboneSpec(MobileNetV2Trunk, 96, 16),
+    "tiny": BackboneSpec(TinyTrunk, 64, 8),
+}
+
+
+def build_backbone(name: str) -> nn.Module:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return BACKBONES[name].factory()
+
+
+def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
+    """Load ImageNet weights saved in torchvision's format from a local file.
+
+    Keys the trunk does not have (layer4, fc, classifier, later feature blocks) are ignored;
+    every key the trunk has must be present with the right shape.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such backbone weights file") from exc
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"{path}: not a readable torch weights file ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: backbone weights lack {len(missing)} keys, e.g. {missing[0]!r}")
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: shape mismatch for {key!r}: file {tuple(state[key].shape)}, "
+                f"model {tuple(value.shape)}"
+            )
+    trunk.load_state_dict({k: state[k] for k in own}, strict=True)

@@ -1,0 +1,169 @@
+"""Inference: PIL images + attributes in, unit-norm float32 embeddings out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .attributes import AttributeSpec, AttributesLike
+from .checkpoint import file_sha256, load_network
+from .errors import UnknownAttributeError
+from .network import ASENPlusPlus
+from .preprocess import PreparedImage, Preprocessor
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Explanation:
+    attention: np.ndarray                     # [h, w] float32, sums to 1
+    box: tuple[int, int, int, int] | None     # RoI on the original image (x0, y0, x1, y1)
+    embedding: np.ndarray                     # [dim]
+    image_size: tuple[int, int]               # original (width, height)
+    input_box: tuple[float, float, float, float] | None = None  # RoI in model-input pixels
+    crop_box: tuple[float, float, float, float] | None = None   # input region on the original
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Embedder:
+    """Wraps a network for inference: batching, device, precision, channels-last."""
+
+    def __init__(self, net: ASENPlusPlus, device: str | torch.device | None = None,
+                 precision: str = "fp32", batch_size: int = 32, checkpoint: str | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        self.device = pick_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 is only offered on CUDA; use bf16 on the CPU")
+        self.precision = precision
+        self.batch_size = batch_size
+        self.checkpoint = checkpoint
+        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.preprocess = Preprocessor(net.config.global_branch.input_size)
+        self._index = {a.name: i for i, a in enumerate(net.attributes)}
+
+    # -- metadata --------------------------------------------------------------------------
+    @property
+    def attributes(self) -> list[AttributeSpec]:
+        return list(self.net.attributes)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [a.name for a in self.net.attributes]
+
+    @property
+    def dim(self) -> int:
+        return self.net.embedding_dim
+
+    @property
+    def config(self):
+        return self.net.config
+
+    def attribute_index(self, attribute: str | int) -> int:
+        if isinstance(attribute, (int, np.integer)) and not isinstance(attribute, bool):
+            if 0 <= int(attribute) < len(self._index):
+                return int(attribute)
+        elif isinstance(attribute, str) and attribute in self._index:
+            return self._index[attribute]
+        raise UnknownAttributeError(attribute, self.attribute_names)
+
+    # -- core ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def prepare(self, images: Sequence[Image.Image]) -> list[PreparedImage]:
+        return [self.preprocess(img) for img in images]
+
+    def _pixels(self, prepared: Sequence[PreparedImage]) -> torch.Tensor:
+        x = torch.stack([p.pixels for p in prepared]).to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward_prepared(self, prepared: Sequence[PreparedImage], attr: Sequence[int],
+                         image_index: Sequence[int] | None = None):
+        """One network pass; row i is image ``image_index[i]`` for attribute ``attr[i]``."""
+        attr_t = torch.as_tensor(list(attr), dtype=torch.long, device=self.device)
+        idx_t = None if image_index is None else torch.as_tensor(
+            list(image_index), dtype=torch.long, device=self.device)
+        with self._autocast():
+            return self.net(self._pixels(prepared), attr_t, prepared, idx_t)
+
+    def embed_prepared(self, prepared: Sequence[PreparedImage],
+                       attributes: Sequence[str | int]) -> np.ndarray:
+        """Per-row attributes; the trunk runs once per row (the published evaluation's way)."""
+        if len(prepared) != len(attributes):
+            raise ValueError(f"{len(prepared)} images but {len(attributes)} attributes")
+        attr = [self.attribute_index(a) for a in attributes]
+        out = np.empty((len(prepared), self.dim), dtype=np.float32)
+        for s in range(0, len(prepared), self.batch_size):
+            res = self.forward_prepared(prepared[s:s + self.batch_size], attr[s:s + self.batch_size])
+            out[s:s + self.batch_size] = res.embedding.float().cpu().numpy()
+        return out
+
+    def embed_all_prepared(self, prepared: Sequence[PreparedImage],
+                           attributes: Sequence[str | int] | None = None) -> np.ndarray:
+        """Every image for every attribute, [N, A, dim]; each trunk runs once per image."""
+        attr = [self.attribute_index(a) for a in (attributes if attributes is not None
+                                                  else range(len(self._index)))]
+        n_attr = len(attr)
+        out = np.empty((len(prepared), n_attr, self.dim), dtype=np.float32)
+        step = max(1, self.batch_size // max(1, n_attr) * 2)
+        for s in range(0, len(prepared), step):
+            chunk = prepared[s:s + step]
+            rows_img = [i for i in range(len(chunk)) for _ in attr]
+            rows_attr = attr * len(chunk)
+            res = self.forward_prepared(chunk, rows_attr, rows_img)
+            out[s:s + len(chunk)] = res.embedding.float().cpu().numpy().reshape(
+                len(chunk), n_attr, self.dim)
+        return out
+
+    # -- public API (SPEC section 7) -------------------------------------------------------
+    def embed(self, images: Sequence[Image.Image], attributes: Sequence[str | int]) -> np.ndarray:
+        """[N, dim] float32 unit-norm rows: image i embedded for attribute i."""
+        if len(images) != len(attributes):
+            raise ValueError(f"{len(images)} images but {len(attributes)} attributes")
+        for a in attributes:
+            self.attribute_index(a)
+        return self.embed_prepared(self.prepare(images), attributes)
+
+    def embed_all(self, images: Sequence[Image.Image],
+                  attributes: Sequence[str | int] | None = None) -> np.ndarray:
+        """[N, A, dim]: every image for every (given) attribute, sharing each trunk pass."""
+        return self.embed_all_prepared(self.prepare(images), attributes)
+
+    def explain(self, image: Image.Image, attribute: str | int) -> Explanation:
+        """Attention map and the RoI box the local branch used, for one image."""
+        prep = self.preprocess(image)
+        res = self.forward_prepared([prep], [self.attribute_index(attribute)])
+        attn = res.attention[0].float().cpu().numpy().astype(np.float32)
+        box = input_box = None
+        if res.boxes is not None:
+            input_box = tuple(float(v) for v in res.boxes[0].tolist())
+            x0, y0, x1, y1 = prep.geometry.to_original(input_box)
+            box = (int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1)))
+        return Explanation(attn, box, res.embedding[0].float().cpu().numpy(),
+                           (image.width, image.height), input_box, prep.geometry.crop_box())
+
+
+def load_model(path: str | Path, attributes: AttributesLike | None = None,
+               device: str | torch.device | None = None, precision: str = "fp32",
+               batch_size: int = 32) -> Embedder:
+    """Load a project or published checkpoint into a ready :class:`Embedder`."""
+    net = load_network(path, attributes)
+    emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
+                   checkpoint=str(path))
+    emb.checkpoint_sha256 = file_sha256(path)
+    return emb

@@ -1,0 +1,63 @@
+"""Image preprocessing: the global input tensor and the source image for the zoom-in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .roi import CropGeometry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PreparedImage:
+    """One image ready for the network.
+
+    ``pixels``: normalised float [3, S, S] global input.
+    ``source``: uint8 [3, h, w], the original image (shrunk only when its short side exceeds
+    ``source_max``), from which the local branch crops its region of interest.
+    ``geometry``: original image -> model input; ``source_scale``: source px per original px.
+    """
+
+    pixels: torch.Tensor
+    source: torch.Tensor
+    geometry: CropGeometry
+    source_scale: float
+
+
+def to_tensor_uint8(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 or 0..255 float [..., 3, H, W] -> ImageNet-normalised float."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1) * 255.0
+    return (x.float() - mean) / std
+
+
+class Preprocessor:
+    """Turns PIL images into :class:`PreparedImage` (picklable: usable in worker processes)."""
+
+    def __init__(self, input_size: int, source_max: int | None = None):
+        self.input_size = input_size
+        self.source_max = source_max if source_max is not None else 4 * input_size
+
+    def __call__(self, img: Image.Image) -> PreparedImage:
+        img = img.convert("RGB")
+        geom = CropGeometry(img.width, img.height, self.input_size)
+        crop = geom.crop_box()
+        glob = img.resize((self.input_size, self.input_size), Image.BILINEAR, box=crop)
+        source, scale = img, 1.0
+        short = min(img.width, img.height)
+        if short > self.source_max:
+            scale = self.source_max / short
+            source = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                Image.BILINEAR)
+        return PreparedImage(normalize(to_tensor_uint8(glob)), to_tensor_uint8(source), geom, scale)

@@ -1,0 +1,211 @@
+"""Micro-batching of model forward passes, with a bounded admission queue.
+
+Requests first take a slot (:meth:`MicroBatcher.slot`); when ``queue_max`` slots are taken
+the request is shed with :class:`Overloaded` (503 + Retry-After) before any work is done.
+Embedding jobs go to one worker coroutine that runs forward passes, one at a time, on a
+dedicated inference thread. While the model is busy, new jobs pile up and the next pass takes
+up to ``max_size`` of them at once; when the model is idle a job starts immediately, waiting
+up to ``max_wait_ms`` for company only when other admitted requests are about to submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class Overloaded(Exception):
+    """Every admission slot is taken."""
+
+
+class BatcherClosed(Exception):
+    """The batcher was stopped while a job waited."""
+
+
+@dataclass
+class EmbedResult:
+    """One job's embedding and what it cost."""
+
+    vector: np.ndarray
+    queue_ms: float
+    embed_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    image: Any
+    attribute: str
+    embedder: Any
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Slot:
+    """An admitted request; it may submit jobs once (one or several together)."""
+
+    def __init__(self, batcher: MicroBatcher):
+        self._batcher = batcher
+        self.pending_submit = True
+
+    def submitted(self) -> None:
+        if self.pending_submit:
+            self.pending_submit = False
+            self._batcher._incoming -= 1
+
+
+class MicroBatcher:
+    """Gathers concurrent ``embed`` calls into bounded batches run off the event loop."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        max_size: int = 16,
+        max_wait_ms: float = 5.0,
+        queue_max: int = 64,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ):
+        self.executor = executor
+        self.max_size = max_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue_max = queue_max
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task | None = None
+        self._admitted = 0
+        self._incoming = 0  # admitted, not yet submitted: worth waiting for
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the worker on the running loop."""
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="asen-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker and fail queued jobs."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(BatcherClosed("service is shutting down"))
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not finished."""
+        return self._admitted
+
+    # ------------------------------------------------------------ admission
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Admit one request for the duration of the block, or raise :class:`Overloaded`."""
+        if self._admitted >= self.queue_max:
+            raise Overloaded(f"{self._admitted} queries in flight (limit {self.queue_max})")
+        self._admitted += 1
+        self._incoming += 1
+        self._publish_depth()
+        slot = Slot(self)
+        try:
+            yield slot
+        finally:
+            slot.submitted()
+            self._admitted -= 1
+            self._publish_depth()
+
+    def _publish_depth(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(self._admitted)
+
+    # ------------------------------------------------------------ jobs
+    async def embed(
+        self, slot: Slot, embedder: Any, items: Sequence[tuple[Any, str]]
+    ) -> list[EmbedResult]:
+        """Embed ``(image, attribute)`` pairs with ``embedder`` in shared forward passes."""
+        if self._queue is None or self._worker is None:
+            raise BatcherClosed("batcher is not running")
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(img, attr, embedder, loop.create_future()) for img, attr in items]
+        for job in jobs:
+            self._queue.put_nowait(job)
+        slot.submitted()
+        try:
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        except BaseException:
+            for job in jobs:
+                job.future.cancel()
+            raise
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run other model work (e.g. explain) on the inference thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _collect(self) -> list[_Job]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait
+        while len(batch) < self.max_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or self._incoming <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return [job for job in batch if not job.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            groups: dict[int, list[_Job]] = {}
+            for job in batch:
+                groups.setdefault(id(job.embedder), []).append(job)
+            for jobs in groups.values():
+                await self._forward(loop, jobs)
+
+    async def _forward(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        embedder = jobs[0].embedder
+        images = [job.image for job in jobs]
+        attrs = [job.attribute for job in jobs]
+        start = time.perf_counter()
+        try:
+            vectors = await loop.run_in_executor(self.executor, embedder.embed, images, attrs)
+        except asyncio.CancelledError:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(BatcherClosed("service is shutting down"))
+            raise
+        except Exception as exc:  # the model failed: every job in the batch gets the error
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        end = time.perf_counter()
+        embed_ms = (end - start) * 1000.0
+        if self._on_batch is not None:
+            self._on_batch(len(jobs), embed_ms)
+        for job, vec in zip(jobs, vectors):
+            if not job.future.done():
+                job.future.set_result(EmbedResult(
+                    vector=np.asarray(vec, dtype=np.float32),
+                    queue_ms=(start - job.enqueued) * 1000.0,
+                    embed_ms=embed_ms,
+                    batch_size=len(jobs),
+                ))

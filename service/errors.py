@@ -1,0 +1,101 @@
+"""One JSON error shape for every failure, and the handlers that produce it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .schemas import ErrorBody, ErrorResponse
+
+log = logging.getLogger("service")
+
+
+class ApiError(Exception):
+    """An error answered to the client as :class:`ErrorResponse` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def unavailable(message: str, retry_after: int, code: str = "unavailable") -> ApiError:
+    """A 503 with Retry-After."""
+    return ApiError(503, code, message, headers={"Retry-After": str(retry_after)})
+
+
+def error_json(
+    request: Request | None, status: int, code: str, message: str, details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Render the shared error body."""
+    request_id = getattr(request.state, "request_id", None) if request is not None else None
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details),
+                         request_id=request_id)
+    hdrs = dict(headers or {})
+    if request_id:
+        hdrs["X-Request-ID"] = request_id
+    return JSONResponse(body.model_dump(), status_code=status, headers=hdrs)
+
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep only JSON-safe parts of pydantic's errors (inputs may be raw bytes)."""
+    out = []
+    for err in errors:
+        out.append({
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        })
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception through :func:`error_json`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_json(request, exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _clean_validation_errors(list(exc.errors()))
+        parts = [f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in details[:5]]
+        message = "invalid request: " + "; ".join(parts) if parts else "invalid request"
+        return error_json(request, 422, "validation_error", message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 400 and "parsing the body" in message:
+            code, exc.status_code = "malformed_body", 400
+        return error_json(request, exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_json(request, 500, "internal_error", "internal server error")

@@ -1,0 +1,81 @@
+"""Prometheus metrics of one app instance (own registry, so several apps can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Requests, per-stage latency, batch sizes, queue depth, index sizes and rejects."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "asen_http_requests_total", "HTTP requests by route template and status.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "asen_http_request_duration_seconds", "Request latency by route template.",
+            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.stage_latency = Histogram(
+            "asen_stage_duration_seconds",
+            "Latency of each query stage (decode, queue, embed, search, explain).",
+            ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "asen_batch_size", "Images per model forward pass.", buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "asen_queue_depth", "Queries admitted and not finished (waiting or running).",
+            registry=r,
+        )
+        self.index_items = Gauge(
+            "asen_index_items", "Items in each attribute's index.", ["attribute"], registry=r,
+        )
+        self.rejects = Counter(
+            "asen_rejected_requests_total", "Requests answered with an error, by error code.",
+            ["code"], registry=r,
+        )
+        self.reloads = Counter(
+            "asen_index_reloads_total", "Index (re)load attempts by outcome.", ["result"],
+            registry=r,
+        )
+        self.ready = Gauge("asen_ready", "1 when a model and an index are loaded.", registry=r)
+        self.index_info = Gauge(
+            "asen_index_info", "Currently served index and model versions (value 1).",
+            ["index_version", "model_version"], registry=r,
+        )
+
+    def observe_stage(self, stage: str, ms: float | None) -> None:
+        """Record a stage duration given in milliseconds."""
+        if ms is not None:
+            self.stage_latency.labels(stage).observe(ms / 1000.0)
+
+    def set_index(self, sizes: dict[str, int], index_version: str, model_version: str) -> None:
+        """Publish the sizes and versions of a newly served index."""
+        self.index_items.clear()
+        for name, n in sizes.items():
+            self.index_items.labels(name).set(n)
+        self.index_info.clear()
+        self.index_info.labels(index_version, model_version).set(1)
+        self.ready.set(1)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

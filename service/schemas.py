@@ -1,0 +1,251 @@
+"""Pydantic schemas of every request and response of the API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from .settings import K_CEILING
+
+_K_DOC = "Number of results, 1..ASEN_MAX_K (default 100)."
+_FILTERS_DOC = (
+    'Metadata filters as a JSON object of exact matches, e.g. {"category": "top"}; '
+    "an item is kept when every listed metadata field equals the given value."
+)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable machine code, a human message and optional details."""
+
+    code: str = Field(examples=["unknown_attribute"])
+    message: str = Field(examples=["unknown attribute 'colr'; valid attributes: collar, sleeve"])
+    details: Any = Field(None, description="Machine-readable context, e.g. the valid values.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx response."""
+
+    error: ErrorBody
+    request_id: str | None = Field(None, description="Also sent as the X-Request-ID header.")
+
+
+# ---------------------------------------------------------------- shared parts
+
+
+class ModelInfo(BaseModel):
+    """The embedder that produced the query embeddings."""
+
+    version: str = Field(description="Short id of the checkpoint (sha256 prefix or file name).")
+    checkpoint: str = Field(description="Checkpoint file name.")
+    config: str | None = Field(None, description="Architecture configuration name.")
+    dim: int = Field(description="Embedding size.")
+    precision: str
+    device: str
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage of this request."""
+
+    decode_ms: float | None = Field(None, description="Reading and decoding the upload.")
+    queue_ms: float | None = Field(None, description="Waiting for a micro-batch and the model.")
+    embed_ms: float | None = Field(None, description="The model forward pass (whole batch).")
+    search_ms: float | None = Field(None, description="Nearest-neighbour search and lookup.")
+    total_ms: float = Field(description="Whole request inside the service.")
+    batch_size: int | None = Field(None, description="Images in the forward pass this query rode.")
+
+
+class Box(BaseModel):
+    """A rectangle in original image pixels: x0 <= x < x1, y0 <= y < y1."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+class ResultItem(BaseModel):
+    """One catalog item in a ranking."""
+
+    rank: int = Field(ge=1)
+    id: str
+    score: float = Field(description="Similarity (inner product of unit vectors, -1..1).")
+    scores: dict[str, float] | None = Field(
+        None, description="Per-attribute similarities (multi-attribute search only)."
+    )
+    metadata: dict[str, Any]
+    image_url: str
+
+
+class QueryInfo(BaseModel):
+    """The query as the service understood it."""
+
+    source: Literal["upload", "item"]
+    item_id: str | None = None
+    attribute: str | None = None
+    weights: dict[str, float] | None = Field(None, description="Normalised to sum to 1.")
+    k: int
+    filters: dict[str, str] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    """A ranked list of catalog items and how it was computed."""
+
+    query: QueryInfo
+    results: list[ResultItem]
+    timings: Timings
+    model: ModelInfo
+    index_version: str
+
+
+# ---------------------------------------------------------------- requests
+
+
+class ImageSearchForm(BaseModel):
+    """Multipart form of POST /v1/search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
+    attribute: str = Field(description="Attribute to compare on (GET /v1/attributes).")
+    k: int = Field(10, ge=1, le=K_CEILING, description=_K_DOC)
+    filters: str | None = Field(None, description=_FILTERS_DOC, examples=['{"category": "top"}'])
+
+
+class MultiSearchForm(BaseModel):
+    """Multipart form of POST /v1/search/multi."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
+    weights: str = Field(
+        description="JSON object attribute -> non-negative weight, e.g. "
+        '{"collar_design": 0.7, "sleeve_length": 0.3}; normalised to sum to 1.',
+        examples=['{"collar_design": 0.7, "sleeve_length": 0.3}'],
+    )
+    k: int = Field(10, ge=1, le=K_CEILING, description=_K_DOC)
+    filters: str | None = Field(None, description=_FILTERS_DOC)
+
+
+class ItemSearchRequest(BaseModel):
+    """Body of POST /v1/search/by-item: search with an indexed item's stored embedding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str = Field(min_length=1, max_length=512)
+    attribute: str | None = Field(None, description="One attribute (or give weights).")
+    weights: dict[str, float] | None = Field(
+        None, description="Several attributes with weights (instead of attribute)."
+    )
+    k: int = Field(10, ge=1, le=K_CEILING, description=_K_DOC)
+    filters: dict[str, str] | None = Field(None, description="Exact metadata matches.")
+    include_self: bool = Field(False, description="Keep the query item in the results.")
+
+
+class ExplainForm(BaseModel):
+    """Multipart form of POST /v1/explain: an upload or an indexed item, and an attribute."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile | None = Field(None, description="Image to explain (or give item_id).")
+    item_id: str | None = Field(None, max_length=512, description="Indexed item to explain.")
+    attribute: str
+
+
+# ---------------------------------------------------------------- explain
+
+
+class ExplainResponse(BaseModel):
+    """Where the model looks for an attribute."""
+
+    attribute: str
+    image_size: tuple[int, int] = Field(description="(width, height) of the image.")
+    attention: list[list[float]] = Field(description="Attention map rows (sums to 1).")
+    attention_region: Box = Field(
+        description="Part of the image the attention map covers (the model's centre crop)."
+    )
+    box: Box | None = Field(None, description="RoI the local branch zoomed into (None: global).")
+    overlay_png: str = Field(description="Heat-map overlay with the box, base64-encoded PNG.")
+    timings: Timings
+    model: ModelInfo
+    index_version: str | None = None
+
+
+# ---------------------------------------------------------------- catalog
+
+
+class AttributeInfo(BaseModel):
+    """One attribute the service can search on."""
+
+    name: str
+    n_values: int | None = None
+    index_size: int = Field(description="Items in this attribute's index.")
+    index_type: str | None = None
+
+
+class AttributesResponse(BaseModel):
+    attributes: list[AttributeInfo]
+    index_version: str
+    model: ModelInfo
+
+
+class ItemResponse(BaseModel):
+    """A catalog item."""
+
+    id: str
+    metadata: dict[str, Any]
+    image_url: str
+
+
+class ItemsPage(BaseModel):
+    """A page of catalog items in index order."""
+
+    items: list[ItemResponse]
+    total: int
+    offset: int
+    limit: int
+    index_version: str
+
+
+# ---------------------------------------------------------------- health and admin
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    index_version: str
+    model_version: str
+    items: int
+    attributes: list[str]
+
+
+class ReloadResponse(BaseModel):
+    """Outcome of an index reload."""
+
+    reloaded: bool = Field(description="Whether a new index is now being served.")
+    index_version: str | None
+    previous_version: str | None
+    message: str
+
+
+class AdminStatus(BaseModel):
+    """Runtime state for operators."""
+
+    ready: bool
+    index_dir: str
+    index_version: str | None
+    model: ModelInfo | None
+    loaded_at: str | None
+    last_error: str | None
+    queue_depth: int
+    batching: bool
+    batch_max_size: int
+    batch_max_wait_ms: float
+    queue_max: int
