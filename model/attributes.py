@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ BUILTIN_ATTRIBUTES: dict[str, tuple[AttributeSpec, ...]] = {
     ]),
 }
 
-AttributesLike = Union[str, Sequence[Union[str, AttributeSpec, tuple, dict]]]
+AttributesLike = str | Sequence[str | AttributeSpec | tuple | dict]
 
 
 def resolve_attributes(spec: AttributesLike) -> list[AttributeSpec]:

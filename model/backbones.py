@@ -23,7 +23,8 @@ class ResNetTrunk(nn.Module):
     def __init__(self, arch: str):
         super().__init__()
         full = getattr(models, arch)(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = full.conv1, full.bn1, full.relu, full.maxpool
+        self.conv1, self.bn1 = full.conv1, full.bn1
+        self.relu, self.maxpool = full.relu, full.maxpool
         self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,21 @@ class TinyTrunk(nn.Module):
         return self.features(x)
 
 
+class SmallTrunk(nn.Module):
+    """Three strided convolutions (stride 8, 128 channels): trains from scratch on a CPU."""
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout, stride in ((3, 32, 2), (32, 64, 2), (64, 128, 2)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     factory: Callable[[], nn.Module]
@@ -76,6 +92,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet34": BackboneSpec(lambda: ResNetTrunk("resnet34"), 256, 16),
     "resnet18": BackboneSpec(lambda: ResNetTrunk("resnet18"), 256, 16),
     "mobilenet_v2": BackboneSpec(MobileNetV2Trunk, 96, 16),
+    "small": BackboneSpec(SmallTrunk, 128, 8),
     "tiny": BackboneSpec(TinyTrunk, 64, 8),
 }
 
@@ -103,7 +120,8 @@ def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
     own = trunk.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: backbone weights lack {len(missing)} keys, e.g. {missing[0]!r}")
+        raise CheckpointError(
+            f"{path}: backbone weights lack {len(missing)} keys, e.g. {missing[0]!r}")
     for key, value in own.items():
         if state[key].shape != value.shape:
             raise CheckpointError(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .attributes import AttributeSpec, AttributesLike, resolve_attributes
+from .attributes import AttributesLike, AttributeSpec, resolve_attributes
 from .backbones import load_backbone_weights
 from .config import CONFIGS, ModelConfig, get_config
 from .errors import CheckpointError
@@ -23,7 +23,8 @@ PUBLISHED_PREFIX = "choices."
 
 
 def build_model(config: str | ModelConfig | dict, attributes: AttributesLike,
-                backbone_weights: str | Path | dict[str, str | Path] | None = None) -> ASENPlusPlus:
+                backbone_weights: str | Path | dict[str, str | Path] | None = None,
+                ) -> ASENPlusPlus:
     """Build a freshly initialised model.
 
     ``backbone_weights``: a torchvision-format ImageNet weights file for both branches, or
@@ -38,7 +39,8 @@ def build_model(config: str | ModelConfig | dict, attributes: AttributesLike,
     return net
 
 
-def save_checkpoint(net: ASENPlusPlus, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+def save_checkpoint(net: ASENPlusPlus, path: str | Path,
+                    extra: Mapping[str, Any] | None = None) -> None:
     """Write a self-describing checkpoint atomically (temporary file + rename)."""
     payload = {
         "format": FORMAT,
@@ -73,7 +75,8 @@ def read_checkpoint_file(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch "
                               f"file): {exc.__class__.__name__}: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: not a checkpoint: expected a dict, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise CheckpointError(f"{path}: not a checkpoint: expected a dict, got {kind}")
     return data
 
 

@@ -24,6 +24,7 @@ class ModelConfig:
     attr_dim: int = 512
     beta: float = 0.6        # weight of the global part in the fused similarity
     threshold: float = 0.1   # binarisation threshold of the attention map for the RoI
+    attribute_agnostic: bool = False  # baseline: one embedding for every attribute
 
     @property
     def embedding_dim(self) -> int:
@@ -59,6 +60,13 @@ CONFIGS: dict[str, ModelConfig] = {
         global_branch=BranchConfig("mobilenet_v2", 224, 256, out_dim=512),
         local_branch=BranchConfig("mobilenet_v2", 112, 128, out_dim=512),
         attr_dim=128,
+    ),
+    # Small: trained from scratch on the synthetic data in minutes on a CPU (the demo model).
+    "small": ModelConfig(
+        name="small",
+        global_branch=BranchConfig("small", 128, 128, out_dim=256),
+        local_branch=BranchConfig("small", 64, 128, out_dim=256),
+        attr_dim=64,
     ),
     # Tiny: a few convolutions, for tests.
     "tiny": ModelConfig(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attributes import AttributeSpec, AttributesLike
+from .attributes import AttributesLike, AttributeSpec
 from .checkpoint import file_sha256, load_network
 from .errors import UnknownAttributeError
 from .network import ASENPlusPlus
@@ -109,8 +109,9 @@ class Embedder:
         attr = [self.attribute_index(a) for a in attributes]
         out = np.empty((len(prepared), self.dim), dtype=np.float32)
         for s in range(0, len(prepared), self.batch_size):
-            res = self.forward_prepared(prepared[s:s + self.batch_size], attr[s:s + self.batch_size])
-            out[s:s + self.batch_size] = res.embedding.float().cpu().numpy()
+            end = s + self.batch_size
+            res = self.forward_prepared(prepared[s:end], attr[s:end])
+            out[s:end] = res.embedding.float().cpu().numpy()
         return out
 
     def embed_all_prepared(self, prepared: Sequence[PreparedImage],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -13,7 +13,7 @@ from .errors import ImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; larger is treated as a decompression bomb
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
+ImageSource = str | os.PathLike | bytes | BinaryIO
 
 
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -48,7 +48,8 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         try:
             img.load()
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError("truncated", f"image data is truncated or corrupt ({exc})", name) from exc
+            raise ImageError("truncated", f"image data is truncated or corrupt ({exc})",
+                             name) from exc
         img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
     finally:

@@ -24,6 +24,7 @@ import numpy as np
 __all__ = [
     "MapResult",
     "average_precisions",
+    "scores_average_precisions",
     "mean_average_precision",
     "attention_peak",
     "crop_point_to_original",
@@ -100,6 +101,23 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
     return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
+def scores_average_precisions(scores: np.ndarray, query_values: np.ndarray,
+                              cand_values: np.ndarray) -> np.ndarray:
+    """AP of each query (row of ``scores`` [Q, C]) ranking the candidates by descending score.
+
+    A candidate is relevant when its value equals the query's; ties keep candidate order.
+    """
+    scores = np.asarray(scores)
+    q_val, c_val = np.asarray(query_values), np.asarray(cand_values)
+    if scores.ndim != 2 or scores.shape != (q_val.shape[0], c_val.shape[0]):
+        raise ValueError(f"scores {scores.shape} do not match {q_val.shape[0]} queries and "
+                         f"{c_val.shape[0]} candidates")
+    if scores.shape[1] == 0:
+        return np.zeros(scores.shape[0], dtype=np.float64)
+    order = _descending_order(scores)
+    return average_precisions(c_val[order] == q_val[:, None])
+
+
 def _ranked_ap(q_emb: np.ndarray, q_val: np.ndarray, c_emb: np.ndarray, c_val: np.ndarray,
                chunk: int | None) -> np.ndarray:
     """AP of every query against one attribute's candidates, in query chunks."""
@@ -111,17 +129,14 @@ def _ranked_ap(q_emb: np.ndarray, q_val: np.ndarray, c_emb: np.ndarray, c_val: n
     c_t = c_emb.T
     for start in range(0, n_q, step):
         stop = min(start + step, n_q)
-        scores = q_emb[start:stop] @ c_t
-        order = _descending_order(scores)
-        rel = c_val[order] == q_val[start:stop, None]
-        out[start:stop] = average_precisions(rel)
+        out[start:stop] = scores_average_precisions(q_emb[start:stop] @ c_t,
+                                                    q_val[start:stop], c_val)
     return out
 
 
 def _rows_for(emb: np.ndarray, mask: np.ndarray, a: int) -> np.ndarray:
     """Embeddings of the masked rows for attribute ``a`` ([N, D] or [N, A, D] input)."""
-    sel = emb[mask]
-    return sel[:, a] if emb.ndim == 3 else sel
+    return emb[mask, a] if emb.ndim == 3 else emb[mask]
 
 
 def _check_inputs(name: str, emb: np.ndarray, attr: np.ndarray, val: np.ndarray) -> None:

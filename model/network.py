@@ -69,8 +69,11 @@ class ASENPlusPlus(nn.Module):
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.choices["global"].basenet(pixels)
 
+    def _attr(self, attr: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(attr) if self.config.attribute_agnostic else attr
+
     def global_head(self, feat: torch.Tensor, attr: torch.Tensor):
-        return self.choices["global"].head(feat, attr)
+        return self.choices["global"].head(feat, self._attr(attr))
 
     def local_crops(self, attention: torch.Tensor, images: Sequence[PreparedImage],
                     image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +100,7 @@ class ASENPlusPlus(nn.Module):
         return boxes, normalize(crops)
 
     def local_embed(self, crops: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
-        emb, _ = self.choices["local"](crops, attr)
+        emb, _ = self.choices["local"](crops, self._attr(attr))
         return emb
 
     def fuse(self, g: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:

@@ -58,6 +58,6 @@ class Preprocessor:
         short = min(img.width, img.height)
         if short > self.source_max:
             scale = self.source_max / short
-            source = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                Image.BILINEAR)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            source = img.resize(size, Image.BILINEAR)
         return PreparedImage(normalize(to_tensor_uint8(glob)), to_tensor_uint8(source), geom, scale)

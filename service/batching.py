@@ -197,11 +197,17 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        if len(vectors) != len(jobs):  # never let a misbehaving model kill the worker
+            err = RuntimeError(f"model returned {len(vectors)} embeddings for {len(jobs)} images")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
         end = time.perf_counter()
         embed_ms = (end - start) * 1000.0
         if self._on_batch is not None:
             self._on_batch(len(jobs), embed_ms)
-        for job, vec in zip(jobs, vectors):
+        for job, vec in zip(jobs, vectors, strict=True):
             if not job.future.done():
                 job.future.set_result(EmbedResult(
                     vector=np.asarray(vec, dtype=np.float32),

@@ -45,12 +45,12 @@ def error_json(
 ) -> JSONResponse:
     """Render the shared error body."""
     request_id = getattr(request.state, "request_id", None) if request is not None else None
+    metrics = getattr(request.app.state, "metrics", None) if request is not None else None
+    if metrics is not None:
+        metrics.rejects.labels(code).inc()
     body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details),
                          request_id=request_id)
-    hdrs = dict(headers or {})
-    if request_id:
-        hdrs["X-Request-ID"] = request_id
-    return JSONResponse(body.model_dump(), status_code=status, headers=hdrs)
+    return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
 
 
 _HTTP_CODES = {
@@ -91,11 +91,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        if exc.status_code == 400 and "parsing the body" in message:
-            code, exc.status_code = "malformed_body", 400
-        return error_json(request, exc.status_code, code, message, headers=exc.headers)
+        status = exc.status_code
+        if status == 400 and "parsing the body" in message:  # undecodable JSON or multipart
+            status, code = 422, "malformed_body"
+            message = "the request body cannot be parsed (malformed JSON or multipart data)"
+        return error_json(request, status, code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_json(request, 500, "internal_error", "internal server error")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    text = {
+        401: "Missing or invalid API key.", 403: "Admin endpoints disabled.",
+        404: "Unknown item or route.", 413: "Upload or image too large.",
+        415: "Not an image.", 422: "Invalid parameters, attribute or image.",
+        503: "No index loaded yet, or overloaded (see Retry-After).",
+    }
+    return {s: {"model": ErrorResponse, "description": text.get(s, "Error.")} for s in statuses}

@@ -14,6 +14,7 @@ from model.metrics import (
     localisation_accuracy,
     mean_average_precision,
     peak_in_box,
+    scores_average_precisions,
 )
 
 
@@ -176,6 +177,15 @@ def test_average_precisions_rows():
     np.testing.assert_allclose(
         average_precisions(rel), [(1 + 2 / 3) / 2, 0.0, (1 / 2 + 2 / 3) / 2, 1.0]
     )
+
+
+def test_scores_average_precisions():
+    scores = np.array([[3.0, 2.0, 1.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    ap = scores_average_precisions(scores, np.array([7, 1]), np.array([7, 1, 7]))
+    np.testing.assert_allclose(ap, [(1 + 2 / 3) / 2, 1 / 2])  # row 2: ties, rel at rank 2
+    assert scores_average_precisions(np.zeros((2, 0)), np.zeros(2), np.zeros(0)).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="do not match"):
+        scores_average_precisions(scores, np.array([7]), np.array([7, 1, 7]))
 
 
 def test_input_validation():

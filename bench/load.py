@@ -1,0 +1,279 @@
+"""Load test of the search API: latency percentiles, throughput, errors, batching on vs off.
+
+    python bench/load.py [--config cpu | --checkpoint CKPT] [--duration 10] [--json OUT]
+    python bench/load.py --url http://127.0.0.1:8000 --attribute neckline --image q.jpg
+
+By default it builds a small synthetic catalog, a randomly initialised checkpoint of the
+given configuration (weights do not change timings) and its index with `python -m indexer`,
+then starts `python -m service` on a loopback port twice, with micro-batching off
+(ASEN_BATCH_MAX_SIZE=1) and on, and drives POST /v1/search at concurrency 1, 4 and 16 for a
+fixed time each (bounded by --max-requests). Finally it times the bare model forward
+(`Embedder.embed` on the same decoded image and attribute, in this process, server idle) to
+compare with the service's single-query latency. With --url it measures that server only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.testing import ServerProcess, run_indexer  # noqa: E402
+
+
+@dataclass
+class LevelResult:
+    """One (mode, concurrency) run."""
+
+    mode: str
+    concurrency: int
+    seconds: float
+    requests: int
+    ok: int
+    errors: int
+    shed_503: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch: float | None
+    server_embed_ms_p50: float | None
+    server_queue_ms_p50: float | None
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def drive(url: str, image: bytes, attribute: str, concurrency: int, duration: float,
+                max_requests: int, headers: dict[str, str]) -> tuple[list, Counter, float, list]:
+    """Closed-loop load: ``concurrency`` clients each send the next query when one returns."""
+    latencies: list[float] = []
+    server_timings: list[dict] = []
+    statuses: Counter = Counter()
+    issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits,
+                                 headers=headers) as client:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration
+
+        async def worker() -> None:
+            nonlocal issued
+            while loop.time() < deadline and issued < max_requests:
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post(
+                        "/v1/search", files={"image": ("q.jpg", image, "image/jpeg")},
+                        data={"attribute": attribute, "k": "10"})
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+                    continue
+                elapsed = (time.perf_counter() - t0) * 1000.0
+                statuses[str(resp.status_code)] += 1
+                if resp.status_code == 200:
+                    latencies.append(elapsed)
+                    server_timings.append(resp.json()["timings"])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return latencies, statuses, wall, server_timings
+
+
+def measure_level(url: str, mode: str, image: bytes, attribute: str, concurrency: int,
+                  duration: float, max_requests: int, headers: dict[str, str]) -> LevelResult:
+    """Warm up, then one timed run; batch sizes from the server's Prometheus counters."""
+    asyncio.run(drive(url, image, attribute, concurrency, 1.0, 4 * concurrency, headers))
+    before = httpx.get(url + "/metrics", timeout=10).text
+    lat, statuses, wall, timings = asyncio.run(
+        drive(url, image, attribute, concurrency, duration, max_requests, headers))
+    after = httpx.get(url + "/metrics", timeout=10).text
+    n_batches = _metric(after, "asen_batch_size_count") - _metric(before, "asen_batch_size_count")
+    n_images = _metric(after, "asen_batch_size_sum") - _metric(before, "asen_batch_size_sum")
+    total = sum(statuses.values())
+    ok = statuses.get("200", 0)
+    embed = [t["embed_ms"] for t in timings if t.get("embed_ms") is not None]
+    queue = [t["queue_ms"] for t in timings if t.get("queue_ms") is not None]
+    return LevelResult(
+        mode=mode, concurrency=concurrency, seconds=round(wall, 2), requests=total, ok=ok,
+        errors=total - ok, shed_503=statuses.get("503", 0),
+        throughput_rps=round(ok / wall, 2) if wall else 0.0,
+        p50_ms=round(percentile(lat, 50), 2), p95_ms=round(percentile(lat, 95), 2),
+        p99_ms=round(percentile(lat, 99), 2),
+        mean_batch=round(n_images / n_batches, 2) if n_batches else None,
+        server_embed_ms_p50=round(statistics.median(embed), 2) if embed else None,
+        server_queue_ms_p50=round(statistics.median(queue), 2) if queue else None,
+        statuses=dict(statuses),
+    )
+
+
+def bare_forward(checkpoint: Path, image: bytes, attribute: str, reps: int) -> dict:
+    """p50/p95 of Embedder.embed on the decoded image (and of decode + embed), in-process."""
+    import torch
+
+    from model import load_model
+    from model.imageio import open_image
+
+    emb = load_model(checkpoint, device="cpu")
+    img = open_image(image)
+    for _ in range(5):
+        emb.embed([img], [attribute])
+    forward, with_decode = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        emb.embed([img], [attribute])
+        forward.append((time.perf_counter() - t0) * 1000.0)
+        t0 = time.perf_counter()
+        emb.embed([open_image(image)], [attribute])
+        with_decode.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "reps": reps, "torch_threads": torch.get_num_threads(),
+        "embed_p50_ms": round(percentile(forward, 50), 2),
+        "embed_p95_ms": round(percentile(forward, 95), 2),
+        "decode_embed_p50_ms": round(percentile(with_decode, 50), 2),
+    }
+
+
+def build_setup(work: Path, config: str, checkpoint: Path | None, n_items: int) -> dict:
+    """Synthetic catalog + checkpoint + index (built by the real indexer CLI)."""
+    from model import build_model, save_checkpoint
+    from model.data import read_attributes
+    from model.synth import generate
+
+    data = work / "data"
+    generate(data, seed=0, n_train=n_items, n_valid=2, n_test=8, size=256)
+    if checkpoint is None:
+        checkpoint = work / f"random-{config}.pt"
+        save_checkpoint(build_model(config, read_attributes(data)), checkpoint)
+    index_dir = work / "index"
+    t0 = time.perf_counter()
+    run_indexer(data / "catalog.csv", checkpoint, index_dir)
+    print(f"  indexed {n_items + 10} items in {time.perf_counter() - t0:.1f}s", flush=True)
+    query = data / "images" / "test" / "000000.jpg"
+    return {"index_dir": index_dir, "checkpoint": checkpoint, "image": query.read_bytes()}
+
+
+def markdown(results: list[LevelResult], bare: dict | None) -> str:
+    """The results as a Markdown table (plus the single-query comparison)."""
+    lines = [
+        "| batching | concurrency | requests | errors | throughput (req/s) | p50 ms | p95 ms "
+        "| p99 ms | mean batch | server embed p50 ms | server queue p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.mode} | {r.concurrency} | {r.requests} | {r.errors} | {r.throughput_rps} | "
+            f"{r.p50_ms} | {r.p95_ms} | {r.p99_ms} | {r.mean_batch} | "
+            f"{r.server_embed_ms_p50} | {r.server_queue_ms_p50} |")
+    if bare:
+        lines += ["", "| single query (c=1) | p50 ms | vs bare forward |", "|---|---:|---:|",
+                  f"| bare `Embedder.embed` (decoded image) | {bare['embed_p50_ms']} | 1.00x |",
+                  f"| bare decode + `embed` | {bare['decode_embed_p50_ms']} | "
+                  f"{bare['decode_embed_p50_ms'] / bare['embed_p50_ms']:.2f}x |"]
+        for r in results:
+            if r.concurrency == 1:
+                lines.append(f"| service, batching {r.mode}, over HTTP | {r.p50_ms} | "
+                             f"{r.p50_ms / bare['embed_p50_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="measure this running server only (no spawning)")
+    p.add_argument("--image", type=Path, help="query image (default: a synthetic test image)")
+    p.add_argument("--attribute", default="neckline")
+    p.add_argument("--config", default="cpu", help="random checkpoint config (default cpu)")
+    p.add_argument("--checkpoint", type=Path, help="use this checkpoint instead")
+    p.add_argument("--items", type=int, default=200, help="synthetic catalog size (200)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (10)")
+    p.add_argument("--max-requests", type=int, default=5000, help="cap per level (5000)")
+    p.add_argument("--batch-max-size", type=int, default=16)
+    p.add_argument("--batch-max-wait-ms", type=float, default=5.0)
+    p.add_argument("--bare-reps", type=int, default=50)
+    p.add_argument("--api-key", default=os.environ.get("ASEN_API_KEY"))
+    p.add_argument("--json", type=Path, help="write all numbers here")
+    p.add_argument("--markdown", type=Path, help="write the tables here")
+    args = p.parse_args(argv)
+    for c in args.concurrency:
+        if not 1 <= c <= 256:
+            p.error("concurrency must be 1..256")
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+
+    results: list[LevelResult] = []
+    bare = None
+    info = {"python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "load_avg_before": os.getloadavg()}
+    if args.url:
+        if not args.image:
+            p.error("--url needs --image")
+        image = args.image.read_bytes()
+        for c in args.concurrency:
+            r = measure_level(args.url.rstrip("/"), "as-configured", image, args.attribute, c,
+                              args.duration, args.max_requests, headers)
+            print(json.dumps(asdict(r)), flush=True)
+            results.append(r)
+    else:
+        with tempfile.TemporaryDirectory(prefix="asen-load-") as tmp:
+            print("building catalog, checkpoint and index ...", flush=True)
+            setup = build_setup(Path(tmp), args.config, args.checkpoint, args.items)
+            image = args.image.read_bytes() if args.image else setup["image"]
+            modes = {"off": {"ASEN_BATCH_MAX_SIZE": "1"},
+                     "on": {"ASEN_BATCH_MAX_SIZE": str(args.batch_max_size),
+                            "ASEN_BATCH_MAX_WAIT_MS": str(args.batch_max_wait_ms)}}
+            for mode, env in modes.items():
+                srv = ServerProcess({"ASEN_INDEX_DIR": str(setup["index_dir"]),
+                                     "ASEN_RELOAD_INTERVAL_S": "0", "ASEN_QUEUE_MAX": "256",
+                                     **({"ASEN_API_KEY": args.api_key} if args.api_key else {}),
+                                     **env}, log_dir=Path(tmp))
+                with srv:
+                    srv.wait("/readyz", timeout=300)
+                    for c in args.concurrency:
+                        r = measure_level(srv.url, mode, image, args.attribute, c,
+                                          args.duration, args.max_requests, headers)
+                        print(json.dumps(asdict(r)), flush=True)
+                        results.append(r)
+            print("timing the bare model forward ...", flush=True)
+            bare = bare_forward(setup["checkpoint"], image, args.attribute, args.bare_reps)
+            print(json.dumps(bare), flush=True)
+    info["load_avg_after"] = os.getloadavg()
+    table = markdown(results, bare)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"info": info, "args": {
+            k: str(v) for k, v in vars(args).items() if k != "api_key"},
+            "levels": [asdict(r) for r in results], "bare": bare}, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0 if all(r.errors == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Where an index lives on disk and how a new version replaces the old one atomically.
+
+For `--out /data/idx`:
+
+    /data/idx                     symlink -> .idx.versions/<version>   (what readers open)
+    /data/.idx.versions/<version>/  complete, immutable index versions (current + previous)
+    /data/.idx.versions/.staging-<version>/  a version being written
+    /data/.idx.work/<job-key>/    embedding shards of a running (or killed) job
+    /data/.idx.lock               held by the one job allowed to write /data/idx
+
+A new version is written in a staging folder, renamed into place, and published by
+`os.replace` of a fresh symlink over `/data/idx`, which is atomic on POSIX: a reader sees
+the old version or the new one, never a mix; a crash at any point leaves the old one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+class IndexLockedError(RuntimeError):
+    """Another job is writing the same index."""
+
+
+def new_version() -> str:
+    """A short, unique, time-sortable version id."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class IndexLayout:
+    """Paths of one INDEX_DIR and its siblings."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        out = Path(os.path.abspath(out))
+        self.out = out
+        self.parent = out.parent
+        self.versions = out.parent / f".{out.name}.versions"
+        self.work = out.parent / f".{out.name}.work"
+        self.lockfile = out.parent / f".{out.name}.lock"
+        self._lock_fd: int | None = None
+
+    # -- locking ---------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the writer lock or raise IndexLockedError."""
+        self.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise IndexLockedError(f"another indexer job is writing {self.out}") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> IndexLayout:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    # -- versions --------------------------------------------------------------------------
+    def current(self) -> Path | None:
+        """The folder the index currently resolves to, or None when there is no index."""
+        if not self.out.exists():
+            return None
+        return Path(os.path.realpath(self.out))
+
+    def staging(self, version: str) -> Path:
+        """A fresh, empty staging folder for `version` (stale ones are removed)."""
+        self.versions.mkdir(parents=True, exist_ok=True)
+        for old in self.versions.glob(".staging-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        path = self.versions / f".staging-{version}"
+        path.mkdir()
+        return path
+
+    def publish(self, staging: Path, version: str) -> Path:
+        """Move a complete staging folder into place and swap the symlink atomically.
+
+        The new version and the one it replaces are kept; older versions are deleted.
+        """
+        final = self.versions / version
+        os.replace(staging, final)
+        fsync_dir(self.versions)
+        previous = self.current()
+        if self.out.exists() and not self.out.is_symlink():
+            previous = (self.versions / f"legacy-{new_version()}").resolve()
+            print(f"note: {self.out} is a plain folder; moving it to {previous} "
+                  "(later swaps are atomic)", file=sys.stderr)
+            os.replace(self.out, previous)
+        tmp_link = self.parent / f".{self.out.name}.link-{version}"
+        if tmp_link.is_symlink() or tmp_link.exists():
+            tmp_link.unlink()
+        os.symlink(os.path.relpath(final, self.parent), tmp_link)
+        os.replace(tmp_link, self.out)
+        fsync_dir(self.parent)
+        self.prune({final.resolve()} | ({previous} if previous else set()))
+        return final
+
+    def prune(self, keep: set[Path]) -> None:
+        """Delete every complete version folder not in `keep` (the current one always stays)."""
+        current = self.current()
+        keep = set(keep) | ({current} if current else set())
+        for path in self.versions.iterdir():
+            if path.is_dir() and not path.name.startswith(".") and path.resolve() not in keep:
+                shutil.rmtree(path, ignore_errors=True)

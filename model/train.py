@@ -1,0 +1,361 @@
+"""Two-stage ASEN++ training (SPEC section 4).
+
+    python -m model.train --data DIR --out RUN_DIR [--config NAME_OR_FILE] [--resume CKPT]
+
+Stage 1 trains the global branch alone; stage 2 trains the whole model from the best stage-1
+weights with the local branch at a higher learning rate. ``--variant agnostic`` trains the
+attribute-agnostic triplet baseline (one embedding for every attribute) with the stage-1
+recipe. Every epoch writes ``RUN_DIR/last.pt`` (weights + optimizer, scheduler, RNG, epoch),
+the best epoch by validation MAP goes to ``best_stage1.pt`` / ``best.pt``, and ``--resume``
+continues an interrupted run where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import build_model, read_checkpoint_file, save_checkpoint
+from .config import get_config
+from .data import TripletSampler, load_split, read_attributes
+from .embedder import Embedder, pick_device
+from .evaluate import evaluate_split
+from .imageio import open_image
+from .network import ASENPlusPlus
+from .preprocess import PreparedImage, Preprocessor
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int
+    lr: float                  # stage 1: all; stage 2: the local branch
+    step: int                  # StepLR step size (epochs)
+    gamma: float
+    lr_global: float = 0.0     # stage 2 only: the global branch (and the attribute table)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    stage1: StageConfig
+    stage2: StageConfig
+    triplets_per_epoch: int = 100_000
+    batch_size: int = 16
+    margin: float = 0.2
+    local_weight: float = 0.1
+    align_weight: float = 0.1
+    backbone_weights: str | None = None
+    valid_limit: int | None = None   # queries/candidates per attribute for validation MAP
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["stage1"] = StageConfig(**data["stage1"])
+        data["stage2"] = StageConfig(**data["stage2"])
+        return cls(**data)
+
+
+TRAIN_CONFIGS: dict[str, TrainConfig] = {
+    # SPEC section 4, as published.
+    "paper": TrainConfig(
+        model="paper",
+        stage1=StageConfig(epochs=50, lr=1e-4, step=3, gamma=0.9),
+        stage2=StageConfig(epochs=20, lr=1e-4, step=1, gamma=0.9, lr_global=1e-5),
+    ),
+    # MobileNetV2 trunks from the offline ImageNet weights (see README).
+    "cpu": TrainConfig(
+        model="cpu",
+        stage1=StageConfig(epochs=6, lr=1e-4, step=3, gamma=0.9),
+        stage2=StageConfig(epochs=3, lr=1e-4, step=1, gamma=0.9, lr_global=1e-5),
+        triplets_per_epoch=8_000,
+    ),
+    # From scratch in minutes on two CPU cores: the demo checkpoint and docs/RESULTS.md.
+    "small": TrainConfig(
+        model="small",
+        stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
+        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        triplets_per_epoch=2_000,
+        batch_size=32,
+        valid_limit=100,
+    ),
+    "tiny": TrainConfig(
+        model="tiny",
+        stage1=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.9),
+        stage2=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.9, lr_global=1e-4),
+        triplets_per_epoch=64,
+        batch_size=16,
+        valid_limit=10,
+    ),
+}
+
+
+def get_train_config(name_or_file: str) -> TrainConfig:
+    """A named config, or a JSON file: {"base": NAME, ...overrides} or a full config."""
+    if name_or_file in TRAIN_CONFIGS:
+        return TRAIN_CONFIGS[name_or_file]
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise SystemExit(f"unknown config {name_or_file!r}: not one of "
+                         f"{', '.join(TRAIN_CONFIGS)} and not a file")
+    data = json.loads(path.read_text())
+    base = TRAIN_CONFIGS[data.pop("base", "paper")].to_dict()
+    for key in ("stage1", "stage2"):
+        base[key].update(data.pop(key, {}))
+    base.update(data)
+    return TrainConfig.from_dict(base)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+class ImageCache:
+    """Prepared images by id, decoded on first use (no augmentation, so caching is exact)."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Preprocessor):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self._cache: dict[int, PreparedImage] = {}
+
+    def __getitem__(self, image_id: int) -> PreparedImage:
+        if image_id not in self._cache:
+            self._cache[image_id] = self.preprocess(open_image(self.paths[image_id]))
+        return self._cache[image_id]
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+def triplet_loss(x: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
+    """Margin ranking on cosine similarities: max(0, margin - cos(x,p) + cos(x,n))."""
+    return F.relu(margin - F.cosine_similarity(x, p) + F.cosine_similarity(x, n)).mean()
+
+
+def alignment_loss(gs: Sequence[torch.Tensor], ls: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((1 - F.cosine_similarity(g, l)).mean() for g, l in zip(gs, ls, strict=True))
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    stage: int = 1
+    epoch: int = 0                      # epochs completed in the current stage
+    best_map: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+def make_optimizer(net: ASENPlusPlus, stage: int, cfg: StageConfig):
+    if stage == 1:
+        params = [{"params": list(net.choices["global"].parameters()), "lr": cfg.lr}]
+    else:
+        local_only = [p for n, p in net.choices["local"].named_parameters()
+                      if not n.startswith("attrnet.")]
+        params = [{"params": list(net.choices["global"].parameters()), "lr": cfg.lr_global},
+                  {"params": local_only, "lr": cfg.lr}]
+    opt = torch.optim.Adam(params)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step, gamma=cfg.gamma)
+    return opt, sched
+
+
+def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
+               stage: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    n = len(batch)
+    ids = [t[i] for i in range(3) for t in batch]            # anchors, positives, negatives
+    prepared = [images[i] for i in ids]
+    pixels = torch.stack([p.pixels for p in prepared]).to(device)
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
+    attr = torch.tensor([t[3] for t in batch] * 3, device=device)
+    out = net(pixels, attr, prepared, use_local=(stage == 2))
+    g = out.g.split(n)
+    loss = triplet_loss(*g, cfg.margin)
+    if stage == 2:
+        l = out.l.split(n)
+        loss = loss + cfg.local_weight * triplet_loss(*l, cfg.margin)
+        loss = loss + cfg.align_weight * alignment_loss(g, l)
+    return loss
+
+
+def validate(net: ASENPlusPlus, data: Path, cfg: TrainConfig, device: torch.device) -> float:
+    emb = Embedder(net, device=device)
+    report = evaluate_split(emb, data, "valid", limit=cfg.valid_limit, loc_limit=0)
+    net.train()
+    return float(report["overall"])
+
+
+def _rng_state() -> dict:
+    """Global RNG states in types that a weights-only torch.load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def _restore(resume: Path) -> tuple[dict, dict]:
+    data = read_checkpoint_file(resume)
+    if "train_state" not in data:
+        raise SystemExit(f"{resume}: has no training state to resume from (use last.pt)")
+    return data, data["train_state"]
+
+
+def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
+        resume: Path | None = None, device: str | None = None, log=print) -> Path:
+    """Train; returns the path of the best checkpoint of the final stage."""
+    dev = pick_device(device)
+    attrs = read_attributes(data_dir)
+    model_cfg = get_config(cfg.model)
+    if variant == "agnostic":
+        model_cfg = replace(model_cfg, name=f"{model_cfg.name}-agnostic", attribute_agnostic=True)
+    if variant in ("agnostic", "global"):
+        model_cfg = model_cfg.global_only()
+    stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(model_cfg, attrs, backbone_weights=cfg.backbone_weights)
+    net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
+    state = RunState()
+    opt_state = sched_state = None
+    if resume is not None:
+        data, ts = _restore(resume)
+        state = RunState(ts["stage"], ts["epoch"], ts["best_map"], ts["history"])
+        net.load_state_dict(data["state_dict"])
+        opt_state, sched_state = ts["optimizer"], ts["scheduler"]
+        _set_rng_state(ts["rng"])
+        log(f"resumed from {resume}: stage {state.stage}, {state.epoch} epochs done")
+
+    train = load_split(data_dir, "train")
+    sampler = TripletSampler(train.labels, len(attrs))
+    images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
+    (out / "train_config.json").write_text(json.dumps(
+        {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "variant": variant}, indent=2))
+
+    for stage in stages:
+        if stage < state.stage:
+            continue
+        scfg = cfg.stage1 if stage == 1 else cfg.stage2
+        if stage == 2 and state.epoch == 0 and opt_state is None:
+            best1 = read_checkpoint_file(out / "best_stage1.pt")["state_dict"]
+            missing = net.load_state_dict(best1, strict=False).missing_keys
+            assert all(k.startswith("choices.local.") for k in missing), missing
+            state.best_map = -1.0
+            log("stage 2: starting from best_stage1.pt")
+        net.train()
+        opt, sched = make_optimizer(net, stage, scfg)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+            sched.load_state_dict(sched_state)
+            opt_state = sched_state = None
+        while state.epoch < scfg.epochs:
+            epoch = state.epoch
+            rng = np.random.default_rng([cfg.seed, stage, epoch])
+            triplets = sampler.sample(cfg.triplets_per_epoch, rng).tolist()
+            t0, seen, total = time.perf_counter(), 0, 0.0
+            for s in range(0, len(triplets), cfg.batch_size):
+                batch = triplets[s:s + cfg.batch_size]
+                loss = train_step(net, batch, images, stage, cfg, dev)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(batch)
+                total += float(loss.detach()) * len(batch)
+                step = s // cfg.batch_size
+                if step % 50 == 0 or seen == len(triplets):
+                    rate = 3 * seen / (time.perf_counter() - t0)
+                    lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
+                    log(f"stage {stage} epoch {epoch + 1}/{scfg.epochs} "
+                        f"[{seen}/{len(triplets)}] loss {total / seen:.4f} lr {lrs} "
+                        f"{rate:.1f} img/s")
+            sched.step()
+            valid_map = validate(net, data_dir, cfg, dev)
+            state.epoch += 1
+            state.history.append({"stage": stage, "epoch": state.epoch, "loss": total / seen,
+                                  "valid_map": valid_map,
+                                  "seconds": round(time.perf_counter() - t0, 1)})
+            log(f"stage {stage} epoch {state.epoch}: loss {total / seen:.4f} "
+                f"valid MAP {valid_map:.2f}%")
+            best_name = "best_stage1.pt" if stage == 1 and len(stages) > 1 else "best.pt"
+            if valid_map > state.best_map:
+                state.best_map = valid_map
+                save_cfg = model_cfg if stage == 2 else model_cfg.global_only()
+                _save_model(net, save_cfg, out / best_name,
+                            {"epoch": state.epoch, "stage": stage, "valid_map": valid_map})
+            ts = {"stage": stage, "epoch": state.epoch, "best_map": state.best_map,
+                  "history": state.history, "optimizer": opt.state_dict(),
+                  "scheduler": sched.state_dict(), "rng": _rng_state(), "config": cfg.to_dict()}
+            save_checkpoint(net, out / "last.pt", {"train_state": ts})
+        if stage == 1 and len(stages) > 1:
+            state = RunState(2, 0, -1.0, state.history)
+    (out / "history.json").write_text(json.dumps(state.history, indent=2))
+    return out / "best.pt"
+
+
+def _save_model(net: ASENPlusPlus, model_cfg, path: Path, meta: dict) -> None:
+    """Save ``net`` restricted to ``model_cfg`` (a stage-1 model keeps its global branch)."""
+    if model_cfg.local_branch is None and net.has_local:
+        slim = ASENPlusPlus(model_cfg, net.attributes)
+        slim.load_state_dict({k: v for k, v in net.state_dict().items()
+                              if not k.startswith("choices.local.")})
+        net = slim
+    save_checkpoint(net, path, {"training": meta})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (SPEC section 6)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints")
+    p.add_argument("--config", default="paper", help=f"{', '.join(TRAIN_CONFIGS)} or a JSON file")
+    p.add_argument("--resume", type=Path, help="a last.pt written by an interrupted run")
+    p.add_argument("--variant", choices=["asen", "global", "agnostic"], default="asen",
+                   help="asen: two stages; global: stage 1 only; agnostic: triplet baseline")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--epochs1", type=int, help="override stage-1 epochs")
+    p.add_argument("--epochs2", type=int, help="override stage-2 epochs")
+    p.add_argument("--triplets", type=int, help="override triplets per epoch")
+    p.add_argument("--backbone-weights", help="ImageNet weights file (torchvision format)")
+    p.add_argument("--seed", type=int)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = get_train_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.epochs1 is not None:
+        overrides["stage1"] = replace(cfg.stage1, epochs=args.epochs1)
+    if args.epochs2 is not None:
+        overrides["stage2"] = replace(cfg.stage2, epochs=args.epochs2)
+    if args.triplets is not None:
+        overrides["triplets_per_epoch"] = args.triplets
+    if args.backbone_weights is not None:
+        overrides["backbone_weights"] = args.backbone_weights
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    cfg = replace(cfg, **overrides)
+    best = run(args.data, args.out, cfg, args.variant, args.resume, args.device,
+               log=lambda m: print(m, flush=True))
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""`python -m service`: serve the API on ASEN_HOST:ASEN_PORT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from .settings import get_settings
+
+
+def main() -> None:
+    """Run uvicorn with the settings from the environment."""
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run("service.app:app", host=settings.host, port=settings.port,
+                log_level=settings.log_level, proxy_headers=False, server_header=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The FastAPI application: ``create_app()`` and the module-level ``app`` for uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import __version__
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import RequestContextMiddleware
+from .routers import admin, attributes, explain, health, items, search
+from .settings import Settings, get_settings
+from .state import ServiceState, load_embedder, open_catalog_index
+
+STATIC_DIR = Path(__file__).parent / "static"
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+DESCRIPTION = """
+Fine-grained fashion retrieval with ASEN++: items whose **attribute** (collar, sleeve
+length, ...) looks like the query's. One embedding space per attribute; similarity is the
+inner product of unit vectors.
+
+* Errors share one JSON shape: `{"error": {"code", "message", "details"}, "request_id"}`.
+* When `ASEN_API_KEY` is set, `/v1` endpoints need it as `X-API-Key` (or a Bearer token);
+  `/v1/admin` endpoints always need `ASEN_ADMIN_API_KEY`.
+* 503 responses carry `Retry-After` (no index loaded yet, or load shedding).
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    open_index: Callable[[Path], Any] = open_catalog_index,
+    load_model: Callable[[Path, Settings], Any] = load_embedder,
+) -> FastAPI:
+    """Build the app; the model and index load in the background after startup."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+    state = ServiceState(settings, metrics, open_index=open_index, load_model=load_model)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="ASEN++ fashion search API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        root_path=settings.root_path,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = state
+    install_error_handlers(app)
+    for module in (search, explain, attributes, items, admin, health):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "X-Index-Version", "X-RoI-Box"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,
+                       max_body_bytes=settings.max_upload_bytes)
+    _document_auth_truthfully(app, settings)
+    logging.getLogger("service").setLevel(settings.log_level.upper())
+    return app
+
+
+def _document_auth_truthfully(app: FastAPI, settings: Settings) -> None:
+    """Without ASEN_API_KEY only the admin endpoints need a key: say so in the schema."""
+    if settings.api_key is not None:
+        return
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for path, operations in schema.get("paths", {}).items():
+                if not path.startswith("/v1/admin"):
+                    for operation in operations.values():
+                        operation.pop("security", None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+app = create_app()

@@ -1,0 +1,117 @@
+"""Catalog items: list, get one, and its image."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import get_settings, get_state, require_api_key
+from ..errors import ApiError, error_responses
+from ..query import image_url
+from ..schemas import ItemResponse, ItemsPage
+from ..settings import Settings
+from ..state import ServiceState, Snapshot
+from ..uploads import item_image
+
+router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[Depends(require_api_key)])
+
+_CACHE = "private, max-age=300"
+
+
+async def _get_item(snap: Snapshot, item_id: str):
+    item = await snap.call(snap.index.get, item_id)
+    if item is None:
+        raise ApiError(404, "item_not_found", f"no item with id {item_id!r}",
+                       details={"item_id": item_id})
+    return item
+
+
+def _image_file(raw: str, roots: list[Path]) -> tuple[Path, str]:
+    """The item's image file and its sniffed media type; ValueError when not servable.
+
+    The path comes from the index, never from the client; it must be a regular image file
+    and, when ASEN_IMAGE_ROOTS is set, lie inside one of those folders (symlinks resolved).
+    """
+    path = Path(raw).resolve(strict=True)
+    if not path.is_file():
+        raise ValueError("not a regular file")
+    if roots and not any(path.is_relative_to(root.resolve()) for root in roots):
+        raise ValueError("outside ASEN_IMAGE_ROOTS")
+    with Image.open(path) as img:
+        mime = Image.MIME.get(img.format or "", "")
+    if not mime.startswith("image/"):
+        raise ValueError("not an image")
+    return path, mime
+
+
+def _thumbnail(img: Image.Image, max_side: int) -> bytes:
+    img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+@router.get("", response_model=ItemsPage, summary="List catalog items",
+            responses=error_responses(401, 422, 503))
+async def list_items(
+    request: Request,
+    offset: int = Query(0, ge=0, le=10**9),
+    limit: int = Query(24, ge=1, le=200),
+    state: ServiceState = Depends(get_state),
+) -> ItemsPage:
+    """A page of indexed items in index order (for pickers and browsing)."""
+    root = request.scope.get("root_path", "")
+    async with state.lease() as snap:
+        total, rows = await snap.call(snap.list_items, offset, limit)
+        return ItemsPage(
+            items=[ItemResponse(id=i, metadata=m, image_url=image_url(root, i)) for i, m in rows],
+            total=total, offset=offset, limit=limit, index_version=snap.version,
+        )
+
+
+@router.get("/{item_id}", response_model=ItemResponse, summary="Get an item",
+            responses=error_responses(401, 404, 503))
+async def get_item(
+    request: Request, item_id: str, state: ServiceState = Depends(get_state)
+) -> ItemResponse:
+    """An indexed item's metadata."""
+    async with state.lease() as snap:
+        item = await _get_item(snap, item_id)
+        return ItemResponse(id=item.id, metadata=dict(item.metadata or {}),
+                            image_url=image_url(request.scope.get("root_path", ""), item.id))
+
+
+@router.get(
+    "/{item_id}/image",
+    summary="Get an item's image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "The image file."},
+               **error_responses(401, 404, 422, 503)},
+)
+async def get_item_image(
+    item_id: str,
+    max_side: int | None = Query(None, ge=16, le=2048,
+                                 description="Downscale to fit this size (JPEG thumbnail)."),
+    settings: Settings = Depends(get_settings),
+    state: ServiceState = Depends(get_state),
+) -> Response:
+    """The item's catalog image, or a JPEG thumbnail with `max_side`."""
+    async with state.lease() as snap:
+        item = await _get_item(snap, item_id)
+        headers = {"Cache-Control": _CACHE, "X-Index-Version": snap.version}
+        try:
+            path, mime = await run_in_threadpool(_image_file, item.image, settings.image_roots)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ApiError(404, "image_unavailable",
+                           f"the image of item {item_id!r} is not available",
+                           details={"item_id": item_id}) from exc
+        if max_side is not None:
+            img = await item_image(item, settings)
+            data = await run_in_threadpool(_thumbnail, img, max_side)
+            return Response(data, media_type="image/jpeg", headers=headers)
+        return FileResponse(path, media_type=mime, headers=headers)

@@ -1,0 +1,399 @@
+"""The model + index the service answers from, and their hot reload.
+
+A :class:`Snapshot` pins one index version (the resolved versioned folder behind
+``ASEN_INDEX_DIR``) together with the embedder that built it. Requests take a lease on the
+current snapshot; a reload opens the new index completely, then swaps the reference. The old
+snapshot is closed when its last lease ends, so in-flight requests finish on what they started
+with. Every call into a snapshot's index runs on that snapshot's own small thread pool, so
+a slow reload never delays the queries served from the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .batching import MicroBatcher
+from .errors import ApiError, unavailable
+from .metrics import Metrics
+from .schemas import ModelInfo, ReloadResponse
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+#: Threads per snapshot for index calls (CatalogIndex is thread-safe; FAISS releases the GIL).
+INDEX_THREADS = 2
+
+
+class NotLoadable(Exception):
+    """The index folder or its checkpoint cannot be served (message says why)."""
+
+
+def open_catalog_index(path: Path) -> Any:
+    """Default index opener: :class:`indexer.reader.CatalogIndex`."""
+    from indexer.reader import CatalogIndex
+
+    return CatalogIndex.open(path)
+
+
+def load_embedder(path: Path, settings: Settings) -> Any:
+    """Default model loader: :func:`model.load_model`."""
+    from model import load_model
+
+    return load_model(path, device=settings.device, precision=settings.precision)
+
+
+def read_manifest(index_dir: Path) -> dict:
+    """The manifest of an INDEX_DIR (raises NotLoadable)."""
+    path = index_dir / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise NotLoadable(f"no index at {index_dir} (missing manifest.json)") from exc
+    except (OSError, ValueError) as exc:
+        raise NotLoadable(f"unreadable manifest {path}: {exc}") from exc
+    if not isinstance(data, dict) or not data.get("index_version"):
+        raise NotLoadable(f"manifest {path} has no index_version")
+    return data
+
+
+@dataclass
+class Snapshot:
+    """One servable (index, embedder) pair. Use it only inside :meth:`ServiceState.lease`."""
+
+    index: Any
+    embedder: Any
+    path: Path
+    version: str
+    manifest: dict
+    model: ModelInfo
+    executor: ThreadPoolExecutor
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    refs: int = 0
+    retired: bool = False
+    closed: bool = False
+    _db: sqlite3.Connection | None = None
+    _db_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.index.attributes)
+
+    def attribute_entry(self, name: str) -> dict:
+        for entry in self.manifest.get("attributes", []):
+            if isinstance(entry, dict) and entry.get("name") == name:
+                return entry
+        return {}
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on this snapshot's index threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- item listing (items.sqlite, docs/ARCHITECTURE.md), on the index threads --------
+    def open_items_db(self) -> None:
+        """Open items.sqlite read-only for listing (the reader API has no listing)."""
+        uri = (self.path / "items.sqlite").resolve().as_uri() + "?mode=ro&immutable=1"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def list_items(self, offset: int, limit: int) -> tuple[int, list[tuple[str, dict]]]:
+        """(total, [(id, metadata)]) in index order."""
+        assert self._db is not None
+        with self._db_lock:
+            total = self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            rows = self._db.execute(
+                "SELECT id, metadata FROM items ORDER BY row LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        out = []
+        for item_id, meta in rows:
+            try:
+                parsed = json.loads(meta)
+            except ValueError:
+                parsed = {}
+            out.append((item_id, parsed if isinstance(parsed, dict) else {}))
+        return int(total), out
+
+    def _close_now(self) -> None:
+        try:
+            if self._db is not None:
+                self._db.close()
+            self.index.close()
+        except Exception:  # closing must never take the service down
+            log.exception("closing index %s failed", self.version)
+
+    def close(self) -> None:
+        """Close the index on its own thread and let the thread end."""
+        if self.closed:
+            return
+        self.closed = True
+        self.executor.submit(self._close_now)
+        self.executor.shutdown(wait=False)
+
+
+def _model_info(embedder: Any, checkpoint: Path, settings: Settings) -> ModelInfo:
+    sha = getattr(embedder, "checkpoint_sha256", None)
+    config = getattr(embedder, "config", None)
+    return ModelInfo(
+        version=sha[:12] if sha else checkpoint.stem,
+        checkpoint=checkpoint.name,
+        config=getattr(config, "name", None),
+        dim=int(embedder.dim),
+        precision=settings.precision,
+        device=str(getattr(embedder, "device", "cpu")),
+    )
+
+
+class ServiceState:
+    """Holds the current snapshot, the micro-batcher and the reload machinery."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        open_index: Callable[[Path], Any] = open_catalog_index,
+        load_model: Callable[[Path, Settings], Any] = load_embedder,
+    ):
+        self.settings = settings
+        self.metrics = metrics
+        self._open_index = open_index
+        self._load_model = load_model
+        self._snapshot: Snapshot | None = None
+        self._embedder: tuple[tuple, Any] | None = None  # (checkpoint key, embedder)
+        self._reload_lock: asyncio.Lock | None = None
+        self._watch_task: asyncio.Task | None = None
+        self._failed_version: str | None = None
+        self.last_error: str | None = None
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="asen-infer")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="asen-loader")
+        self.batcher = MicroBatcher(
+            self._inference,
+            max_size=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            queue_max=settings.queue_max,
+            on_batch=self._on_batch,
+            on_depth=metrics.queue_depth.set,
+        )
+
+    def _on_batch(self, size: int, embed_ms: float) -> None:
+        self.metrics.batch_size.observe(size)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the batcher and, in the background, the first load and the watcher."""
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self._reload_lock = asyncio.Lock()
+        self.batcher.start()
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch(), name="asen-watch")
+
+    async def stop(self) -> None:
+        """Stop background work and close the served index."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self.batcher.stop()
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
+        self._inference.shutdown(wait=False)
+        self._loader.shutdown(wait=False)
+
+    async def _watch(self) -> None:
+        await self.reload()
+        interval = self.settings.reload_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+            except Exception:  # keep watching whatever happens
+                log.exception("index watcher failed")
+
+    # ------------------------------------------------------------ access
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[Snapshot]:
+        """The current snapshot, kept open until the block ends; 503 when none is loaded."""
+        snap = self._snapshot
+        if snap is None:
+            reason = self.last_error or "the index is still loading"
+            raise unavailable(
+                f"no index loaded: {reason}", self.settings.retry_after_s, code="not_ready"
+            )
+        snap.refs += 1
+        try:
+            yield snap
+        finally:
+            snap.refs -= 1
+            if snap.retired and snap.refs == 0:
+                snap.close()
+
+    # ------------------------------------------------------------ reload
+    def _current_manifest_version(self) -> str | None:
+        try:
+            return str(read_manifest(self.settings.index_dir)["index_version"])
+        except NotLoadable:
+            return None
+
+    async def reload(self, force: bool = False) -> ReloadResponse:
+        """Serve the index now in ``ASEN_INDEX_DIR`` if its version differs from the current."""
+        assert self._reload_lock is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        async with self._reload_lock:
+            previous = self._snapshot.version if self._snapshot else None
+            version = await loop.run_in_executor(self._loader, self._current_manifest_version)
+            if version is not None and version == previous:
+                return ReloadResponse(reloaded=False, index_version=previous,
+                                      previous_version=previous, message="already serving it")
+            if not force and version is not None and version == self._failed_version:
+                return ReloadResponse(reloaded=False, index_version=previous,
+                                      previous_version=previous,
+                                      message=f"index {version} failed to load: {self.last_error}")
+            if version is None and previous is not None:
+                return ReloadResponse(reloaded=False, index_version=previous,
+                                      previous_version=previous,
+                                      message=f"no index in {self.settings.index_dir}; "
+                                      "still serving the previous one")
+            started = time.perf_counter()
+            try:
+                snap = await loop.run_in_executor(self._loader, self._build_snapshot)
+            except Exception as exc:  # anything: keep serving the old snapshot
+                message = str(exc)
+                if not isinstance(exc, NotLoadable):
+                    message = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, NotLoadable):
+                    log.exception("loading index %s failed", version)
+                elif message != self.last_error:
+                    log.warning("index not loaded: %s", message)
+                if version is not None or message != self.last_error:
+                    self.metrics.reloads.labels("failure").inc()
+                self.last_error = message
+                self._failed_version = version
+                return ReloadResponse(reloaded=False, index_version=previous,
+                                      previous_version=previous, message=message)
+            old, self._snapshot = self._snapshot, snap
+            self.last_error = None
+            self._failed_version = None
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.set_index({a: int(snap.index.size(a)) for a in snap.attributes},
+                                   snap.version, snap.model.version)
+            if old is not None:
+                old.retired = True
+                if old.refs == 0:
+                    old.close()
+            log.info("serving index %s (model %s) from %s, loaded in %.2fs", snap.version,
+                     snap.model.version, snap.path, time.perf_counter() - started)
+            return ReloadResponse(reloaded=True, index_version=snap.version,
+                                  previous_version=previous,
+                                  message=f"now serving index {snap.version}")
+
+    def _checkpoint_path(self, manifest: dict, folder: Path) -> Path:
+        if self.settings.checkpoint is not None:
+            path = Path(self.settings.checkpoint)
+        else:
+            raw = (manifest.get("model") or {}).get("checkpoint")
+            if not raw:
+                raise NotLoadable("the manifest names no model.checkpoint; set ASEN_CHECKPOINT")
+            path = Path(raw)
+            if not path.is_absolute() and not path.exists() and (folder / path).exists():
+                path = folder / path
+        if not path.is_file():
+            raise NotLoadable(f"checkpoint {path} not found (set ASEN_CHECKPOINT)")
+        return path.resolve()
+
+    def _get_embedder(self, path: Path) -> Any:
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self._embedder is not None and self._embedder[0] == key:
+            return self._embedder[1]
+        embedder = self._load_model(path, self.settings)
+        names = list(embedder.attribute_names)
+        if names:  # warm up: the first real query should not pay for lazy initialisation
+            embedder.embed([Image.new("RGB", (96, 128), (128, 128, 128))], [names[0]])
+        self._embedder = (key, embedder)
+        return embedder
+
+    def _build_snapshot(self) -> Snapshot:
+        """Open the index behind ASEN_INDEX_DIR and its model (loader thread)."""
+        index_dir = self.settings.index_dir
+        if not index_dir.exists():
+            raise NotLoadable(f"no index at {index_dir} yet")
+        folder = index_dir.resolve()  # pin the versioned folder behind the symlink
+        manifest = read_manifest(folder)
+        version = str(manifest["index_version"])
+        ckpt = self._checkpoint_path(manifest, folder)
+        embedder = self._get_embedder(ckpt)
+        executor = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="asen-index")
+        try:
+            index = executor.submit(self._open_index, folder).result()
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise NotLoadable(f"invalid index at {folder}: {exc}") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        try:
+            self._validate(index, embedder, manifest, ckpt)
+        except NotLoadable:
+            executor.submit(index.close)
+            executor.shutdown(wait=False)
+            raise
+        snap = Snapshot(index=index, embedder=embedder, path=folder, version=version,
+                        manifest=manifest, model=_model_info(embedder, ckpt, self.settings),
+                        executor=executor)
+        try:
+            snap.open_items_db()
+        except sqlite3.Error as exc:
+            snap.close()
+            raise NotLoadable(f"invalid index at {folder}: items.sqlite: {exc}") from exc
+        return snap
+
+    @staticmethod
+    def _validate(index: Any, embedder: Any, manifest: dict, ckpt: Path) -> None:
+        model = manifest.get("model") or {}
+        missing = [a for a in index.attributes if a not in embedder.attribute_names]
+        if missing:
+            raise NotLoadable(
+                f"checkpoint {ckpt.name} lacks the index's attributes {', '.join(missing)}"
+            )
+        dim = model.get("dim")
+        if dim is not None and int(dim) != int(embedder.dim):
+            raise NotLoadable(f"index dimension {dim} != checkpoint {ckpt.name} dimension "
+                              f"{embedder.dim}")
+        want, have = model.get("sha256"), getattr(embedder, "checkpoint_sha256", None)
+        if want and have and want != have:
+            raise NotLoadable(f"checkpoint {ckpt.name} (sha256 {have[:12]}) is not the one that "
+                              f"built index (sha256 {want[:12]})")
+
+
+def require_attribute(snap: Snapshot, name: str) -> str:
+    """The attribute if this index has it, else a 422 listing the valid ones."""
+    valid = snap.attributes
+    if name not in valid:
+        raise ApiError(422, "unknown_attribute",
+                       f"unknown attribute {name!r}; valid attributes: {', '.join(valid)}",
+                       details={"attribute": name, "valid": valid})
+    return name

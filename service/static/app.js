@@ -1,0 +1,278 @@
+// ASEN++ search page: upload or pick an item, choose an attribute, see results + attention.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const PAGE_SIZE = 24;
+  const state = { mode: "upload", file: null, itemId: null, offset: 0, total: 0, blobs: [] };
+
+  // ---------------------------------------------------------------- HTTP helpers
+  function apiKey() { return $("api-key").value.trim(); }
+
+  function headers(extra = {}) {
+    const h = { ...extra };
+    if (apiKey()) h["X-API-Key"] = apiKey();
+    return h;
+  }
+
+  async function api(path, options = {}) {
+    const res = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+    const type = res.headers.get("content-type") || "";
+    const body = type.includes("application/json") ? await res.json() : await res.text();
+    if (!res.ok) {
+      const err = body && body.error ? body.error : { message: `HTTP ${res.status}` };
+      const retry = res.headers.get("retry-after");
+      throw new Error(err.message + (retry ? ` (retry in ${retry}s)` : ""));
+    }
+    return body;
+  }
+
+  // Item images: plain URLs when no key is needed, authenticated blobs otherwise.
+  async function setImage(img, url) {
+    if (!apiKey()) { img.src = url; return; }
+    const res = await fetch(url, { headers: headers() });
+    if (!res.ok) return;
+    const blobUrl = URL.createObjectURL(await res.blob());
+    state.blobs.push(blobUrl);
+    img.src = blobUrl;
+  }
+
+  function rel(url) { return url.startsWith("/") ? url.slice(1) : url; }
+
+  function setStatus(text, isError = false) {
+    $("status").textContent = text;
+    $("status").classList.toggle("error", isError);
+  }
+
+  // ---------------------------------------------------------------- setup
+  async function loadAttributes() {
+    try {
+      const data = await api("v1/attributes");
+      const select = $("attribute");
+      select.innerHTML = "";
+      for (const a of data.attributes) {
+        const opt = document.createElement("option");
+        opt.value = a.name;
+        opt.textContent = `${a.name.replace(/_/g, " ")} (${a.index_size})`;
+        select.appendChild(opt);
+      }
+      $("version").textContent = `index ${data.index_version} · model ${data.model.version}`;
+      updateButton();
+      setStatus("");
+    } catch (e) {
+      $("version").textContent = "not ready";
+      setStatus(`Service not ready: ${e.message}`, true);
+      setTimeout(loadAttributes, 3000);
+    }
+  }
+
+  async function loadCatalog() {
+    try {
+      const page = await api(`v1/items?offset=${state.offset}&limit=${PAGE_SIZE}`);
+      state.total = page.total;
+      const grid = $("catalog-grid");
+      grid.innerHTML = "";
+      for (const item of page.items) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.title = item.id;
+        b.dataset.id = item.id;
+        b.classList.toggle("picked", item.id === state.itemId);
+        const img = document.createElement("img");
+        img.alt = item.id;
+        img.loading = "lazy";
+        setImage(img, rel(item.image_url) + "?max_side=160");
+        b.appendChild(img);
+        b.addEventListener("click", () => pickItem(item, img));
+        grid.appendChild(b);
+      }
+      const last = Math.min(state.offset + PAGE_SIZE, state.total);
+      $("page-info").textContent = `${state.offset + 1}–${last} of ${state.total}`;
+      $("prev-page").disabled = state.offset === 0;
+      $("next-page").disabled = last >= state.total;
+    } catch (e) {
+      setStatus(`Cannot list the catalog: ${e.message}`, true);
+    }
+  }
+
+  function updateButton() {
+    const hasQuery = state.mode === "upload" ? !!state.file : !!state.itemId;
+    $("search").disabled = !(hasQuery && $("attribute").value);
+  }
+
+  function switchTab(mode) {
+    state.mode = mode;
+    for (const t of document.querySelectorAll(".tab")) {
+      const on = t.dataset.tab === mode;
+      t.classList.toggle("active", on);
+      t.setAttribute("aria-selected", String(on));
+    }
+    $("pane-upload").classList.toggle("hidden", mode !== "upload");
+    $("pane-catalog").classList.toggle("hidden", mode !== "catalog");
+    if (mode === "catalog" && !$("catalog-grid").children.length) loadCatalog();
+    updateButton();
+  }
+
+  function pickFile(file) {
+    if (!file) return;
+    state.file = file;
+    const img = $("query-img");
+    img.src = URL.createObjectURL(file);
+    img.hidden = false;
+    $("query-caption").textContent = file.name;
+    $("overlay-img").hidden = true;
+    updateButton();
+  }
+
+  function pickItem(item, thumb) {
+    state.itemId = item.id;
+    for (const b of $("catalog-grid").children) {
+      b.classList.toggle("picked", b.dataset.id === item.id);
+    }
+    const img = $("query-img");
+    setImage(img, rel(item.image_url));
+    img.hidden = false;
+    $("query-caption").textContent = item.id;
+    $("overlay-img").hidden = true;
+    updateButton();
+  }
+
+  // ---------------------------------------------------------------- search
+  function fmt(ms) { return ms == null ? "–" : `${ms.toFixed(1)} ms`; }
+
+  function renderResults(data, attribute) {
+    for (const u of state.blobs.splice(0)) URL.revokeObjectURL(u);
+    const grid = $("results");
+    grid.innerHTML = "";
+    $("empty").classList.toggle("hidden", data.results.length > 0);
+    if (!data.results.length) $("empty").textContent = "No matching items.";
+    const scores = data.results.map((r) => r.score);
+    const hi = Math.max(...scores);
+    const lo = Math.min(...scores);
+    for (const r of data.results) {
+      const card = document.createElement("article");
+      card.className = "result-card";
+      card.dataset.id = r.id;
+      const thumb = document.createElement("div");
+      thumb.className = "thumb";
+      const img = document.createElement("img");
+      img.alt = r.id;
+      img.loading = "lazy";
+      setImage(img, rel(r.image_url) + "?max_side=320");
+      const rank = document.createElement("span");
+      rank.className = "rank";
+      rank.textContent = `#${r.rank}`;
+      thumb.append(img, rank);
+
+      const body = document.createElement("div");
+      body.className = "body";
+      const id = document.createElement("div");
+      id.className = "id";
+      id.textContent = r.id;
+      const bar = document.createElement("div");
+      bar.className = "scorebar";
+      const fill = document.createElement("span");
+      // bar length: position within this result list (best = full)
+      const rel01 = hi > lo ? (r.score - lo) / (hi - lo) : 1;
+      fill.style.width = `${15 + 85 * rel01}%`;
+      bar.appendChild(fill);
+      const score = document.createElement("div");
+      score.className = "score";
+      score.textContent = `score ${r.score.toFixed(4)}`;
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      for (const [key, value] of Object.entries(r.metadata)) {
+        if (key === "image" || key === "split") continue;
+        const line = document.createElement("div");
+        line.textContent = `${key.replace(/_/g, " ")}: ${value}`;
+        if (key === attribute) line.className = "hl";
+        meta.appendChild(line);
+      }
+      body.append(id, bar, score, meta);
+      card.append(thumb, body);
+      grid.appendChild(card);
+    }
+    const t = data.timings;
+    $("timings").textContent =
+      `total ${fmt(t.total_ms)} · decode ${fmt(t.decode_ms)} · queue ${fmt(t.queue_ms)} · ` +
+      `model ${fmt(t.embed_ms)} · search ${fmt(t.search_ms)}`;
+  }
+
+  async function explain(attribute) {
+    const form = new FormData();
+    form.append("attribute", attribute);
+    if (state.mode === "upload") form.append("image", state.file);
+    else form.append("item_id", state.itemId);
+    const data = await api("v1/explain", { method: "POST", body: form });
+    const img = $("overlay-img");
+    img.src = `data:image/png;base64,${data.overlay_png}`;
+    img.hidden = false;
+    $("overlay-attr").textContent = attribute.replace(/_/g, " ");
+  }
+
+  async function search() {
+    const attribute = $("attribute").value;
+    const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 12));
+    $("search").disabled = true;
+    setStatus("Searching…");
+    try {
+      let data;
+      if (state.mode === "upload") {
+        const form = new FormData();
+        form.append("image", state.file);
+        form.append("attribute", attribute);
+        form.append("k", String(k));
+        data = await api("v1/search", { method: "POST", body: form });
+      } else {
+        data = await api("v1/search/by-item", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ item_id: state.itemId, attribute, k }),
+        });
+      }
+      renderResults(data, attribute);
+      setStatus(`${data.results.length} results for ${attribute.replace(/_/g, " ")}`);
+      await explain(attribute);
+    } catch (e) {
+      setStatus(e.message, true);
+    } finally {
+      updateButton();
+    }
+  }
+
+  // ---------------------------------------------------------------- wiring
+  function init() {
+    const saved = sessionStorage.getItem("asen-api-key");
+    if (saved) $("api-key").value = saved;
+    $("key-form").addEventListener("submit", (e) => e.preventDefault());
+    $("api-key").addEventListener("change", () => {
+      sessionStorage.setItem("asen-api-key", apiKey());
+      loadAttributes();
+    });
+    for (const t of document.querySelectorAll(".tab")) {
+      t.addEventListener("click", () => switchTab(t.dataset.tab));
+    }
+    $("file").addEventListener("change", (e) => pickFile(e.target.files[0]));
+    const dz = $("dropzone");
+    dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("over"); });
+    dz.addEventListener("dragleave", () => dz.classList.remove("over"));
+    dz.addEventListener("drop", (e) => {
+      e.preventDefault();
+      dz.classList.remove("over");
+      pickFile(e.dataTransfer.files[0]);
+    });
+    $("attribute").addEventListener("change", updateButton);
+    $("search").addEventListener("click", search);
+    $("prev-page").addEventListener("click", () => {
+      state.offset = Math.max(0, state.offset - PAGE_SIZE);
+      loadCatalog();
+    });
+    $("next-page").addEventListener("click", () => {
+      state.offset += PAGE_SIZE;
+      loadCatalog();
+    });
+    loadAttributes();
+  }
+
+  document.addEventListener("DOMContentLoaded", init);
+})();

@@ -1,0 +1,106 @@
+"""Reading and safely decoding uploaded images and request JSON fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import UploadFile
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from .errors import ApiError
+from .settings import Settings
+
+SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+_IMAGE_ERRORS = {
+    # model.errors.ImageError.reason -> (status, code, message)
+    "not_an_image": (415, "unsupported_media_type",
+                     f"the uploaded file is not a supported image ({SUPPORTED})"),
+    "truncated": (422, "corrupt_image", "the uploaded image is truncated or corrupt"),
+    "empty": (422, "empty_image", "the uploaded file is empty"),
+    "too_large": (413, "image_too_large", "the image has too many pixels"),
+    "missing": (404, "image_missing", "the image file is missing"),
+}
+
+
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
+    """The upload's bytes, or 413/422 when it is too large or empty."""
+    limit = settings.max_upload_bytes
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"upload too large: the limit is {limit} bytes (ASEN_MAX_UPLOAD_BYTES)",
+                       details={"limit_bytes": limit})
+    if not data:
+        raise ApiError(422, "empty_image", "the uploaded file is empty")
+    return data
+
+
+def _decode(source: bytes | Path, max_pixels: int) -> Image.Image:
+    from model.errors import ImageError
+    from model.imageio import open_image
+
+    try:
+        return open_image(source if isinstance(source, bytes) else str(source),
+                          max_pixels=max_pixels)
+    except ImageError as exc:
+        status, code, message = _IMAGE_ERRORS.get(
+            exc.reason, (422, "invalid_image", "the image cannot be decoded"))
+        details: dict[str, Any] = {"reason": exc.reason}
+        if exc.reason == "too_large":
+            message = f"{message}: {exc} (ASEN_MAX_IMAGE_PIXELS)"
+            details["max_pixels"] = max_pixels
+        raise ApiError(status, code, message, details=details) from exc
+    except Exception as exc:  # any other decoder failure is still the client's file
+        raise ApiError(422, "corrupt_image", "the uploaded image cannot be decoded",
+                       details={"reason": type(exc).__name__}) from exc
+
+
+async def decode_image(source: bytes | Path, settings: Settings) -> Image.Image:
+    """Decode bytes or a file into RGB off the event loop; client errors become ApiError."""
+    return await run_in_threadpool(_decode, source, settings.max_image_pixels)
+
+
+def parse_json_object(raw: str | None, field: str) -> dict[str, Any]:
+    """Parse a JSON-object form field ('' or None: empty); 422 when it is not one."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", f"{field}: not valid JSON ({exc})",
+                       details=[{"loc": ["body", field], "msg": "invalid JSON",
+                                 "type": "json_invalid"}]) from exc
+    if not isinstance(value, dict):
+        raise ApiError(422, "validation_error", f"{field}: must be a JSON object",
+                       details=[{"loc": ["body", field], "msg": "must be a JSON object",
+                                 "type": "dict_type"}])
+    return value
+
+
+def parse_filters(raw: dict[str, Any] | str | None) -> dict[str, str]:
+    """Filters as {field: value} strings; scalars are accepted and stringified."""
+    value = parse_json_object(raw, "filters") if isinstance(raw, str) or raw is None else raw
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if isinstance(val, bool):
+            val = str(val).lower()
+        if not isinstance(val, (str, int, float)):
+            raise ApiError(422, "validation_error",
+                           f"filters.{key}: must be a string or number",
+                           details=[{"loc": ["body", "filters", key],
+                                     "msg": "must be a string or number", "type": "string_type"}])
+        out[str(key)] = str(val)
+    return out
+
+
+async def item_image(item: Any, settings: Settings) -> Image.Image:
+    """Decode an indexed item's image; 404 when the server-side file is unusable."""
+    try:
+        return await decode_image(Path(item.image), settings)
+    except ApiError as exc:
+        raise ApiError(404, "image_unavailable", f"the image of item {item.id!r} is not available",
+                       details={"item_id": item.id, "reason": exc.code}) from exc

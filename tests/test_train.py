@@ -1,0 +1,97 @@
+"""Two-stage training: a tiny end-to-end run, exact resume, the saved checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model import load_model
+from model.checkpoint import read_checkpoint_file
+from model.synth import generate
+from model.train import TRAIN_CONFIGS, get_train_config, run, triplet_loss
+
+CFG = replace(TRAIN_CONFIGS["tiny"], triplets_per_epoch=32, batch_size=8, valid_limit=4,
+              stage1=replace(TRAIN_CONFIGS["tiny"].stage1, epochs=2))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, seed=3, n_train=48, n_valid=24, n_test=24, size=64, workers=1)
+    return root
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_triplet_loss_matches_definition():
+    x = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[1.0, 1.0]])    # cos 0.7071
+    n = torch.tensor([[0.0, 1.0]])    # cos 0
+    assert float(triplet_loss(x, p, n, 0.2)) == 0.0
+    assert float(triplet_loss(x, n, p, 0.2)) == pytest.approx(0.2 + 0.70710678, abs=1e-6)
+
+
+def test_two_stage_run_and_evaluate(dataset, tmp_path):
+    logs: list[str] = []
+    best = run(dataset, tmp_path / "run", CFG, log=logs.append)
+    assert best.exists() and (tmp_path / "run" / "best_stage1.pt").exists()
+    assert any("img/s" in m and "lr" in m and "loss" in m for m in logs)
+    stage1 = load_model(tmp_path / "run" / "best_stage1.pt", device="cpu")
+    full = load_model(best, device="cpu")
+    assert stage1.dim == 64 and full.dim == 128
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["stage"] for h in history] == [1, 1, 2]
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "model.evaluate", "--data", str(dataset),
+                           "--checkpoint", str(best), "--split", "test", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert 0.0 < report["overall"] <= 100.0
+    assert "overall" in proc.stdout
+
+
+def test_resume_continues_exactly(dataset, tmp_path):
+    straight = run(dataset, tmp_path / "a", CFG, log=lambda m: None)
+
+    def crash_at_second_epoch(message: str) -> None:
+        if message.startswith("stage 1 epoch 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(dataset, tmp_path / "b", CFG, log=crash_at_second_epoch)
+    ts = read_checkpoint_file(tmp_path / "b" / "last.pt")["train_state"]
+    assert (ts["stage"], ts["epoch"]) == (1, 1)
+    resumed = run(dataset, tmp_path / "b", CFG, resume=tmp_path / "b" / "last.pt",
+                  log=lambda m: None)
+    a = read_checkpoint_file(tmp_path / "a" / "last.pt")
+    b = read_checkpoint_file(tmp_path / "b" / "last.pt")
+    assert a["train_state"]["history"][-1]["loss"] == b["train_state"]["history"][-1]["loss"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert straight.name == resumed.name == "best.pt"
+
+
+def test_agnostic_baseline_gives_one_embedding_for_all_attributes(dataset, tmp_path):
+    cfg = replace(CFG, stage1=replace(CFG.stage1, epochs=1))
+    best = run(dataset, tmp_path / "agn", cfg, variant="agnostic", log=lambda m: None)
+    emb = load_model(best, device="cpu")
+    from PIL import Image
+    img = Image.new("RGB", (80, 64), (120, 30, 30))
+    every = emb.embed_all([img])
+    assert torch.allclose(torch.from_numpy(every[0, 0]), torch.from_numpy(every[0, -1]))
+
+
+def test_config_file_overrides(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"base": "small", "batch_size": 8, "stage2": {"epochs": 1}}))
+    cfg = get_train_config(str(path))
+    assert cfg.model == "small" and cfg.batch_size == 8 and cfg.stage2.epochs == 1
+    assert cfg.stage1 == TRAIN_CONFIGS["small"].stage1

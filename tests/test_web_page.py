@@ -1,0 +1,110 @@
+"""The web page in headless Chromium: upload, pick an attribute, see results and attention."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from service.testing import REPO_ROOT, ServerProcess, build_fixture
+
+CHROMIUM = Path(os.environ.get("ASEN_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOT = REPO_ROOT / "docs" / "img" / "webpage.png"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian: apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def fx():
+    return build_fixture()
+
+
+@pytest.fixture(scope="module")
+def server(fx):
+    srv = ServerProcess({"ASEN_INDEX_DIR": str(fx.index_dir), "ASEN_RELOAD_INTERVAL_S": "0"})
+    with srv:
+        srv.wait("/readyz")
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg, errors
+    ctx.close()
+
+
+def test_upload_search_shows_results_and_overlay(server, fx, page):
+    pg, errors = page
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#attribute option", state="attached")
+    assert pg.locator("#search").is_disabled()
+    options = pg.locator("#attribute option").evaluate_all("els => els.map(e => e.value)")
+    assert "neckline" in options and "colour" in options
+
+    pg.set_input_files("#file", str(fx.image("test-000001")))
+    pg.select_option("#attribute", "neckline")
+    pg.fill("#k", "8")
+    pg.click("#search")
+
+    pg.wait_for_selector(".result-card")
+    pg.wait_for_selector("#overlay-img:not([hidden])")
+    cards = pg.locator(".result-card")
+    assert cards.count() == 8
+    assert cards.first.get_attribute("data-id") == "test-000001"  # the query itself is indexed
+    assert "score" in cards.first.inner_text()
+    assert pg.locator(".result-card .meta .hl").first.inner_text().startswith("neckline")
+    overlay = pg.locator("#overlay-img").get_attribute("src")
+    assert overlay.startswith("data:image/png;base64,")
+    assert "total" in pg.inner_text("#timings")
+    # every result image actually loaded
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('.result-card img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)")
+    assert pg.evaluate("document.getElementById('overlay-img').naturalWidth") > 0
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SCREENSHOT), full_page=False)
+    assert not errors, errors
+
+
+def test_pick_catalog_item_and_errors_are_shown(server, page):
+    pg, errors = page
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#attribute option", state="attached")
+    pg.click("#tab-catalog")
+    pg.wait_for_selector("#catalog-grid button")
+    assert "of" in pg.inner_text("#page-info")
+    pg.locator("#catalog-grid button").nth(2).click()
+    picked = pg.locator("#catalog-grid button.picked").get_attribute("data-id")
+    pg.select_option("#attribute", "colour")
+    pg.click("#search")
+    pg.wait_for_selector(".result-card")
+    pg.wait_for_selector("#overlay-img:not([hidden])")
+    ids = pg.locator(".result-card").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert ids and picked not in ids  # search by item leaves the item itself out
+
+    pg.click("#tab-upload")  # a non-image upload shows the API's message, not a crash
+    pg.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                        "buffer": b"this is not a picture"}])
+    pg.click("#search")
+    pg.wait_for_selector("#status.error")
+    assert "not a supported image" in pg.inner_text("#status")
+    assert not errors, errors
