@@ -22,5 +22,10 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q
 
+# Synthetic catalog + index in demo-data/, then serve http://127.0.0.1:8000 (reuses both).
+# Options: make demo DEMO_ARGS='--port 8001 --n-items 1000' (scripts/demo.py --help).
+demo: install
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo-data .pytest_cache

@@ -7,9 +7,10 @@ By default it builds a small synthetic catalog, a randomly initialised checkpoin
 given configuration (weights do not change timings) and its index with `python -m indexer`,
 then starts `python -m service` on a loopback port twice, with micro-batching off
 (ASEN_BATCH_MAX_SIZE=1) and on, and drives POST /v1/search at concurrency 1, 4 and 16 for a
-fixed time each (bounded by --max-requests). Finally it times the bare model forward
-(`Embedder.embed` on the same decoded image and attribute, in this process, server idle) to
-compare with the service's single-query latency. With --url it measures that server only.
+fixed time each (bounded by --max-requests). Then, on each server, it compares the
+single-query latency over HTTP with the bare model forward (`Embedder.embed` on the same
+decoded image and attribute, in this process, server idle), interleaved in rounds so both see
+the same machine load. With --url it measures that server only (no comparison).
 """
 
 from __future__ import annotations
@@ -134,31 +135,76 @@ def measure_level(url: str, mode: str, image: bytes, attribute: str, concurrency
     )
 
 
-def bare_forward(checkpoint: Path, image: bytes, attribute: str, reps: int) -> dict:
-    """p50/p95 of Embedder.embed on the decoded image (and of decode + embed), in-process."""
+def load_bare(checkpoint: Path):
+    """The embedder for the bare-forward baseline (in this process, on the CPU)."""
+    from model import load_model
+
+    return load_model(checkpoint, device="cpu")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def single_query(url: str, emb, image: bytes, attribute: str, rounds: int, per_round: int,
+                 headers: dict[str, str], server_pid: int | None = None) -> dict:
+    """Service latency at concurrency 1 vs the bare forward, interleaved in rounds so that
+    both see the same machine load: each round sends ``per_round`` sequential HTTP queries
+    (server otherwise idle), then runs ``per_round`` bare ``Embedder.embed`` calls on the same
+    decoded image and attribute (server idle), and the same with decoding included. Also the
+    CPU time per query of the server process vs of the bare call, which a busy machine
+    disturbs much less than wall time."""
     import torch
 
-    from model import load_model
     from model.imageio import open_image
 
-    emb = load_model(checkpoint, device="cpu")
     img = open_image(image)
-    for _ in range(5):
-        emb.embed([img], [attribute])
-    forward, with_decode = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        emb.embed([img], [attribute])
-        forward.append((time.perf_counter() - t0) * 1000.0)
-        t0 = time.perf_counter()
-        emb.embed([open_image(image)], [attribute])
-        with_decode.append((time.perf_counter() - t0) * 1000.0)
-    return {
-        "reps": reps, "torch_threads": torch.get_num_threads(),
-        "embed_p50_ms": round(percentile(forward, 50), 2),
-        "embed_p95_ms": round(percentile(forward, 95), 2),
-        "decode_embed_p50_ms": round(percentile(with_decode, 50), 2),
+    service, forward, with_decode, server_total = [], [], [], []
+    server_cpu = bare_cpu = 0.0
+    with httpx.Client(base_url=url, timeout=60.0, headers=headers) as client:
+        def query() -> httpx.Response:
+            return client.post("/v1/search", files={"image": ("q.jpg", image, "image/jpeg")},
+                               data={"attribute": attribute, "k": "10"})
+
+        for _ in range(5):
+            query()
+            emb.embed([img], [attribute])
+        for _ in range(rounds):
+            cpu0 = process_cpu_seconds(server_pid) if server_pid else 0.0
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                resp = query()
+                service.append((time.perf_counter() - t0) * 1000.0)
+                resp.raise_for_status()
+                server_total.append(resp.json()["timings"]["total_ms"])
+            if server_pid:
+                server_cpu += process_cpu_seconds(server_pid) - cpu0
+            cpu0 = time.process_time()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                emb.embed([img], [attribute])
+                forward.append((time.perf_counter() - t0) * 1000.0)
+            bare_cpu += time.process_time() - cpu0
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                emb.embed([open_image(image)], [attribute])
+                with_decode.append((time.perf_counter() - t0) * 1000.0)
+    n = len(service)
+    out = {
+        "n": n, "torch_threads": torch.get_num_threads(),
+        "service_p50_ms": round(percentile(service, 50), 2),
+        "service_inside_p50_ms": round(percentile(server_total, 50), 2),
+        "bare_embed_p50_ms": round(percentile(forward, 50), 2),
+        "bare_decode_embed_p50_ms": round(percentile(with_decode, 50), 2),
+        "bare_cpu_ms_per_query": round(bare_cpu / n * 1000.0, 2),
     }
+    out["service_vs_bare"] = round(out["service_p50_ms"] / out["bare_embed_p50_ms"], 3)
+    if server_pid:
+        out["server_cpu_ms_per_query"] = round(server_cpu / n * 1000.0, 2)
+        out["cpu_service_vs_bare"] = round(server_cpu / bare_cpu, 3) if bare_cpu else None
+    return out
 
 
 def build_setup(work: Path, config: str, checkpoint: Path | None, n_items: int) -> dict:
@@ -180,8 +226,8 @@ def build_setup(work: Path, config: str, checkpoint: Path | None, n_items: int) 
     return {"index_dir": index_dir, "checkpoint": checkpoint, "image": query.read_bytes()}
 
 
-def markdown(results: list[LevelResult], bare: dict | None) -> str:
-    """The results as a Markdown table (plus the single-query comparison)."""
+def markdown(results: list[LevelResult], single: dict[str, dict]) -> str:
+    """The results as Markdown tables."""
     lines = [
         "| batching | concurrency | requests | errors | throughput (req/s) | p50 ms | p95 ms "
         "| p99 ms | mean batch | server embed p50 ms | server queue p50 ms |",
@@ -192,15 +238,16 @@ def markdown(results: list[LevelResult], bare: dict | None) -> str:
             f"| {r.mode} | {r.concurrency} | {r.requests} | {r.errors} | {r.throughput_rps} | "
             f"{r.p50_ms} | {r.p95_ms} | {r.p99_ms} | {r.mean_batch} | "
             f"{r.server_embed_ms_p50} | {r.server_queue_ms_p50} |")
-    if bare:
-        lines += ["", "| single query (c=1) | p50 ms | vs bare forward |", "|---|---:|---:|",
-                  f"| bare `Embedder.embed` (decoded image) | {bare['embed_p50_ms']} | 1.00x |",
-                  f"| bare decode + `embed` | {bare['decode_embed_p50_ms']} | "
-                  f"{bare['decode_embed_p50_ms'] / bare['embed_p50_ms']:.2f}x |"]
-        for r in results:
-            if r.concurrency == 1:
-                lines.append(f"| service, batching {r.mode}, over HTTP | {r.p50_ms} | "
-                             f"{r.p50_ms / bare['embed_p50_ms']:.2f}x |")
+    if single:
+        lines += ["", "| batching | service p50 ms (HTTP) | inside the service p50 ms "
+                  "| bare `embed` p50 ms | bare decode + `embed` p50 ms | service / bare "
+                  "| CPU ms/query service | CPU ms/query bare | CPU service / bare |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for mode, s in single.items():
+            lines.append(f"| {mode} | {s['service_p50_ms']} | {s['service_inside_p50_ms']} | "
+                         f"{s['bare_embed_p50_ms']} | {s['bare_decode_embed_p50_ms']} | "
+                         f"{s['service_vs_bare']:.2f}x | {s.get('server_cpu_ms_per_query')} | "
+                         f"{s['bare_cpu_ms_per_query']} | {s.get('cpu_service_vs_bare')}x |")
     return "\n".join(lines)
 
 
@@ -217,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=5000, help="cap per level (5000)")
     p.add_argument("--batch-max-size", type=int, default=16)
     p.add_argument("--batch-max-wait-ms", type=float, default=5.0)
-    p.add_argument("--bare-reps", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=10, help="single-query rounds (10)")
+    p.add_argument("--per-round", type=int, default=10, help="queries per round (10)")
     p.add_argument("--api-key", default=os.environ.get("ASEN_API_KEY"))
     p.add_argument("--json", type=Path, help="write all numbers here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
@@ -228,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
 
     results: list[LevelResult] = []
-    bare = None
+    single: dict[str, dict] = {}
     info = {"python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load_avg_before": os.getloadavg()}
     if args.url:
@@ -245,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print("building catalog, checkpoint and index ...", flush=True)
             setup = build_setup(Path(tmp), args.config, args.checkpoint, args.items)
             image = args.image.read_bytes() if args.image else setup["image"]
+            emb = load_bare(setup["checkpoint"])
             modes = {"off": {"ASEN_BATCH_MAX_SIZE": "1"},
                      "on": {"ASEN_BATCH_MAX_SIZE": str(args.batch_max_size),
                             "ASEN_BATCH_MAX_WAIT_MS": str(args.batch_max_wait_ms)}}
@@ -260,16 +309,17 @@ def main(argv: list[str] | None = None) -> int:
                                           args.duration, args.max_requests, headers)
                         print(json.dumps(asdict(r)), flush=True)
                         results.append(r)
-            print("timing the bare model forward ...", flush=True)
-            bare = bare_forward(setup["checkpoint"], image, args.attribute, args.bare_reps)
-            print(json.dumps(bare), flush=True)
+                    single[mode] = single_query(srv.url, emb, image, args.attribute,
+                                                args.rounds, args.per_round, headers,
+                                                server_pid=srv.proc.pid if srv.proc else None)
+                    print(json.dumps({"single_query": mode, **single[mode]}), flush=True)
     info["load_avg_after"] = os.getloadavg()
-    table = markdown(results, bare)
+    table = markdown(results, single)
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "args": {
             k: str(v) for k, v in vars(args).items() if k != "api_key"},
-            "levels": [asdict(r) for r in results], "bare": bare}, indent=2))
+            "levels": [asdict(r) for r in results], "single_query": single}, indent=2))
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0 if all(r.errors == 0 for r in results) else 1

@@ -23,7 +23,13 @@ import numpy as np
 from indexer import FORMAT_VERSION
 from indexer import faiss_index as fx
 from indexer.catalog import Catalog, load_catalog
-from indexer.embedding_job import EmbedLimits, EmbedOutcome, embed_catalog, set_threads
+from indexer.embedding_job import (
+    EmbedLimits,
+    EmbedOutcome,
+    default_workers,
+    embed_catalog,
+    set_threads,
+)
 from indexer.layout import IndexLayout, new_version
 from indexer.reader import read_item_hashes, read_manifest
 from indexer.shards import ShardStore
@@ -212,7 +218,8 @@ def run_build(opts: BuildOptions, say=None) -> BuildResult:
             "unchanged": outcome.count("unchanged"),
             "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
             "device": str(emb.device), "faiss_gpus": faiss.get_num_gpus(),
-            "workers": opts.workers, "batch_size": opts.batch_size,
+            "workers": default_workers() if opts.workers is None else opts.workers,
+            "batch_size": opts.batch_size,
         }
         extra: dict = {}
         if prev is not None:

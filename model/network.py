@@ -114,12 +114,14 @@ class ASENPlusPlus(nn.Module):
     # -- whole forward ---------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor, attr: torch.Tensor,
                 images: Sequence[PreparedImage] | None = None,
-                image_index: torch.Tensor | None = None, use_local: bool = True) -> ForwardOutput:
+                image_index: torch.Tensor | None = None, use_local: bool = True,
+                features: torch.Tensor | None = None) -> ForwardOutput:
         """``pixels`` [N,3,S,S] of ``images``; row i of ``attr`` is for image ``image_index[i]``
-        (default: one row per image)."""
+        (default: one row per image). ``features``: the global trunk's output for ``pixels``
+        when the caller already has it (a frozen trunk's cache)."""
         if image_index is None:
             image_index = torch.arange(len(pixels), device=attr.device)
-        feat = self.trunk(pixels)
+        feat = self.trunk(pixels) if features is None else features
         if len(image_index) != len(feat) or not torch.equal(
                 image_index.cpu(), torch.arange(len(feat))):
             feat = feat[image_index.to(feat.device)]

@@ -55,7 +55,8 @@ class TrainConfig:
     margin: float = 0.2
     local_weight: float = 0.1
     align_weight: float = 0.1
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # a torchvision weights file, or "imagenet" (offline)
+    freeze_backbones: bool = False       # train attention heads only; trunk outputs are cached
     valid_limit: int | None = None   # queries/candidates per attribute for validation MAP
     seed: int = 0
 
@@ -77,12 +78,17 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
         stage1=StageConfig(epochs=50, lr=1e-4, step=3, gamma=0.9),
         stage2=StageConfig(epochs=20, lr=1e-4, step=1, gamma=0.9, lr_global=1e-5),
     ),
-    # MobileNetV2 trunks from the offline ImageNet weights (see README).
+    # Frozen ImageNet MobileNetV2 trunks (offline weights), attention heads trained: the demo
+    # checkpoint and docs/RESULTS.md. Minutes on two CPU cores.
     "cpu": TrainConfig(
         model="cpu",
-        stage1=StageConfig(epochs=6, lr=1e-4, step=3, gamma=0.9),
-        stage2=StageConfig(epochs=3, lr=1e-4, step=1, gamma=0.9, lr_global=1e-5),
-        triplets_per_epoch=8_000,
+        stage1=StageConfig(epochs=6, lr=1e-3, step=2, gamma=0.8),
+        stage2=StageConfig(epochs=3, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        triplets_per_epoch=10_000,
+        batch_size=32,
+        backbone_weights="imagenet",
+        freeze_backbones=True,
+        valid_limit=100,
     ),
     # From scratch in minutes on two CPU cores: the demo checkpoint and docs/RESULTS.md.
     "small": TrainConfig(
@@ -122,6 +128,25 @@ def get_train_config(name_or_file: str) -> TrainConfig:
 
 # -- data --------------------------------------------------------------------------------------
 
+class TrunkCache:
+    """Global-trunk outputs by image id, for a frozen trunk (exact: eval-mode BN, no
+    augmentation). Computed on first use, a batch at a time."""
+
+    def __init__(self, net: ASENPlusPlus, images: ImageCache, device: torch.device):
+        self.net, self.images, self.device = net, images, device
+        self._cache: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def features(self, ids: Sequence[int]) -> torch.Tensor:
+        todo = sorted({i for i in ids if i not in self._cache})
+        if todo:
+            pixels = torch.stack([self.images[i].pixels for i in todo]).to(self.device)
+            feats = self.net.trunk(pixels.contiguous(memory_format=torch.channels_last))
+            for i, f in zip(todo, feats, strict=True):
+                self._cache[i] = f.clone()
+        return torch.stack([self._cache[i] for i in ids])
+
+
 class ImageCache:
     """Prepared images by id, decoded on first use (no augmentation, so caching is exact)."""
 
@@ -157,28 +182,39 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
+def set_train_mode(net: ASENPlusPlus, frozen: bool) -> None:
+    """Training mode, with frozen trunks kept in eval mode (fixed BatchNorm statistics)."""
+    net.train()
+    for branch in net.choices.values():
+        branch.basenet.requires_grad_(not frozen)
+        if frozen:
+            branch.basenet.eval()
+
+
 def make_optimizer(net: ASENPlusPlus, stage: int, cfg: StageConfig):
+    glob = [p for p in net.choices["global"].parameters() if p.requires_grad]
     if stage == 1:
-        params = [{"params": list(net.choices["global"].parameters()), "lr": cfg.lr}]
+        params = [{"params": glob, "lr": cfg.lr}]
     else:
         local_only = [p for n, p in net.choices["local"].named_parameters()
-                      if not n.startswith("attrnet.")]
-        params = [{"params": list(net.choices["global"].parameters()), "lr": cfg.lr_global},
-                  {"params": local_only, "lr": cfg.lr}]
+                      if not n.startswith("attrnet.") and p.requires_grad]
+        params = [{"params": glob, "lr": cfg.lr_global}, {"params": local_only, "lr": cfg.lr}]
     opt = torch.optim.Adam(params)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step, gamma=cfg.gamma)
     return opt, sched
 
 
 def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
-               stage: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+               stage: int, cfg: TrainConfig, device: torch.device,
+               trunk_cache: TrunkCache | None = None) -> torch.Tensor:
     n = len(batch)
     ids = [t[i] for i in range(3) for t in batch]            # anchors, positives, negatives
     prepared = [images[i] for i in ids]
     pixels = torch.stack([p.pixels for p in prepared]).to(device)
     pixels = pixels.contiguous(memory_format=torch.channels_last)
     attr = torch.tensor([t[3] for t in batch] * 3, device=device)
-    out = net(pixels, attr, prepared, use_local=(stage == 2))
+    feats = trunk_cache.features(ids) if trunk_cache is not None else None
+    out = net(pixels, attr, prepared, use_local=(stage == 2), features=feats)
     g = out.g.split(n)
     loss = triplet_loss(*g, cfg.margin)
     if stage == 2:
@@ -191,7 +227,7 @@ def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
 def validate(net: ASENPlusPlus, data: Path, cfg: TrainConfig, device: torch.device) -> float:
     emb = Embedder(net, device=device)
     report = evaluate_split(emb, data, "valid", limit=cfg.valid_limit, loc_limit=0)
-    net.train()
+    set_train_mode(net, cfg.freeze_backbones)
     return float(report["overall"])
 
 
@@ -245,6 +281,7 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
     train = load_split(data_dir, "train")
     sampler = TripletSampler(train.labels, len(attrs))
     images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
+    trunk_cache = TrunkCache(net, images, dev) if cfg.freeze_backbones else None
     (out / "train_config.json").write_text(json.dumps(
         {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "variant": variant}, indent=2))
 
@@ -258,7 +295,7 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
             assert all(k.startswith("choices.local.") for k in missing), missing
             state.best_map = -1.0
             log("stage 2: starting from best_stage1.pt")
-        net.train()
+        set_train_mode(net, cfg.freeze_backbones)
         opt, sched = make_optimizer(net, stage, scfg)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
@@ -271,7 +308,7 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
             t0, seen, total = time.perf_counter(), 0, 0.0
             for s in range(0, len(triplets), cfg.batch_size):
                 batch = triplets[s:s + cfg.batch_size]
-                loss = train_step(net, batch, images, stage, cfg, dev)
+                loss = train_step(net, batch, images, stage, cfg, dev, trunk_cache)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

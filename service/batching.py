@@ -192,10 +192,13 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(BatcherClosed("service is shutting down"))
             raise
-        except Exception as exc:  # the model failed: every job in the batch gets the error
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+        except Exception as exc:
+            if len(jobs) > 1:  # one bad input must not fail its batch-mates: retry one by one
+                for job in jobs:
+                    await self._forward(loop, [job])
+                return
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(exc)
             return
         if len(vectors) != len(jobs):  # never let a misbehaving model kill the worker
             err = RuntimeError(f"model returned {len(vectors)} embeddings for {len(jobs)} images")

@@ -34,7 +34,8 @@ class Metrics:
         )
         self.stage_latency = Histogram(
             "asen_stage_duration_seconds",
-            "Latency of each query stage (decode, queue, embed, search, explain).",
+            "Latency of each query stage (decode, queue, embed, search, explain) per request, "
+            "and of each model forward pass (forward).",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(

@@ -49,7 +49,8 @@ class RequestContextMiddleware:
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"],
-                                      (b"x-request-id", request_id.encode("latin-1"))]
+                                      (b"x-request-id", request_id.encode("latin-1")),
+                                      (b"x-content-type-options", b"nosniff")]
             await send(message)
 
         try:

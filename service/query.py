@@ -21,8 +21,10 @@ def ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def check_k(k: int, settings: Settings) -> int:
-    """k within 1..ASEN_MAX_K, else 422."""
+def check_k(k: int | None, settings: Settings) -> int:
+    """k (default ASEN_DEFAULT_K) within 1..ASEN_MAX_K, else 422."""
+    if k is None:
+        k = settings.default_k
     if not 1 <= k <= settings.max_k:
         raise ApiError(422, "validation_error", f"k must be between 1 and {settings.max_k}",
                        details=[{"loc": ["k"], "msg": f"must be 1..{settings.max_k}",

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .settings import K_CEILING
 
-_K_DOC = "Number of results, 1..ASEN_MAX_K (default 100)."
+_K_DOC = "Number of results, 1..ASEN_MAX_K (100); default ASEN_DEFAULT_K (10)."
 _FILTERS_DOC = (
     'Metadata filters as a JSON object of exact matches, e.g. {"category": "top"}; '
     "an item is kept when every listed metadata field equals the given value."
@@ -112,7 +112,7 @@ class ImageSearchForm(BaseModel):
 
     image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
     attribute: str = Field(description="Attribute to compare on (GET /v1/attributes).")
-    k: int = Field(10, ge=1, le=K_CEILING, description=_K_DOC)
+    k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
     filters: str | None = Field(None, description=_FILTERS_DOC, examples=['{"category": "top"}'])
 
 
@@ -127,7 +127,7 @@ class MultiSearchForm(BaseModel):
         '{"collar_design": 0.7, "sleeve_length": 0.3}; normalised to sum to 1.',
         examples=['{"collar_design": 0.7, "sleeve_length": 0.3}'],
     )
-    k: int = Field(10, ge=1, le=K_CEILING, description=_K_DOC)
+    k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
     filters: str | None = Field(None, description=_FILTERS_DOC)
 
 
@@ -141,8 +141,9 @@ class ItemSearchRequest(BaseModel):
     weights: dict[str, float] | None = Field(
         None, description="Several attributes with weights (instead of attribute)."
     )
-    k: int = Field(10, ge=1, le=K_CEILING, description=_K_DOC)
-    filters: dict[str, str] | None = Field(None, description="Exact metadata matches.")
+    k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
+    filters: dict[str, str | int | float | bool] | None = Field(
+        None, description="Exact metadata matches, e.g. {\"category\": \"top\"}.")
     include_self: bool = Field(False, description="Keep the query item in the results.")
 
 

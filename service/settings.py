@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Hard ceiling on ``k`` whatever ``ASEN_MAX_K`` says (also the documented schema maximum).
@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     # network
     host: str = Field("127.0.0.1", description="Interface that `python -m service` binds.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port of `python -m service`.")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and uvicorn.")
     root_path: str = Field("", description="Path prefix when served behind a proxy.")
 
     # model and index
@@ -29,8 +30,10 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(
         None, description="Model checkpoint; default: the manifest's model.checkpoint."
     )
-    device: Literal["cpu", "cuda"] | None = Field(None, description="Default: cuda if available.")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["cpu", "cuda"] | None = Field(
+        None, description="Inference device; default: cuda if available, else cpu.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Inference precision (fp16 only on cuda).")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads.")
     reload_interval_s: float = Field(
         5.0, ge=0, description="Seconds between index_version checks; 0 disables polling."
@@ -41,7 +44,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width x height); bombs get 413."
     )
-    default_k: int = Field(10, ge=1, le=K_CEILING)
+    default_k: int = Field(10, ge=1, le=K_CEILING, description="k when a query gives none.")
     max_k: int = Field(100, ge=1, le=K_CEILING, description="Largest k a client may ask for.")
 
     # micro-batching and load shedding
@@ -83,6 +86,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_path_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _k_bounds(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"ASEN_DEFAULT_K ({self.default_k}) exceeds ASEN_MAX_K ({self.max_k})")
+        return self
 
     @property
     def batching(self) -> bool:

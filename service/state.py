@@ -188,6 +188,7 @@ class ServiceState:
 
     def _on_batch(self, size: int, embed_ms: float) -> None:
         self.metrics.batch_size.observe(size)
+        self.metrics.observe_stage("forward", embed_ms)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -214,16 +215,16 @@ class ServiceState:
         self._loader.shutdown(wait=False)
 
     async def _watch(self) -> None:
-        await self.reload()
+        """Load at startup, then poll the manifest's index_version."""
         interval = self.settings.reload_interval_s
-        if interval <= 0:
-            return
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self.reload()
             except Exception:  # keep watching whatever happens
                 log.exception("index watcher failed")
+            if interval <= 0:
+                return
+            await asyncio.sleep(interval)
 
     # ------------------------------------------------------------ access
     @property

@@ -65,9 +65,11 @@ def subset_catalog(catalog: Path, out: Path, n: int) -> Path:
 _CACHE: dict[tuple, Fixture] = {}
 
 
-def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int = 0) -> Fixture:
-    """Build (once per process) a synthetic catalog, tiny checkpoint and index."""
-    key = (n_train, n_test, size, seed)
+def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int = 0,
+                  checkpoint: Path | None = None) -> Fixture:
+    """Build (once per process) a synthetic catalog, a checkpoint (default: a random tiny
+    one) and its index."""
+    key = (n_train, n_test, size, seed, str(checkpoint))
     if key in _CACHE:
         return _CACHE[key]
     from model import build_model, save_checkpoint
@@ -78,8 +80,9 @@ def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int
     atexit.register(shutil.rmtree, root, True)
     data = root / "data"
     generate(data, seed=seed, n_train=n_train, n_valid=2, n_test=n_test, size=size, workers=1)
-    checkpoint = root / "tiny.pt"
-    save_checkpoint(build_model("tiny", read_attributes(data)), checkpoint)
+    if checkpoint is None:
+        checkpoint = root / "tiny.pt"
+        save_checkpoint(build_model("tiny", read_attributes(data)), checkpoint)
     index_dir = root / "index"
     run_indexer(data / "catalog.csv", checkpoint, index_dir)
     fixture = Fixture(root, data / "catalog.csv", checkpoint, index_dir)

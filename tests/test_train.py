@@ -95,3 +95,18 @@ def test_config_file_overrides(tmp_path):
     cfg = get_train_config(str(path))
     assert cfg.model == "small" and cfg.batch_size == 8 and cfg.stage2.epochs == 1
     assert cfg.stage1 == TRAIN_CONFIGS["small"].stage1
+
+
+def test_frozen_backbones_train_heads_only(dataset, tmp_path):
+    from model import build_model
+    from model.data import read_attributes
+
+    cfg = replace(CFG, freeze_backbones=True, stage1=replace(CFG.stage1, epochs=1))
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg.model, read_attributes(dataset)).state_dict()
+    best = run(dataset, tmp_path / "frozen", cfg, log=lambda m: None)
+    trained = read_checkpoint_file(best)["state_dict"]
+    changed = {k for k, v in trained.items() if not torch.equal(v, initial[k])}
+    assert changed, "nothing was trained"
+    assert all(".basenet." not in k for k in changed), sorted(changed)[:3]
+    assert any(".attnnet." in k for k in changed)

@@ -14,6 +14,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOT = REPO_ROOT / "docs" / "img" / "webpage.png"
+DEMO_CHECKPOINT = REPO_ROOT / "model" / "weights" / "demo.pt"
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian: apt-get install chromium)")
@@ -21,6 +22,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def fx():
+    # the trained demo checkpoint gives a meaningful screenshot; a random tiny one otherwise
+    if DEMO_CHECKPOINT.is_file():
+        return build_fixture(n_train=40, n_test=8, size=192, checkpoint=DEMO_CHECKPOINT)
     return build_fixture()
 
 

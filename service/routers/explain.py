@@ -54,7 +54,8 @@ async def explain(
         raise ApiError(422, "validation_error", "give exactly one of image or item_id")
     async with state.lease() as snap:
         attribute = require_attribute(snap, form.attribute)
-        async with admitted(state):
+        async with admitted(state) as slot:
+            slot.submitted()  # explain does not join a micro-batch: nobody should wait for it
             t = time.perf_counter()
             if form.image is not None:
                 image = await decode_image(await read_upload(form.image, settings), settings)

@@ -1,0 +1,130 @@
+"""Indexer building blocks: catalogs, shard slicing, the shard store, index helpers, layout."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from indexer import faiss_index as fx
+from indexer.catalog import CatalogError, load_catalog, parse_shard
+from indexer.layout import IndexLayout
+from indexer.shards import ShardStore
+
+
+def test_csv_catalog_paths_and_metadata(tmp_path):
+    (tmp_path / "c.csv").write_text("id,image,colour\na,img/a.jpg,red\nb,/abs/b.png,blue\n")
+    cat = load_catalog(tmp_path / "c.csv")
+    assert [it.id for it in cat.items] == ["a", "b"]
+    assert cat.items[0].image == str(tmp_path / "img" / "a.jpg")
+    assert cat.items[1].image == "/abs/b.png"
+    assert cat.items[0].metadata == {"colour": "red"}
+    assert len(cat.sha256) == 64
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,picture\na,x.jpg\n", "lacks column"),
+    ("id,image\na,x.jpg\n,y.jpg\n", "empty or missing 'id'"),
+    ("id,image\na,x.jpg\nb,y.jpg\na,z.jpg\n", "duplicate ids"),
+])
+def test_bad_csv_catalogs(tmp_path, text, message):
+    (tmp_path / "c.csv").write_text(text)
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(tmp_path / "c.csv")
+
+
+def test_jsonl_catalog(tmp_path):
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": 7, "image": "a.jpg", "tags": ["x"]})
+                                      + "\n\n" + json.dumps({"id": "8", "image": "b.jpg"}) + "\n")
+    cat = load_catalog(tmp_path / "c.jsonl")
+    assert [it.id for it in cat.items] == ["7", "8"] and cat.items[0].metadata == {"tags": ["x"]}
+    (tmp_path / "bad.jsonl").write_text('{"id": 1, "image": "a.jpg"}\n[1, 2]\n')
+    with pytest.raises(CatalogError, match="line 2"):
+        load_catalog(tmp_path / "bad.jsonl")
+    with pytest.raises(CatalogError, match="not found"):
+        load_catalog(tmp_path / "missing.csv")
+
+
+def test_folder_catalog_ids_are_relative_paths(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/b/x.JPG", "a/y.png", "notes.txt", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"...")
+    cat = load_catalog(tmp_path)
+    assert [it.id for it in cat.items] == ["a/y.png", "a/b/x.JPG"]
+    assert cat.items[1].image == str(tmp_path / "a" / "b" / "x.JPG")
+
+
+def test_shards_cover_the_catalog_once(tmp_path):
+    rows = "".join(f"i{k},{k}.jpg\n" for k in range(23))
+    (tmp_path / "c.csv").write_text("id,image\n" + rows)
+    cat = load_catalog(tmp_path / "c.csv")
+    parts = [cat.shard(i, 4) for i in range(4)]
+    assert [it.id for p in parts for it in p.items] == [it.id for it in cat.items]
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "-1/3", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_shard_store_commits_and_reloads(tmp_path):
+    store = ShardStore(tmp_path / "w", job={"k": 1})
+    v = np.random.default_rng(0).normal(size=(5, 3, 4)).astype("f4")
+    store.write([f"s{i}" for i in range(5)], v)
+    store.write(["s9"], v[:1] * 2)
+    (tmp_path / "w" / "shard-000002.npy").write_bytes(b"half-written, no json marker")
+    again = ShardStore(tmp_path / "w")
+    assert again.shard_count == 2 and len(again) == 6 and "s3" in again
+    np.testing.assert_array_equal(again.gather(["s4", "s9", "s0"], 1),
+                                  np.stack([v[4, 1], 2 * v[0, 1], v[0, 1]]))
+
+
+def test_update_and_extract_keep_ids():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 16)).astype("f4")
+    ids = np.arange(50, dtype=np.int64) * 10
+    for kind in ("flat", "hnsw"):
+        spec = fx.resolve_spec(kind, 50, 16)
+        index = fx.build(spec, 16, ids, x.__getitem__)
+        index = fx.update(index, spec, np.array([0, 100]), np.array([100, 999]), x[:2] * 3)
+        got_ids, got = fx.extract(index)
+        order = np.argsort(got_ids)
+        assert list(got_ids[order][:3]) == [10, 20, 30] and got_ids.max() == 999
+        assert len(got_ids) == 50 and 100 in got_ids
+        np.testing.assert_allclose(got[order][-1], x[1] * 3)
+    spec = fx.resolve_spec("ivfpq", 50, 16, {"m": 4, "nbits": 4})
+    index = fx.build(spec, 16, ids, x.__getitem__)
+    index = fx.update(index, spec, np.array([0]), np.array([7]), x[:1])
+    assert index.ntotal == 50
+    fx.enable_reconstruct(index, spec)
+    assert fx.reconstruct(index, 7) is not None and fx.reconstruct(index, 0) is None
+    with pytest.raises(ValueError):
+        fx.extract(index)
+
+
+def test_publish_swaps_and_prunes(tmp_path):
+    layout = IndexLayout(tmp_path / "idx")
+    seen = []
+    with layout:
+        for k in range(4):
+            stage = layout.staging(f"v{k}")
+            (stage / "manifest.json").write_text(str(k))
+            layout.publish(stage, f"v{k}")
+            seen.append((tmp_path / "idx" / "manifest.json").read_text())
+    assert seen == ["0", "1", "2", "3"]
+    assert os.readlink(tmp_path / "idx") == os.path.join(".idx.versions", "v3")
+    assert sorted(p.name for p in layout.versions.iterdir()) == ["v2", "v3"]
+
+
+def test_plain_folder_is_migrated(tmp_path):
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "manifest.json").write_text("old")
+    layout = IndexLayout(tmp_path / "idx")
+    with layout:
+        stage = layout.staging("v1")
+        (stage / "manifest.json").write_text("new")
+        layout.publish(stage, "v1")
+    assert (tmp_path / "idx").is_symlink()
+    assert (tmp_path / "idx" / "manifest.json").read_text() == "new"
+    assert len([p for p in layout.versions.iterdir() if p.name.startswith("legacy-")]) == 1
