@@ -135,13 +135,15 @@ def _plan_rows(catalog: Catalog, outcome: EmbedOutcome, prev: _Previous | None):
 
 
 def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
-                 attrs: list[str]) -> dict[str, fx.IndexSpec]:
+                 attrs: list[str], previous_type: str | None) -> dict[str, fx.IndexSpec]:
+    """Index spec per attribute: shards flat; updates keep the published one; else the flag."""
     if opts.shard is not None:   # shard outputs keep exact vectors so they can be merged
         return {a: fx.IndexSpec("flat", {}) for a in attrs}
     if prev is not None and opts.index_type is None:
         return {a["name"]: fx.IndexSpec(a["index"]["type"], dict(a["index"]["params"]))
                 for a in prev.manifest["attributes"]}
-    spec = fx.resolve_spec(opts.index_type or "flat", n, dim, opts.index_params)
+    kind = opts.index_type or previous_type or "flat"
+    spec = fx.resolve_spec(kind, n, dim, opts.index_params)
     return dict.fromkeys(attrs, spec)
 
 
@@ -162,6 +164,7 @@ def run_build(opts: BuildOptions, say=None) -> BuildResult:
         attrs = emb.attribute_names
         emb.batch_size = max(1, opts.batch_size) * len(attrs)   # one forward per batch
         prev = _load_previous(layout, emb, say) if opts.update else None
+        _check_type_change(opts, prev)
         key = _job_key(emb.checkpoint_sha256, emb.precision, attrs)
         if layout.work.exists():
             for other in layout.work.iterdir():
@@ -188,63 +191,91 @@ def run_build(opts: BuildOptions, say=None) -> BuildResult:
                 f"--max-reject-rate {opts.max_reject_rate:.1%}; the previous index is kept")
         rows, remove, add = _plan_rows(catalog, outcome, prev)
         n_items = len(rows)
-        specs = _index_specs(opts, prev, n_items, emb.dim, attrs)
+        published = layout.current() if opts.update else None
+        previous_type = (read_manifest(published)["attributes"][0]["index"]["type"]
+                         if published is not None else None)
+        specs = _index_specs(opts, prev, n_items, emb.dim, attrs, previous_type)
         version = new_version()
         staging = layout.staging(version)
-        t_index = time.perf_counter()
-        attr_docs = []
-        for a_idx, spec_attr in enumerate(emb.attributes):
-            name = spec_attr.name
-            spec = specs[name]
-            index = _attribute_index(a_idx, name, spec, prev, rows, remove, add, catalog,
-                                     outcome, store, emb.dim)
-            fname = write_index(staging, name, index)
-            attr_docs.append({"name": name, "n_values": int(spec_attr.n_values),
-                              "index": {**spec.to_dict(), "factory": spec.factory(emb.dim),
-                                        "file": fname, "ntotal": int(index.ntotal)}})
-            del index
-        write_items(staging, ((rows[p], catalog.items[p].id, catalog.items[p].image,
-                               catalog.items[p].metadata, outcome.shas[p])
-                              for p in sorted(rows, key=rows.get)))
-        write_rejected(staging, outcome.rejects)
-        computed = outcome.count("computed")
-        build = {
-            "mode": "update" if prev else "full",
-            "seconds": round(time.perf_counter() - t0, 3),
-            "embed_seconds": round(outcome.seconds, 3),
-            "index_seconds": round(time.perf_counter() - t_index, 3),
-            "images_per_s": round(len(catalog) / outcome.seconds, 2) if outcome.seconds else None,
-            "computed": computed, "cached": outcome.count("cached"),
-            "unchanged": outcome.count("unchanged"),
-            "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
-            "device": str(emb.device), "faiss_gpus": faiss.get_num_gpus(),
-            "workers": default_workers() if opts.workers is None else opts.workers,
-            "batch_size": opts.batch_size,
-        }
-        extra: dict = {}
-        if prev is not None:
-            changed = len(np.intersect1d(remove, [rows[p] for p in add]))
-            extra["update"] = {"base_version": prev.manifest["index_version"],
-                               "added": len(add) - changed, "changed": changed,
-                               "removed": int(len(remove) - changed),
-                               "unchanged": outcome.count("unchanged")}
-        if opts.shard is not None:
-            extra["shard"] = {"index": opts.shard[0], "count": opts.shard[1],
-                              "catalog_entries": entries_total,
-                              "requested_index": {"type": opts.index_type or "flat",
-                                                  "params": dict(opts.index_params)}}
-        manifest = make_manifest(
-            version=version, model=_model_info(emb, opts.checkpoint), attributes=attr_docs,
-            catalog={"path": catalog.path, "sha256": catalog.sha256, "items": n_items,
-                     "entries": len(catalog)},
-            rejected=n_rej, build=build, extra=extra)
-        write_manifest(staging, manifest)
+        try:
+            manifest = _write_version(opts, catalog, emb, prev, outcome, store, staging, version,
+                                      rows, remove, add, specs, t0, entries_total)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         final = layout.publish(staging, version)
         if not opts.keep_work:
             store.remove()
             if layout.work.exists() and not any(layout.work.iterdir()):
                 layout.work.rmdir()
     return BuildResult(layout.out, final, manifest, outcome)
+
+
+def _check_type_change(opts: BuildOptions, prev: _Previous | None) -> None:
+    """Fail before any work when --update asks for a type the old index cannot become."""
+    if prev is None or opts.index_type is None or opts.shard is not None:
+        return
+    old = prev.manifest["attributes"][0]["index"]["type"]
+    if old not in fx.EXACT_STORAGE and opts.index_type != old:
+        raise ValueError(f"--update cannot change the index type from {old} (it keeps no "
+                         "exact vectors); run a full build instead")
+
+
+def _write_version(opts: BuildOptions, catalog: Catalog, emb, prev: _Previous | None,
+                   outcome: EmbedOutcome, store: ShardStore, staging: Path, version: str,
+                   rows: dict[int, int], remove: np.ndarray, add: list[int],
+                   specs: dict[str, fx.IndexSpec], t0: float, entries_total: int) -> dict:
+    """Write every file of the new version into `staging`; returns its manifest."""
+    n_items, n_rej = len(rows), len(outcome.rejects)
+    t_index = time.perf_counter()
+    attr_docs = []
+    for a_idx, spec_attr in enumerate(emb.attributes):
+        name = spec_attr.name
+        spec = specs[name]
+        index = _attribute_index(a_idx, name, spec, prev, rows, remove, add, catalog,
+                                 outcome, store, emb.dim)
+        fname = write_index(staging, name, index)
+        attr_docs.append({"name": name, "n_values": int(spec_attr.n_values),
+                          "index": {**spec.to_dict(), "factory": spec.factory(emb.dim),
+                                    "file": fname, "ntotal": int(index.ntotal)}})
+        del index
+    write_items(staging, ((rows[p], catalog.items[p].id, catalog.items[p].image,
+                           catalog.items[p].metadata, outcome.shas[p])
+                          for p in sorted(rows, key=rows.get)))
+    write_rejected(staging, outcome.rejects)
+    computed = outcome.count("computed")
+    build = {
+        "mode": "update" if prev else "full",
+        "seconds": round(time.perf_counter() - t0, 3),
+        "embed_seconds": round(outcome.seconds, 3),
+        "index_seconds": round(time.perf_counter() - t_index, 3),
+        "images_per_s": round(len(catalog) / outcome.seconds, 2) if outcome.seconds else None,
+        "computed": computed, "cached": outcome.count("cached"),
+        "unchanged": outcome.count("unchanged"),
+        "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
+        "device": str(emb.device), "faiss_gpus": faiss.get_num_gpus(),
+        "workers": default_workers() if opts.workers is None else opts.workers,
+        "batch_size": opts.batch_size,
+    }
+    extra: dict = {}
+    if prev is not None:
+        changed = len(np.intersect1d(remove, [rows[p] for p in add]))
+        extra["update"] = {"base_version": prev.manifest["index_version"],
+                           "added": len(add) - changed, "changed": changed,
+                           "removed": int(len(remove) - changed),
+                           "unchanged": outcome.count("unchanged")}
+    if opts.shard is not None:
+        extra["shard"] = {"index": opts.shard[0], "count": opts.shard[1],
+                          "catalog_entries": entries_total,
+                          "requested_index": {"type": opts.index_type or "flat",
+                                              "params": dict(opts.index_params)}}
+    manifest = make_manifest(
+        version=version, model=_model_info(emb, opts.checkpoint), attributes=attr_docs,
+        catalog={"path": catalog.path, "sha256": catalog.sha256, "items": n_items,
+                 "entries": len(catalog)},
+        rejected=n_rej, build=build, extra=extra)
+    write_manifest(staging, manifest)
+    return manifest
 
 
 def _attribute_index(a_idx: int, name: str, spec: fx.IndexSpec, prev: _Previous | None,

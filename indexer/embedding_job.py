@@ -120,8 +120,7 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _embed_batch(emb, prepared: list, items: list[CatalogItem]) -> tuple[list[int], np.ndarray,
-                                                                        list[tuple[int, str]]]:
+def _embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """Embed a batch; on failure isolate the bad images one by one.
 
     Returns (indices that succeeded, their vectors [n, A, D], [(index, error)]).
@@ -197,8 +196,7 @@ def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
                 else:
                     out.status[rec.pos] = rec.status
             if todo:
-                ok, vecs, bad = _embed_batch(emb, [r.payload for r in todo],
-                                             [items[r.pos] for r in todo])
+                ok, vecs, bad = _embed_batch(emb, [r.payload for r in todo])
                 for i, err in bad:
                     reject(todo[i].pos, "embed_error", err)
                 for j, i in enumerate(ok):

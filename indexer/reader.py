@@ -172,6 +172,15 @@ class CatalogIndex:
             out.update((it.row, it) for it in self._items(f"row IN ({marks})", tuple(part)))
         return out
 
+    def list_items(self, offset: int, limit: int) -> tuple[int, list[Item]]:
+        """(total item count, one page of items in index order)."""
+        with self._lock:
+            total = int(self._con.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+            rows = self._con.execute(
+                "SELECT row, id, image, metadata FROM items ORDER BY row LIMIT ? OFFSET ?",
+                (int(limit), int(offset))).fetchall()
+        return total, [Item(r, i, img, json.loads(meta)) for r, i, img, meta in rows]
+
     def get(self, item_id: str) -> Item | None:
         """The item with this catalog id, or None."""
         found = self._items("id = ?", (str(item_id),))

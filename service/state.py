@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -85,8 +83,6 @@ class Snapshot:
     refs: int = 0
     retired: bool = False
     closed: bool = False
-    _db: sqlite3.Connection | None = None
-    _db_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def attributes(self) -> list[str]:
@@ -102,33 +98,8 @@ class Snapshot:
         """Run ``fn(*args)`` on this snapshot's index threads."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    # -- item listing (items.sqlite, docs/ARCHITECTURE.md), on the index threads --------
-    def open_items_db(self) -> None:
-        """Open items.sqlite read-only for listing (the reader API has no listing)."""
-        uri = (self.path / "items.sqlite").resolve().as_uri() + "?mode=ro&immutable=1"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-
-    def list_items(self, offset: int, limit: int) -> tuple[int, list[tuple[str, dict]]]:
-        """(total, [(id, metadata)]) in index order."""
-        assert self._db is not None
-        with self._db_lock:
-            total = self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            rows = self._db.execute(
-                "SELECT id, metadata FROM items ORDER BY row LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-        out = []
-        for item_id, meta in rows:
-            try:
-                parsed = json.loads(meta)
-            except ValueError:
-                parsed = {}
-            out.append((item_id, parsed if isinstance(parsed, dict) else {}))
-        return int(total), out
-
     def _close_now(self) -> None:
         try:
-            if self._db is not None:
-                self._db.close()
             self.index.close()
         except Exception:  # closing must never take the service down
             log.exception("closing index %s failed", self.version)
@@ -365,11 +336,6 @@ class ServiceState:
         snap = Snapshot(index=index, embedder=embedder, path=folder, version=version,
                         manifest=manifest, model=_model_info(embedder, ckpt, self.settings),
                         executor=executor)
-        try:
-            snap.open_items_db()
-        except sqlite3.Error as exc:
-            snap.close()
-            raise NotLoadable(f"invalid index at {folder}: items.sqlite: {exc}") from exc
         return snap
 
     @staticmethod

@@ -14,7 +14,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOT = REPO_ROOT / "docs" / "img" / "webpage.png"
-DEMO_CHECKPOINT = REPO_ROOT / "model" / "weights" / "demo.pt"
+DEMO_CHECKPOINT = Path(os.environ.get("ASEN_WEB_CHECKPOINT",
+                                     REPO_ROOT / "model" / "weights" / "demo.pt"))
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (Debian: apt-get install chromium)")

@@ -67,9 +67,10 @@ async def list_items(
     """A page of indexed items in index order (for pickers and browsing)."""
     root = request.scope.get("root_path", "")
     async with state.lease() as snap:
-        total, rows = await snap.call(snap.list_items, offset, limit)
+        total, items = await snap.call(snap.index.list_items, offset, limit)
         return ItemsPage(
-            items=[ItemResponse(id=i, metadata=m, image_url=image_url(root, i)) for i, m in rows],
+            items=[ItemResponse(id=it.id, metadata=dict(it.metadata or {}),
+                                image_url=image_url(root, it.id)) for it in items],
             total=total, offset=offset, limit=limit, index_version=snap.version,
         )
 
