@@ -14,6 +14,7 @@ from PIL import Image
 from .attributes import AttributesLike, AttributeSpec
 from .checkpoint import file_sha256, load_network
 from .errors import UnknownAttributeError
+from .fusion import fuse_conv_bn
 from .network import ASENPlusPlus
 from .preprocess import PreparedImage, Preprocessor
 
@@ -40,7 +41,10 @@ class Embedder:
     """Wraps a network for inference: batching, device, precision, channels-last."""
 
     def __init__(self, net: ASENPlusPlus, device: str | torch.device | None = None,
-                 precision: str = "fp32", batch_size: int = 32, checkpoint: str | None = None):
+                 precision: str = "fp32", batch_size: int = 32, checkpoint: str | None = None,
+                 fuse: bool = False):
+        """``fuse``: fold BatchNorm into convolutions (faster; changes ``net`` in place, so
+        only for a network that will not train again, as :func:`load_model` does)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.device = pick_device(device)
@@ -49,7 +53,10 @@ class Embedder:
         self.precision = precision
         self.batch_size = batch_size
         self.checkpoint = checkpoint
-        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+        net = net.eval()
+        if fuse:
+            fuse_conv_bn(net)
+        self.net = net.to(self.device).to(memory_format=torch.channels_last)
         self.preprocess = Preprocessor(net.config.global_branch.input_size)
         self._index = {a.name: i for i, a in enumerate(net.attributes)}
 
@@ -165,6 +172,6 @@ def load_model(path: str | Path, attributes: AttributesLike | None = None,
     """Load a project or published checkpoint into a ready :class:`Embedder`."""
     net = load_network(path, attributes)
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
-                   checkpoint=str(path))
+                   checkpoint=str(path), fuse=True)
     emb.checkpoint_sha256 = file_sha256(path)
     return emb

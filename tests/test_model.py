@@ -313,3 +313,21 @@ def test_backbone_weights_errors(tmp_path):
         build_model("cpu", ATTRS, backbone_weights=bad)
     with pytest.raises(CheckpointError, match="no such"):
         build_model("cpu", ATTRS, backbone_weights=tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("config", ["paper", "cpu", "small"])
+def test_conv_bn_fusion_keeps_embeddings(config):
+    from model.embedder import Embedder
+
+    torch.manual_seed(0)
+    net = build_model(config, ATTRS).eval()
+    for m in net.modules():                      # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    imgs = random_images(2, seed=5, sizes=((240, 300), (300, 240)))
+    plain = Embedder(net, device="cpu").embed_all(imgs)
+    fused_emb = Embedder(net, device="cpu", fuse=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused_emb.net.modules())
+    assert np.allclose(plain, fused_emb.embed_all(imgs), atol=1e-4)
