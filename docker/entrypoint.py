@@ -22,14 +22,14 @@ Standard library only: it must not pay torch's import time before handing over.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from indexer.freshness import index_is_current
 
 DEFAULT_CATALOG = "/data/catalog/catalog.csv"
 DEFAULT_INDEX_DIR = "/data/index"
@@ -38,13 +38,6 @@ DEFAULT_INDEX_DIR = "/data/index"
 def log(message: str) -> None:
     print(f"[entrypoint] {message}", file=sys.stderr, flush=True)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_checkpoint() -> Path:
@@ -57,21 +50,6 @@ def default_checkpoint() -> Path:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def index_is_current(index_dir: Path, checkpoint: Path, catalog: Path) -> tuple[bool, str]:
-    try:
-        manifest = json.loads((index_dir / "manifest.json").read_text())
-    except FileNotFoundError:
-        return False, "no index yet"
-    except (OSError, ValueError) as exc:
-        return False, f"unreadable manifest ({exc})"
-    model, cat = manifest.get("model") or {}, manifest.get("catalog") or {}
-    if model.get("sha256") != sha256_file(checkpoint):
-        return False, "the checkpoint changed"
-    if cat.get("path") != str(catalog.resolve()) or cat.get("sha256") != sha256_file(catalog):
-        return False, "the catalog changed"
-    return True, f"index {manifest.get('index_version')} is current ({cat.get('items')} items)"
 
 
 def synthesize(catalog: Path, n_items: int) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from indexer.freshness import index_is_current
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "model" / "weights" / "demo.pt"
@@ -52,13 +53,6 @@ class DemoError(Exception):
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_step(argv: list[str]) -> None:
@@ -125,25 +119,6 @@ def remove_path(path: Path) -> None:
 
 
 # -- step 2: index ------------------------------------------------------------------------
-def index_is_current(index_dir: Path, checkpoint: Path, catalog: Path) -> tuple[bool, str]:
-    """Whether INDEX_DIR was built from this checkpoint and this catalog (and why not)."""
-    try:
-        manifest = json.loads((index_dir / "manifest.json").read_text())
-    except FileNotFoundError:
-        return False, "no index yet"
-    except (OSError, ValueError) as exc:
-        return False, f"unreadable manifest ({exc})"
-    model = manifest.get("model") or {}
-    cat = manifest.get("catalog") or {}
-    if model.get("sha256") != sha256_file(checkpoint):
-        return False, "built with another checkpoint"
-    if cat.get("sha256") != sha256_file(catalog) or cat.get("path") != str(catalog.resolve()):
-        return False, "built from another catalog"
-    if not manifest.get("attributes"):
-        return False, "the manifest lists no attributes"
-    return True, f"version {manifest.get('index_version')}, {cat.get('items')} items"
-
-
 def ensure_index(workdir: Path, checkpoint: Path, catalog: Path, device: str | None,
                  rebuilt_catalog: bool) -> Path:
     index_dir = workdir / "index"

@@ -98,27 +98,27 @@ def test_demo_default_checkpoint_message(tmp_path, monkeypatch):
     assert "--checkpoint" in str(err.value) and "model.train" in str(err.value)
 
 
-def test_demo_index_staleness(tmp_path):
-    demo = load_script(DEMO, "demo_script")
+def test_index_staleness(tmp_path):
+    """The check `make demo` and the container's index job use to skip a rebuild."""
+    from indexer.freshness import index_is_current, sha256_file
     ckpt, catalog = tmp_path / "c.pt", tmp_path / "catalog.csv"
     ckpt.write_bytes(b"weights")
     catalog.write_text("id,image\n")
     index = tmp_path / "index"
-    assert demo.index_is_current(index, ckpt, catalog) == (False, "no index yet")
+    assert index_is_current(index, ckpt, catalog) == (False, "no index yet")
     index.mkdir()
     manifest = {"index_version": "v1", "attributes": [{"name": "a"}],
-                "model": {"sha256": demo.sha256_file(ckpt)},
-                "catalog": {"path": str(catalog.resolve()), "sha256": demo.sha256_file(catalog),
+                "model": {"sha256": sha256_file(ckpt)},
+                "catalog": {"path": str(catalog.resolve()), "sha256": sha256_file(catalog),
                             "items": 0}}
     (index / "manifest.json").write_text(json.dumps(manifest))
-    assert demo.index_is_current(index, ckpt, catalog)[0]
+    assert index_is_current(index, ckpt, catalog)[0]
     ckpt.write_bytes(b"other weights")
-    assert demo.index_is_current(index, ckpt, catalog) == (False,
-                                                           "built with another checkpoint")
-    manifest["model"]["sha256"] = demo.sha256_file(ckpt)
+    assert index_is_current(index, ckpt, catalog) == (False, "built with another checkpoint")
+    manifest["model"]["sha256"] = sha256_file(ckpt)
     (index / "manifest.json").write_text(json.dumps(manifest))
     catalog.write_text("id,image\nx,x.jpg\n")
-    assert demo.index_is_current(index, ckpt, catalog) == (False, "built from another catalog")
+    assert index_is_current(index, ckpt, catalog) == (False, "built from another catalog")
 
 
 @contextlib.contextmanager
