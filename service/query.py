@@ -6,14 +6,19 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+from fastapi import UploadFile
+
 from .batching import Overloaded, Slot
 from .errors import ApiError, unavailable
-from .schemas import ResultItem
+from .schemas import ResultItem, Timings
 from .settings import Settings
 from .state import ServiceState, Snapshot, require_attribute
+from .uploads import decode_image, read_upload
 
 
 def ms_since(start: float) -> float:
@@ -91,3 +96,36 @@ def ranked(
         if len(out) == k:
             break
     return out
+
+
+@dataclass
+class EmbeddedUpload:
+    """An uploaded image embedded for some attributes, with the stage timings so far."""
+
+    vectors: dict[str, np.ndarray]
+    decode_ms: float
+    queue_ms: float
+    embed_ms: float
+    batch_size: int
+
+    def timings(self, search_ms: float, start: float, state: ServiceState) -> Timings:
+        """The request's timings (also observed in the per-stage metrics)."""
+        t = Timings(decode_ms=self.decode_ms, queue_ms=round(self.queue_ms, 3),
+                    embed_ms=round(self.embed_ms, 3), search_ms=search_ms,
+                    total_ms=ms_since(start), batch_size=self.batch_size)
+        for stage in ("decode", "queue", "embed", "search"):
+            state.metrics.observe_stage(stage, getattr(t, f"{stage}_ms"))
+        return t
+
+
+async def embed_upload(state: ServiceState, snap: Snapshot, slot: Slot, upload: UploadFile,
+                       settings: Settings, attributes: list[str]) -> EmbeddedUpload:
+    """Read, decode and embed an upload for ``attributes`` through the micro-batcher."""
+    t = time.perf_counter()
+    image = await decode_image(await read_upload(upload, settings), settings)
+    decode_ms = ms_since(t)
+    results = await state.batcher.embed(slot, snap.embedder, [(image, a) for a in attributes])
+    return EmbeddedUpload(
+        vectors={a: r.vector for a, r in zip(attributes, results, strict=True)},
+        decode_ms=decode_ms, queue_ms=max(r.queue_ms for r in results),
+        embed_ms=max(r.embed_ms for r in results), batch_size=max(r.batch_size for r in results))

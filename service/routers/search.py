@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, Request
 
 from ..deps import get_settings, get_state, require_api_key
 from ..errors import ApiError, error_responses
-from ..query import admitted, check_k, ms_since, normalise_weights, ranked
+from ..query import admitted, check_k, embed_upload, ms_since, normalise_weights, ranked
 from ..schemas import (
     ImageSearchForm,
     ItemSearchRequest,
@@ -20,7 +20,7 @@ from ..schemas import (
 )
 from ..settings import Settings
 from ..state import ServiceState, require_attribute
-from ..uploads import decode_image, parse_filters, parse_json_object, read_upload
+from ..uploads import parse_filters, parse_json_object
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Depends(require_api_key)])
 
@@ -43,24 +43,14 @@ async def search_by_image(
     start = time.perf_counter()
     k = check_k(form.k, settings)
     filters = parse_filters(form.filters)
-    metrics = state.metrics
     async with state.lease() as snap:
         attribute = require_attribute(snap, form.attribute)
         async with admitted(state) as slot:
+            up = await embed_upload(state, snap, slot, form.image, settings, [attribute])
             t = time.perf_counter()
-            data = await read_upload(form.image, settings)
-            image = await decode_image(data, settings)
-            decode_ms = ms_since(t)
-            (res,) = await state.batcher.embed(slot, snap.embedder, [(image, attribute)])
-            t = time.perf_counter()
-            hits = await snap.call(snap.index.search, attribute, res.vector[None, :], k,
-                                   filters or None)
-            search_ms = ms_since(t)
-        timings = Timings(decode_ms=decode_ms, queue_ms=round(res.queue_ms, 3),
-                          embed_ms=round(res.embed_ms, 3), search_ms=search_ms,
-                          total_ms=ms_since(start), batch_size=res.batch_size)
-        for stage in ("decode", "queue", "embed", "search"):
-            metrics.observe_stage(stage, getattr(timings, f"{stage}_ms"))
+            hits = await snap.call(snap.index.search, attribute, up.vectors[attribute][None, :],
+                                   k, filters or None)
+            timings = up.timings(ms_since(t), start, state)
         return SearchResponse(
             query=QueryInfo(source="upload", attribute=attribute, k=k, filters=filters),
             results=ranked(hits[0], k, request.scope.get("root_path", "")),
@@ -85,27 +75,14 @@ async def search_multi(
     k = check_k(form.k, settings)
     filters = parse_filters(form.filters)
     raw_weights = parse_json_object(form.weights, "weights")
-    metrics = state.metrics
     async with state.lease() as snap:
         weights = normalise_weights(raw_weights, snap)
         async with admitted(state) as slot:
+            up = await embed_upload(state, snap, slot, form.image, settings, list(weights))
             t = time.perf_counter()
-            data = await read_upload(form.image, settings)
-            image = await decode_image(data, settings)
-            decode_ms = ms_since(t)
-            results = await state.batcher.embed(
-                slot, snap.embedder, [(image, attribute) for attribute in weights])
-            vectors = {a: r.vector for a, r in zip(weights, results, strict=True)}
-            t = time.perf_counter()
-            hits = await snap.call(snap.index.search_many, weights, vectors, k, filters or None)
-            search_ms = ms_since(t)
-        timings = Timings(
-            decode_ms=decode_ms, queue_ms=round(max(r.queue_ms for r in results), 3),
-            embed_ms=round(max(r.embed_ms for r in results), 3), search_ms=search_ms,
-            total_ms=ms_since(start), batch_size=max(r.batch_size for r in results),
-        )
-        for stage in ("decode", "queue", "embed", "search"):
-            metrics.observe_stage(stage, getattr(timings, f"{stage}_ms"))
+            hits = await snap.call(snap.index.search_many, weights, up.vectors, k,
+                                   filters or None)
+            timings = up.timings(ms_since(t), start, state)
         return SearchResponse(
             query=QueryInfo(source="upload", weights=weights, k=k, filters=filters),
             results=ranked(hits, k, request.scope.get("root_path", "")),
