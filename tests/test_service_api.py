@@ -6,7 +6,6 @@ import base64
 import io
 import json
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,12 +30,6 @@ def server(fx):
     with srv:
         srv.wait("/readyz")
         yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30.0) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

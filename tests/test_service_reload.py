@@ -39,12 +39,6 @@ def server(index_dir):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30.0) as c:
-        yield c
-
-
 def manifest_version(index_dir: Path) -> str:
     return json.loads((index_dir / "manifest.json").read_text())["index_version"]
 

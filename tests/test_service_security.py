@@ -39,12 +39,6 @@ def server(fx, tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30.0) as c:
-        yield c
-
-
 AUTH = {"X-API-Key": API_KEY}
 
 
