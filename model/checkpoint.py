@@ -54,6 +54,9 @@ def save_checkpoint(net: ASENPlusPlus, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)

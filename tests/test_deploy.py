@@ -494,3 +494,12 @@ def test_every_variable_documented(doc):
     text = doc.read_text()
     missing = sorted(v for v in documented_variables() if not re.search(rf"\b{v}\b", text))
     assert not missing, f"{doc.name} does not mention {missing}"
+
+
+def test_readme_documents_every_service_setting():
+    from service.settings import Settings
+
+    text = (REPO / "README.md").read_text()
+    names = {f"ASEN_{name.upper()}" for name in Settings.model_fields}
+    missing = sorted(n for n in names if not re.search(rf"`{n}`", text))
+    assert not missing, f"README.md's configuration table lacks {missing}"
