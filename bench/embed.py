@@ -64,24 +64,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` runs after one warm-up."""
-    fn()
-    _sync(device)
-    times = []
+def timed_pair(a, b, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and of ``b``, run alternately so both see the same load."""
+    a()
+    b()
+    ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in ((a, ta), (b, tb)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def bench(config: str, n_images: int, precision: str, device: str | None, repeats: int,
-          batch_size: int, reference: np.ndarray | None = None) -> dict:
+          batch_size: int | None, reference: np.ndarray | None = None) -> dict:
     torch.manual_seed(0)
     net = build_model(config, "FashionAI")
-    emb = Embedder(net, device=device, precision=precision, batch_size=batch_size)
+    emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
+                   fuse=True)  # as load_model serves it
     images = catalog_images(n_images)
     prepared = emb.prepare(images)
     n_attr = len(emb.attributes)
@@ -94,8 +97,7 @@ def bench(config: str, n_images: int, precision: str, device: str | None, repeat
     def shared():
         return emb.embed_all_prepared(prepared)
 
-    t_naive = timed(naive, emb.device, repeats)
-    t_shared = timed(shared, emb.device, repeats)
+    t_naive, t_shared = timed_pair(naive, shared, emb.device, repeats)
     out_shared = shared()
     agree = float(np.abs(naive().reshape(out_shared.shape) - out_shared).max())
     with FlopCounterMode(display=False) as counter:
@@ -124,7 +126,7 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="paper")
     p.add_argument("--images", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, help="rows per forward (the embedder's default)")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--device")
     p.add_argument("--repeats", type=int, default=3)

@@ -162,7 +162,6 @@ def run_build(opts: BuildOptions, say=None) -> BuildResult:
     with layout:
         emb = load_model(opts.checkpoint, device=opts.device, precision=opts.precision)
         attrs = emb.attribute_names
-        emb.batch_size = max(1, opts.batch_size) * len(attrs)   # one forward per batch
         prev = _load_previous(layout, emb, say) if opts.update else None
         _check_type_change(opts, prev)
         key = _job_key(emb.checkpoint_sha256, emb.precision, attrs)

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process the I-th (0-based) of N contiguous catalog slices")
     _add_index_args(p)
     g = p.add_argument_group("speed")
-    g.add_argument("--batch-size", type=int, default=32, help="images per forward (32)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per decoded batch (32)")
     g.add_argument("--workers", type=int, default=None,
                    help=f"decode worker processes (default {default_workers()}; 0 = inline)")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

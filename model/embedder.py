@@ -41,7 +41,8 @@ class Embedder:
     """Wraps a network for inference: batching, device, precision, channels-last."""
 
     def __init__(self, net: ASENPlusPlus, device: str | torch.device | None = None,
-                 precision: str = "fp32", batch_size: int = 32, checkpoint: str | None = None,
+                 precision: str = "fp32", batch_size: int | None = None,
+                 checkpoint: str | None = None,
                  fuse: bool = False):
         """``fuse``: fold BatchNorm into convolutions (faster; changes ``net`` in place, so
         only for a network that will not train again, as :func:`load_model` does)."""
@@ -51,7 +52,9 @@ class Embedder:
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 is only offered on CUDA; use bf16 on the CPU")
         self.precision = precision
-        self.batch_size = batch_size
+        # rows (image x attribute pairs) per forward pass: small batches run fastest on a CPU
+        # (measured in docs/BENCHMARKS.md), a GPU wants large ones
+        self.batch_size = batch_size or (128 if self.device.type == "cuda" else 16)
         self.checkpoint = checkpoint
         net = net.eval()
         if fuse:
@@ -128,7 +131,7 @@ class Embedder:
                                                   else range(len(self._index)))]
         n_attr = len(attr)
         out = np.empty((len(prepared), n_attr, self.dim), dtype=np.float32)
-        step = max(1, self.batch_size // max(1, n_attr) * 2)
+        step = max(1, self.batch_size // max(1, n_attr))   # images per forward pass
         for s in range(0, len(prepared), step):
             chunk = prepared[s:s + step]
             rows_img = [i for i in range(len(chunk)) for _ in attr]
@@ -168,7 +171,7 @@ class Embedder:
 
 def load_model(path: str | Path, attributes: AttributesLike | None = None,
                device: str | torch.device | None = None, precision: str = "fp32",
-               batch_size: int = 32) -> Embedder:
+               batch_size: int | None = None) -> Embedder:
     """Load a project or published checkpoint into a ready :class:`Embedder`."""
     net = load_network(path, attributes)
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
