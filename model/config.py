@@ -54,14 +54,15 @@ CONFIGS: dict[str, ModelConfig] = {
         global_branch=BranchConfig("resnet50", 224, 512),
         local_branch=BranchConfig("resnet34", 112, 256),
     ),
-    # CPU-friendly: MobileNetV2 trunks cut at stride 16 (ImageNet weights from a local file).
+    # CPU-friendly: MobileNetV2 trunks cut at stride 16 (ImageNet weights from a local file);
+    # the demo checkpoint.
     "cpu": ModelConfig(
         name="cpu",
         global_branch=BranchConfig("mobilenet_v2", 224, 256, out_dim=512),
         local_branch=BranchConfig("mobilenet_v2", 112, 128, out_dim=512),
         attr_dim=128,
     ),
-    # Small: trained from scratch on the synthetic data in minutes on a CPU (the demo model).
+    # Small: three convolutions per trunk, trained from scratch (CPU experiments).
     "small": ModelConfig(
         name="small",
         global_branch=BranchConfig("small", 128, 128, out_dim=256),

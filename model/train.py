@@ -90,7 +90,7 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
         freeze_backbones=True,
         valid_limit=100,
     ),
-    # From scratch in minutes on two CPU cores: the demo checkpoint and docs/RESULTS.md.
+    # A small network trained from scratch (every weight), for CPU experiments.
     "small": TrainConfig(
         model="small",
         stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
