@@ -112,18 +112,17 @@ class ASENPlusPlus(nn.Module):
                          dim=1)
 
     # -- whole forward ---------------------------------------------------------------------
-    def forward(self, pixels: torch.Tensor, attr: torch.Tensor,
+    def forward(self, pixels: torch.Tensor | None, attr: torch.Tensor,
                 images: Sequence[PreparedImage] | None = None,
                 image_index: torch.Tensor | None = None, use_local: bool = True,
                 features: torch.Tensor | None = None) -> ForwardOutput:
         """``pixels`` [N,3,S,S] of ``images``; row i of ``attr`` is for image ``image_index[i]``
-        (default: one row per image). ``features``: the global trunk's output for ``pixels``
-        when the caller already has it (a frozen trunk's cache)."""
-        if image_index is None:
-            image_index = torch.arange(len(pixels), device=attr.device)
+        (default: one row per image). ``features``: the global trunk's output for the images
+        when the caller already has it (a frozen trunk's cache); ``pixels`` may then be None."""
         feat = self.trunk(pixels) if features is None else features
-        if len(image_index) != len(feat) or not torch.equal(
-                image_index.cpu(), torch.arange(len(feat))):
+        if image_index is None:
+            image_index = torch.arange(len(feat), device=attr.device)
+        else:
             feat = feat[image_index.to(feat.device)]
         g, attn = self.global_head(feat, attr)
         if not (use_local and self.has_local):
@@ -131,9 +130,7 @@ class ASENPlusPlus(nn.Module):
         if images is None:
             raise ValueError("the local branch needs the prepared images (their source pixels)")
         boxes, crops = self.local_crops(attn, images, image_index)
-        crops = crops.to(memory_format=torch.channels_last) if pixels.is_contiguous(
-            memory_format=torch.channels_last) else crops
-        l = self.local_embed(crops.to(pixels.dtype), attr)
+        l = self.local_embed(crops.contiguous(memory_format=torch.channels_last), attr)
         return ForwardOutput(self.fuse(g, l), g, attn, l, boxes)
 
 

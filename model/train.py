@@ -210,10 +210,12 @@ def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
     n = len(batch)
     ids = [t[i] for i in range(3) for t in batch]            # anchors, positives, negatives
     prepared = [images[i] for i in ids]
-    pixels = torch.stack([p.pixels for p in prepared]).to(device)
-    pixels = pixels.contiguous(memory_format=torch.channels_last)
     attr = torch.tensor([t[3] for t in batch] * 3, device=device)
-    feats = trunk_cache.features(ids) if trunk_cache is not None else None
+    if trunk_cache is not None:      # frozen trunk: its outputs are cached, no pixels needed
+        pixels, feats = None, trunk_cache.features(ids)
+    else:
+        pixels = torch.stack([p.pixels for p in prepared]).to(device)
+        pixels, feats = pixels.contiguous(memory_format=torch.channels_last), None
     out = net(pixels, attr, prepared, use_local=(stage == 2), features=feats)
     g = out.g.split(n)
     loss = triplet_loss(*g, cfg.margin)
