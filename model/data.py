@@ -135,18 +135,6 @@ def _parse_text_attributes(path: Path, text: str) -> list[AttributeSpec]:
     return out
 
 
-def read_value_names(root: str | os.PathLike) -> list[list[str] | None]:
-    """Value names per attribute from ``attributes.json`` (None where not given)."""
-    path = Path(root) / "attributes.json"
-    if not path.is_file():
-        return [None for _ in read_attributes(root)]
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict):
-        data = data.get("attributes", [])
-    return [list(map(str, d["values"])) if isinstance(d, dict) and d.get("values") else None
-            for d in data] if isinstance(data, list) else []
-
-
 # --------------------------------------------------------------------------- splits
 
 
