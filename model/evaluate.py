@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from .embedder import Embedder
+from .imageio import open_image
 from .metrics import mean_average_precision, peak_in_box
+from .preprocess import PreparedImage
 
 Triple = tuple[int, int, int]  # (image_id, attribute index, value)
 
@@ -58,25 +61,21 @@ def prefetch_batches(paths: Sequence[Path], batch_size: int, load: Callable[[Pat
             yield start, batch
 
 
-def _loader(emb: Any) -> tuple[Callable[[Path], Any], bool]:
-    """Image loader for the worker threads; True when it also preprocesses for ``emb``."""
-    from .imageio import open_image
-
-    if hasattr(emb, "preprocess") and hasattr(emb, "embed_prepared"):
-        return (lambda p: emb.preprocess(open_image(p))), True
-    return open_image, False
+def _loader(emb: Embedder) -> Callable[[Path], PreparedImage]:
+    """Decode and preprocess one image for ``emb`` (runs in the worker threads)."""
+    return lambda path: emb.preprocess(open_image(path))
 
 
-def embed_pairs(emb: Any, paths: Sequence[Path], attributes: Sequence[str], batch_size: int = 32,
+def embed_pairs(emb: Embedder, paths: Sequence[Path], attributes: Sequence[str],
+                batch_size: int = 32,
                 workers: int | None = None, progress: bool = False) -> np.ndarray:
     """Embed image ``paths[i]`` for ``attributes[i]``: float32 [N, dim] unit-norm rows."""
     out = np.empty((len(paths), emb.dim), dtype=np.float32)
-    load, prepared = _loader(emb)
     bar = _progress(len(paths), "embedding", progress)
-    for start, batch in prefetch_batches(paths, batch_size, load, workers or _default_workers()):
+    for start, batch in prefetch_batches(paths, batch_size, _loader(emb),
+                                         workers or _default_workers()):
         attrs = list(attributes[start:start + len(batch)])
-        vecs = emb.embed_prepared(batch, attrs) if prepared else emb.embed(batch, attrs)
-        out[start:start + len(batch)] = vecs
+        out[start:start + len(batch)] = emb.embed_prepared(batch, attrs)
         bar.update(len(batch))
     bar.close()
     return out
@@ -118,26 +117,19 @@ def read_boxes(root: Path, split: str) -> dict[int, dict[str, list[float]]]:
     return boxes
 
 
-def _attention_batch(emb: Any, paths: Sequence[Path], attrs: Sequence[str], batch_size: int,
+def _attention_batch(emb: Embedder, paths: Sequence[Path], attrs: Sequence[str], batch_size: int,
                      workers: int) -> Iterator[tuple[np.ndarray, tuple[int, int], Any]]:
     """Yield (attention map, original size, crop box or None) per image."""
-    load, prepared = _loader(emb)
-    batched = prepared and hasattr(emb, "forward_prepared")
-    for start, batch in prefetch_batches(paths, batch_size, load, workers):
+    for start, batch in prefetch_batches(paths, batch_size, _loader(emb), workers):
         names = attrs[start:start + len(batch)]
-        if batched:
-            res = emb.forward_prepared(batch, [emb.attribute_index(a) for a in names])
-            maps = res.attention.float().cpu().numpy()
-            for prep, att in zip(batch, maps, strict=True):
-                geom = prep.geometry
-                yield att, (geom.width, geom.height), geom.crop_box()
-        else:
-            for img, name in zip(batch, names, strict=True):
-                ex = emb.explain(img, name)
-                yield ex.attention, tuple(ex.image_size), getattr(ex, "crop_box", None)
+        res = emb.forward_prepared(batch, [emb.attribute_index(a) for a in names])
+        maps = res.attention.float().cpu().numpy()
+        for prep, att in zip(batch, maps, strict=True):
+            geom = prep.geometry
+            yield att, (geom.width, geom.height), geom.crop_box()
 
 
-def localisation(emb: Any, split: Any, queries: Sequence[Triple], attr_names: Sequence[str],
+def localisation(emb: Embedder, split: Any, queries: Sequence[Triple], attr_names: Sequence[str],
                  boxes: dict[int, dict[str, list[float]]], loc_limit: int, batch_size: int = 32,
                  workers: int | None = None) -> dict | None:
     """Attention localisation accuracy (percent) per region attribute and overall."""
@@ -166,7 +158,7 @@ def localisation(emb: Any, split: Any, queries: Sequence[Triple], attr_names: Se
     }
 
 
-def evaluate_split(emb: Any, root: str | Path, split: str = "test", batch_size: int = 32,
+def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_size: int = 32,
                    limit: int | None = None, loc_limit: int = 200, workers: int | None = None,
                    progress: bool = False) -> dict:
     """MAP (and localisation when ``boxes.jsonl`` exists) of ``emb`` on one split."""
