@@ -1,4 +1,4 @@
-"""Loaders for the published data layout (SPEC section 6) and training/eval datasets.
+"""Loaders for the published data layout (SPEC section 6) and triplet sampling.
 
 A dataset folder holds ``filenames_{train,valid,test}.txt``, ``label_train.txt``,
 ``query_{valid,test}.txt``, ``candidate_{valid,test}.txt`` and an attribute description:
@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
 from .attributes import BUILTIN_ATTRIBUTES, AttributeSpec
-from .errors import ImageError
-from .imageio import DEFAULT_MAX_PIXELS, open_image
 
 SPLITS = ("train", "valid", "test")
 Triple = tuple[int, int, int]  # (image_id, attribute index, value)
@@ -191,7 +185,7 @@ def load_split(root: str | os.PathLike, split: str, *, image_root: str | os.Path
 
     Image paths are relative to ``image_root`` (default: ``root``, or ``root/images`` when
     the files are there). ``check_files`` verifies that every image file exists (it does not
-    decode them; see :func:`check_images`).
+    decode them).
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -223,62 +217,6 @@ def load_split(root: str | os.PathLike, split: str, *, image_root: str | os.Path
             raise DataError(f"{fn_path}: {len(missing)} image file(s) missing: "
                             f"{', '.join(map(str, missing[:3]))}{more}")
     return out
-
-
-# --------------------------------------------------------------------------- images
-
-
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image to RGB; any problem raises ``DataError('<path>: <reason>')``."""
-    try:
-        return open_image(path, max_pixels=max_pixels)
-    except ImageError as e:
-        raise DataError(f"{path}: {e.reason}") from e
-
-
-def check_images(paths: Iterable[str | os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS,
-                 workers: int = 4) -> list[tuple[Path, str]]:
-    """Fully decode every image; returns ``(path, reason)`` for each bad one, in order."""
-    paths = [Path(p) for p in paths]
-
-    def one(p: Path) -> str | None:
-        try:
-            open_image(p, max_pixels=max_pixels)
-        except ImageError as e:
-            return e.reason
-        return None
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        reasons = list(pool.map(one, paths))
-    return [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
-
-
-def require_images(paths: Iterable[str | os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS,
-                   workers: int = 4) -> None:
-    """Raise one ``DataError`` listing every bad image (run before training or indexing)."""
-    bad = check_images(paths, max_pixels=max_pixels, workers=workers)
-    if bad:
-        shown = "; ".join(f"{p}: {r}" for p, r in bad[:5])
-        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} unusable image(s): {shown}{more}")
-
-
-class ImageListDataset(Dataset):
-    """Images from a list of paths, optionally transformed (for embedding/evaluation)."""
-
-    def __init__(self, paths: Sequence[str | os.PathLike],
-                 transform: Callable[[Image.Image], Any] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.paths = [Path(p) for p in paths]
-        self.transform = transform
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Any:
-        img = load_image(self.paths[index], self.max_pixels)
-        return self.transform(img) if self.transform else img
 
 
 # --------------------------------------------------------------------------- triplets
@@ -330,36 +268,3 @@ class TripletSampler:
                 sel, pool = rows[neg == k], pools[k]
                 out[sel, 2] = pool[rng.integers(len(pool), size=len(sel))]
         return out
-
-
-class TripletDataset(Dataset):
-    """``(anchor, positive, negative, attribute)`` items for training, images loaded lazily.
-
-    The triplets of an epoch are drawn from ``(seed, epoch)``; call :meth:`set_epoch` before
-    iterating a new epoch (DataLoader workers copy the dataset when the iterator starts).
-    """
-
-    def __init__(self, split: Split, n_triplets: int = 100_000,
-                 transform: Callable[[Image.Image], Any] | None = None, seed: int = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        if not split.labels:
-            raise DataError(f"{split.root}: split {split.name!r} has no labels")
-        self.split, self.transform, self.seed = split, transform, seed
-        self.n_triplets, self.max_pixels = n_triplets, max_pixels
-        self.sampler = TripletSampler(split.labels, len(split.attributes))
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.triplets = self.sampler.sample(
-            self.n_triplets, np.random.default_rng([self.seed, epoch]))
-
-    def __len__(self) -> int:
-        return self.n_triplets
-
-    def __getitem__(self, index: int) -> tuple[Any, Any, Any, int]:
-        a, p, n, attr = (int(x) for x in self.triplets[index])
-        imgs = [load_image(self.split.image_paths[i], self.max_pixels) for i in (a, p, n)]
-        if self.transform is not None:
-            imgs = [self.transform(im) for im in imgs]
-        return imgs[0], imgs[1], imgs[2], attr

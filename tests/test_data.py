@@ -1,4 +1,4 @@
-"""Loaders of the published layout, triplet sampling, bad-image reporting, FashionAI converter."""
+"""Loaders of the published layout, triplet sampling, FashionAI converter."""
 
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from model import fashionai_convert
 from model.attributes import BUILTIN_ATTRIBUTES, AttributeSpec
 from model.data import (
     DataError,
-    ImageListDataset,
-    TripletDataset,
     TripletSampler,
-    check_images,
-    load_image,
     load_split,
     read_attributes,
-    require_images,
 )
 
 
@@ -129,34 +124,6 @@ def test_image_root_under_images_folder(tmp_path: Path) -> None:
     assert load_split(root, "train").image_paths[0] == root / "images/img/train/0.png"
 
 
-# ------------------------------------------------------------------ images
-
-
-def test_bad_images_are_reported_with_their_path(tmp_path: Path) -> None:
-    good = _image(tmp_path / "good.png")
-    jpg = tmp_path / "cut.jpg"
-    Image.effect_noise((64, 64), 40).convert("RGB").save(jpg, quality=90)
-    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
-    text = tmp_path / "text.jpg"
-    text.write_text("not an image")
-    empty = tmp_path / "empty.png"
-    empty.write_bytes(b"")
-    missing = tmp_path / "nope.png"
-    with pytest.raises(DataError, match=r"cut.jpg: truncated"):
-        load_image(jpg)
-    with pytest.raises(DataError, match=r"nope.png: missing"):
-        ImageListDataset([missing])[0]
-    bad = check_images([good, jpg, text, empty, missing])
-    assert [(p.name, r) for p, r in bad] == [("cut.jpg", "truncated"),
-                                             ("text.jpg", "not_an_image"),
-                                             ("empty.png", "empty"), ("nope.png", "missing")]
-    with pytest.raises(DataError, match=r"4 unusable image\(s\): .*cut.jpg: truncated"):
-        require_images([good, jpg, text, empty, missing])
-    require_images([good])
-    ds = ImageListDataset([good], transform=lambda im: np.asarray(im).shape)
-    assert ds[0] == (24, 32, 3)
-
-
 # ------------------------------------------------------------------ triplets
 
 
@@ -181,21 +148,6 @@ def test_triplet_sampler_obeys_the_rule() -> None:
 def test_triplet_sampler_without_usable_attribute() -> None:
     with pytest.raises(DataError, match="no attribute"):
         TripletSampler({0: {0: 1}, 1: {0: 1}}, n_attrs=1)
-
-
-def test_triplet_dataset(tmp_path: Path) -> None:
-    split = load_split(_dataset(tmp_path / "d"), "train")
-    ds = TripletDataset(split, n_triplets=10, seed=3)
-    a, p, n, attr = ds[0]
-    assert isinstance(a, Image.Image) and attr in (0, 1) and len(ds) == 10
-    first = ds.triplets.copy()
-    ds.set_epoch(1)
-    assert not np.array_equal(first, ds.triplets)
-    sized = TripletDataset(split, n_triplets=4, transform=lambda im: im.size)
-    assert sized[2][:3] == ((32, 24),) * 3
-    (split.image_paths[int(sized.triplets[0, 0])]).write_bytes(b"GIF89a")
-    with pytest.raises(DataError, match=r"\.png: (truncated|not_an_image)"):
-        sized[0]
 
 
 # ------------------------------------------------------------------ FashionAI converter
