@@ -6,7 +6,7 @@ published checkpoints and torchvision weight files load by key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,34 +46,18 @@ class MobileNetV2Trunk(nn.Module):
         return self.features(x)
 
 
-class TinyTrunk(nn.Module):
-    """Three strided convolutions (stride 8): a fast stand-in for tests."""
+class ConvStackTrunk(nn.Module):
+    """Strided 3x3 conv-BN-ReLU blocks (stride 2 each): a small trunk trained from scratch.
 
-    def __init__(self, width: int = 32):
+    ``widths`` are the output channels of the blocks; three blocks give stride 8.
+    """
+
+    def __init__(self, widths: Sequence[int]):
         super().__init__()
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            )
-
-        self.features = nn.Sequential(block(3, width // 2), block(width // 2, width),
-                                      block(width, width * 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-
-class SmallTrunk(nn.Module):
-    """Three strided convolutions (stride 8, 128 channels): trains from scratch on a CPU."""
-
-    def __init__(self):
-        super().__init__()
+        self.widths = tuple(widths)
         layers: list[nn.Module] = []
-        for cin, cout, stride in ((3, 32, 2), (32, 64, 2), (64, 128, 2)):
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        for cin, cout in zip((3, *self.widths), self.widths, strict=False):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
                        nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
 
@@ -88,13 +72,18 @@ class BackboneSpec:
     stride: int
 
 
+def _conv_stack(widths: tuple[int, ...]) -> BackboneSpec:
+    """The spec of a :class:`ConvStackTrunk`: last width channels, stride 2 per block."""
+    return BackboneSpec(lambda: ConvStackTrunk(widths), widths[-1], 2 ** len(widths))
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(lambda: ResNetTrunk("resnet50"), 1024, 16),
     "resnet34": BackboneSpec(lambda: ResNetTrunk("resnet34"), 256, 16),
     "resnet18": BackboneSpec(lambda: ResNetTrunk("resnet18"), 256, 16),
     "mobilenet_v2": BackboneSpec(MobileNetV2Trunk, 96, 16),
-    "small": BackboneSpec(SmallTrunk, 128, 8),
-    "tiny": BackboneSpec(TinyTrunk, 64, 8),
+    "small": _conv_stack((32, 64, 128)),  # trains from scratch on a CPU
+    "tiny": _conv_stack((16, 32, 64)),  # a fast stand-in for tests
 }
 
 
