@@ -346,10 +346,103 @@ def render(seed: int | Sequence[int], size: int = 256,
     return _render(np.random.default_rng(nuis_ss), labels, size, return_masks)
 
 
+@dataclass(frozen=True, eq=False)
+class _Nuisances:
+    """Every label-independent random choice of one image."""
+
+    canvas: float  # aspect-ratio draw: square, portrait or landscape
+    category: str
+    sil: tuple[float, ...]  # jittered silhouette of the category (see _SILHOUETTES)
+    r_colour: np.ndarray  # 3 uniforms: position inside the colour class
+    r_second: np.ndarray  # 2 uniforms: tint or shade of the pattern colour
+    leg_len: float
+    leg_spread: float
+    arm_angles: np.ndarray  # radians, left and right arm
+    r_sleeve: float
+    r_hem: float
+    neck_j: float  # neckline size jitter
+    n_buttons: int
+    button_size: float
+    belt: bool
+    belt_col: np.ndarray
+    skin: np.ndarray
+    hair: np.ndarray | None
+    bottoms_opts: np.ndarray  # preference order of the bottoms colours
+    trousers: bool
+    shoe: tuple[float, float, float]
+    button_pick: int
+    pattern_p: dict[str, tuple]  # per pattern: period (body units), orientation/duty, phase
+    fill: float  # figure height as a fraction of the canvas
+    angle: float  # radians
+    offset: np.ndarray  # position in the free space, 2 uniforms
+
+    @property
+    def ankle_y(self) -> float:
+        """Body-frame y of the ankles."""
+        return 0.95 + self.leg_len
+
+
+@dataclass(frozen=True, eq=False)
+class _Figure:
+    """Body-frame polygons of the figure once the labels are known."""
+
+    hem: float  # y of the garment's hem
+    torso: np.ndarray
+    arms: list[np.ndarray]
+    sleeves: list[np.ndarray]
+    bottoms: list[np.ndarray]
+    shoes: list[np.ndarray]
+    skin: list[np.ndarray]
+    button_d: float  # button diameter
+    button_ys: list[float]
+    buttons: list[np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class _Masks:
+    """Anti-aliased alpha masks of the canvas (float32 [H, W])."""
+
+    torso: np.ndarray  # the torso outline, neckline not cut
+    cut: np.ndarray  # the neckline cut-out
+    sleeves: np.ndarray
+    torso_cut: np.ndarray  # the torso with the neckline cut out
+    garment: np.ndarray  # torso_cut and sleeves
+    arms: np.ndarray
+    buttons: np.ndarray
+
+
 def _render(rng: np.random.Generator, labels: dict[str, int], size: int,
             return_masks: bool) -> Rendered:
+    """Render the figure for ``labels`` with the nuisances drawn from ``rng``.
+
+    ``rng`` is consumed in a fixed order: the nuisances, the fabric grain, the background,
+    the lighting and noise. Changing that order changes every image of a seed.
+    """
     val = {a.name: a.values[labels[a.name]] for a in ATTRIBUTES}
-    # ---- every nuisance is drawn here, in a fixed order, whatever the labels are
+    nz = _draw_nuisances(rng)  # rng: every per-image choice, label-independent
+    P = _place(nz, size)
+    fig = _figure(val, nz, P.s)
+    m = _masks(P, fig, val["neckline"], nz.neck_j)
+    g_reg = P.region([fig.torso, *fig.sleeves], pad=8)
+    u, v = P.uv(g_reg)
+    base = _garment_colour(val["colour"], nz.r_colour)
+    second = _secondary_colour(val["colour"], base, nz.r_second)
+    grain = _lowfreq(rng, P.w, P.h, 5)[g_reg]  # rng
+    tex = _garment_texture(val["pattern"], nz.pattern_p, u, v, P.s, fig, base, second,
+                           m.garment[g_reg], grain)
+    img = _background(rng, P.w, P.h)  # rng
+    _paint_figure(img, P, nz, fig, m, tex, g_reg, base)
+    out = _light_and_noise(rng, img)  # rng
+    band = _hem_band(m.torso_cut, g_reg, v, fig.hem)
+    masks = {}
+    if return_masks:
+        masks = {"garment": m.garment, "torso": m.torso_cut, "sleeves": m.sleeves,
+                 "arms": m.arms, "cut": m.cut * m.torso, "buttons": m.buttons, "hem_band": band}
+    return Rendered(out, dict(labels), nz.category, _boxes(m, band, P.s), masks)
+
+
+def _draw_nuisances(rng: np.random.Generator) -> _Nuisances:
+    """Draw the nuisances, always in this order and whatever the labels are."""
     canvas = rng.random()
     cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
     sil = tuple(x * rng.uniform(0.94, 1.06) for x in _SILHOUETTES[cat])
@@ -366,7 +459,7 @@ def _render(rng: np.random.Generator, labels: dict[str, int], size: int,
     trousers, shoe = rng.random() < 0.5, (0.08, 0.07, 0.07) if rng.random() < 0.7 else (
         0.92, 0.92, 0.9)
     button_pick = int(rng.integers(3))
-    pattern_p = {  # pattern parameters: period (body units), orientation/duty, phase
+    pattern_p = {
         "stripes": (rng.uniform(0.10, 0.2), rng.choice([0.0, 0.5, 0.25, -0.25]) * math.pi,
                     rng.uniform(0.28, 0.42), rng.random()),
         "dots": (rng.uniform(0.11, 0.19), rng.uniform(0.22, 0.31), rng.random() < 0.5,
@@ -375,146 +468,234 @@ def _render(rng: np.random.Generator, labels: dict[str, int], size: int,
     }
     fill, angle = rng.uniform(0.8, 0.96), math.radians(rng.uniform(-7, 7))
     offset = rng.random(2)
-    # ---- canvas and placement (label-independent envelope of the figure)
+    return _Nuisances(
+        canvas=canvas, category=cat, sil=sil, r_colour=r_colour, r_second=r_second,
+        leg_len=leg_len, leg_spread=leg_spread, arm_angles=arm_angles, r_sleeve=r_sleeve,
+        r_hem=r_hem, neck_j=neck_j, n_buttons=n_buttons, button_size=button_size, belt=belt,
+        belt_col=belt_col, skin=skin, hair=hair, bottoms_opts=bottoms_opts, trousers=trousers,
+        shoe=shoe, button_pick=button_pick, pattern_p=pattern_p, fill=fill, angle=angle,
+        offset=offset)
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def _canvas_size(size: int, canvas: float) -> tuple[int, int]:
+    """Width and height: square, portrait or landscape (long side 1.25 x ``size``)."""
     w = h = size
     if canvas > 0.5:
         w, h = (size, round(1.25 * size)) if canvas < 0.85 else (round(1.25 * size), size)
-    ankle_y = 0.95 + leg_len
-    flare_w = sil[3] + sil[4] * (ankle_y - 1.0)
+    return w, h
+
+
+def _envelope(nz: _Nuisances) -> np.ndarray:
+    """Points that bound the figure whatever its labels (head, hands, feet, longest hem)."""
+    ankle_y = nz.ankle_y
+    flare_w = nz.sil[3] + nz.sil[4] * (ankle_y - 1.0)
     env = [_ellipse(0, -0.42, 0.17, 0.2)]
     for side in (-1, 1):
-        a = arm_angles[0 if side < 0 else 1]
+        a = nz.arm_angles[0 if side < 0 else 1]
         tip = np.array([side * 0.33, 0.1]) + np.array([side * math.sin(a), math.cos(a)]) * 1.05
         env.append(_ellipse(tip[0], tip[1], 0.1, 0.1, 8))
-        env.append(np.array([[side * (0.2 + leg_spread), ankle_y + 0.12],
+        env.append(np.array([[side * (0.2 + nz.leg_spread), ankle_y + 0.12],
                              [side * flare_w, ankle_y - 0.02], [side * 0.45, 0.07]]))
-    pts = np.concatenate(env)
-    ca, sa = math.cos(angle), math.sin(angle)
-    rot = pts @ np.array([[ca, -sa], [sa, ca]]).T
+    return np.concatenate(env)
+
+
+def _place(nz: _Nuisances, size: int) -> _Painter:
+    """Scale, rotate and position the figure's envelope on the canvas."""
+    w, h = _canvas_size(size, nz.canvas)
+    ca, sa = math.cos(nz.angle), math.sin(nz.angle)
+    rot = _envelope(nz) @ np.array([[ca, -sa], [sa, ca]]).T
     lo, hi = rot.min(0), rot.max(0)
-    scale = min(fill * size / (hi[1] - lo[1]), 0.96 * size / (hi[0] - lo[0]))
+    scale = min(nz.fill * size / (hi[1] - lo[1]), 0.96 * size / (hi[0] - lo[0]))
     free = size - scale * (hi - lo)
     origin = np.array([(w - size) / 2, (h - size) / 2])
-    centre = origin + offset * free - scale * lo
-    P = _Painter(w, h, scale, angle, (float(centre[0]), float(centre[1])))
+    centre = origin + nz.offset * free - scale * lo
+    return _Painter(w, h, scale, nz.angle, (float(centre[0]), float(centre[1])))
 
-    # ---- label-dependent geometry
-    hem = {
-        "crop": 0.52 + 0.08 * r_hem,
-        "hip": 1.02 + 0.12 * r_hem,
-        "knee": 0.95 + 0.5 * leg_len - 0.06 + 0.12 * r_hem,
-        "ankle": ankle_y - 0.05 - 0.07 * r_hem,
-    }[val["hem_length"]]
-    sleeveless = val["sleeve_length"] == "sleeveless"
-    shoulder = sil[0] * (0.8 if sleeveless else 1.0)
-    right = _profile(sil, hem, shoulder)
-    top = np.array([[0.2, -0.005]])
-    half = np.concatenate([top, right])
-    torso_poly = np.concatenate([half, _mirror(half)[::-1]])
-    if cat == "a_line" and hem > 1.2:
-        torso_poly = np.concatenate([torso_poly[: len(half)], [[0.0, hem + 0.03]],
-                                     torso_poly[len(half):]])
 
-    arm_polys, sleeve_polys, leg_polys, bottom_polys, shoe_polys = [], [], [], [], []
-    for side, a in ((-1, arm_angles[0]), (1, arm_angles[1])):
+# --------------------------------------------------------------------------- label geometry
+
+
+def _hem_y(hem_length: str, nz: _Nuisances) -> float:
+    """Body-frame y of the garment's hem for a hem-length value."""
+    return {
+        "crop": 0.52 + 0.08 * nz.r_hem,
+        "hip": 1.02 + 0.12 * nz.r_hem,
+        "knee": 0.95 + 0.5 * nz.leg_len - 0.06 + 0.12 * nz.r_hem,
+        "ankle": nz.ankle_y - 0.05 - 0.07 * nz.r_hem,
+    }[hem_length]
+
+
+def _torso_polygon(nz: _Nuisances, hem: float, sleeveless: bool) -> np.ndarray:
+    """The closed garment torso outline, from the shoulders down to the hem."""
+    shoulder = nz.sil[0] * (0.8 if sleeveless else 1.0)
+    right = _profile(nz.sil, hem, shoulder)
+    half = np.concatenate([np.array([[0.2, -0.005]]), right])
+    poly = np.concatenate([half, _mirror(half)[::-1]])
+    if nz.category == "a_line" and hem > 1.2:
+        poly = np.concatenate([poly[: len(half)], [[0.0, hem + 0.03]], poly[len(half):]])
+    return poly
+
+
+def _sleeve_fraction(sleeve_length: str, r_sleeve: float) -> float:
+    """How far down the arm the sleeve reaches (0: sleeveless, about 1: the wrist)."""
+    return {"sleeveless": 0.0, "short": 0.24 + 0.1 * r_sleeve,
+            "elbow": 0.5 + 0.1 * r_sleeve, "long": 0.92 + 0.06 * r_sleeve}[sleeve_length]
+
+
+def _limbs(nz: _Nuisances, frac: float) -> dict[str, list[np.ndarray]]:
+    """Arm, sleeve, leg, bottoms and shoe polygons of both sides."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("arms", "sleeves", "legs", "bottoms",
+                                                          "shoes")}
+    ankle_y = nz.ankle_y
+    for side, a in ((-1, nz.arm_angles[0]), (1, nz.arm_angles[1])):
         s0 = np.array([side * 0.33, 0.1])
         d = np.array([side * math.sin(a), math.cos(a)])
-        arm_polys += _capsule(s0, s0 + d, 0.14, 0.085)
-        arm_polys.append(_ellipse(*(s0 + d * 1.05), 0.065, 0.075, 14))
-        frac = {"sleeveless": 0.0, "short": 0.24 + 0.1 * r_sleeve,
-                "elbow": 0.5 + 0.1 * r_sleeve, "long": 0.92 + 0.06 * r_sleeve}[
-            val["sleeve_length"]]
+        out["arms"] += _capsule(s0, s0 + d, 0.14, 0.085)
+        out["arms"].append(_ellipse(*(s0 + d * 1.05), 0.065, 0.075, 14))
         if frac > 0:
             w1 = 0.14 + (0.085 - 0.14) * frac + 0.05 + (0.04 if frac < 0.7 else 0.0)
-            sleeve_polys += _capsule(s0 - d * 0.05, s0 + d * frac, 0.19, w1, cap1=False)
+            out["sleeves"] += _capsule(s0 - d * 0.05, s0 + d * frac, 0.19, w1, cap1=False)
         hip = np.array([side * 0.15, 0.95])
-        ankle = np.array([side * (0.15 + leg_spread), ankle_y])
-        leg_polys += _capsule(hip, ankle, 0.2, 0.085)
-        shoe_polys.append(_ellipse(ankle[0] + side * 0.04, ankle_y + 0.05, 0.09, 0.05, 16))
-        t_end = 1.0 if trousers else 0.3
-        bottom_polys += _capsule(hip, hip + (ankle - hip) * t_end, 0.24,
-                                 0.24 + (0.11 - 0.24) * t_end, cap1=False)
-    bottom_polys.append(_rect(-0.32, 0.82, 0.32, 1.05))
-    skin_polys = leg_polys + [
+        ankle = np.array([side * (0.15 + nz.leg_spread), ankle_y])
+        out["legs"] += _capsule(hip, ankle, 0.2, 0.085)
+        out["shoes"].append(_ellipse(ankle[0] + side * 0.04, ankle_y + 0.05, 0.09, 0.05, 16))
+        t_end = 1.0 if nz.trousers else 0.3
+        out["bottoms"] += _capsule(hip, hip + (ankle - hip) * t_end, 0.24,
+                                   0.24 + (0.11 - 0.24) * t_end, cap1=False)
+    out["bottoms"].append(_rect(-0.32, 0.82, 0.32, 1.05))
+    return out
+
+
+def _skin_polygons(legs: list[np.ndarray]) -> list[np.ndarray]:
+    """Bare skin under the clothes: legs, head, neck and torso."""
+    return legs + [
         _ellipse(0, -0.42, 0.15, 0.185), _rect(-0.065, -0.27, 0.065, 0.05),
         np.concatenate([[[0.36, 0.06], [0.3, 0.3], [0.26, 0.62], [0.3, 0.95]],
                         [[-0.3, 0.95], [-0.26, 0.62], [-0.3, 0.3], [-0.36, 0.06]]]),
     ]
 
-    # ---- masks
-    torso = P.mask([torso_poly])
-    cut = P.mask([_neckline_cut(val["neckline"], neck_j)])
-    sleeves = P.mask(sleeve_polys) if sleeve_polys else np.zeros_like(torso)
-    torso_cut = torso * (1.0 - cut)
-    garment = np.maximum(torso_cut, sleeves)
-    arms = P.mask(arm_polys)
-    d_btn = min(0.14 * scale * button_size, 14.0) / scale  # about 8-11 px at size 256
-    y_max = min(hem - 0.08, 0.57 if belt and hem >= 0.9 else 9.0)
-    n_btn = max(1, min(n_buttons, int((y_max - 0.43) // 0.14) + 1))
-    btn_ys = [0.43 + 0.14 * k for k in range(n_btn)]
-    button_polys = [_button(val["button"], 0.0, y, d_btn) for y in btn_ys]
-    buttons = P.mask(button_polys)
 
-    # ---- garment texture (computed on the garment's region only)
-    g_reg = P.region([torso_poly, *sleeve_polys], pad=8)
-    base = _garment_colour(val["colour"], r_colour)
-    second = _secondary_colour(val["colour"], base, r_second)
-    u, v = P.uv(g_reg)
-    pm = np.zeros_like(u)
-    pattern = val["pattern"]
+def _button_row(nz: _Nuisances, hem: float, scale: float) -> tuple[float, list[float]]:
+    """Button diameter (body units, about 8-11 px at size 256) and the buttons' heights."""
+    d_btn = min(0.14 * scale * nz.button_size, 14.0) / scale
+    y_max = min(hem - 0.08, 0.57 if nz.belt and hem >= 0.9 else 9.0)
+    n_btn = max(1, min(nz.n_buttons, int((y_max - 0.43) // 0.14) + 1))
+    return d_btn, [0.43 + 0.14 * k for k in range(n_btn)]
+
+
+def _figure(val: dict[str, str], nz: _Nuisances, scale: float) -> _Figure:
+    """The label-dependent geometry: hem, torso outline, sleeves, limbs and buttons."""
+    hem = _hem_y(val["hem_length"], nz)
+    torso = _torso_polygon(nz, hem, val["sleeve_length"] == "sleeveless")
+    limbs = _limbs(nz, _sleeve_fraction(val["sleeve_length"], nz.r_sleeve))
+    d_btn, btn_ys = _button_row(nz, hem, scale)
+    return _Figure(hem=hem, torso=torso, arms=limbs["arms"], sleeves=limbs["sleeves"],
+                   bottoms=limbs["bottoms"], shoes=limbs["shoes"],
+                   skin=_skin_polygons(limbs["legs"]), button_d=d_btn, button_ys=btn_ys,
+                   buttons=[_button(val["button"], 0.0, y, d_btn) for y in btn_ys])
+
+
+def _masks(P: _Painter, fig: _Figure, neckline: str, neck_j: float) -> _Masks:
+    """Rasterise the garment, neckline, sleeves, arms and buttons."""
+    torso = P.mask([fig.torso])
+    cut = P.mask([_neckline_cut(neckline, neck_j)])
+    sleeves = P.mask(fig.sleeves) if fig.sleeves else np.zeros_like(torso)
+    torso_cut = torso * (1.0 - cut)
+    return _Masks(torso=torso, cut=cut, sleeves=sleeves, torso_cut=torso_cut,
+                  garment=np.maximum(torso_cut, sleeves), arms=P.mask(fig.arms),
+                  buttons=P.mask(fig.buttons))
+
+
+# --------------------------------------------------------------------------- texture
+
+
+def _pattern_alpha(pattern: str, params: dict[str, tuple], u: np.ndarray, v: np.ndarray,
+                   scale: float) -> np.ndarray:
+    """Coverage of the pattern's second colour at body coordinates ``(u, v)``."""
     if pattern == "stripes":
-        period, ang, duty, phase = pattern_p["stripes"]
+        period, ang, duty, phase = params["stripes"]
         t = (u * math.sin(ang) + v * math.cos(ang)) / period + phase
-        pm = _aa((duty / 2 - np.abs((t % 1.0) - 0.5)) * period * scale)
-    elif pattern == "dots":
-        period, rad, stagger, ph = pattern_p["dots"]
+        return _aa((duty / 2 - np.abs((t % 1.0) - 0.5)) * period * scale)
+    if pattern == "dots":
+        period, rad, stagger, ph = params["dots"]
         row = np.floor(v / period + ph[1])
         du = ((u / period + ph[0] + (0.5 * row if stagger else 0.0)) % 1.0) - 0.5
         dv = ((v / period + ph[1]) % 1.0) - 0.5
-        pm = _aa((rad - np.hypot(du, dv)) * period * scale)
-    elif pattern == "checks":
-        period, duty, ph = pattern_p["checks"]
+        return _aa((rad - np.hypot(du, dv)) * period * scale)
+    if pattern == "checks":
+        period, duty, ph = params["checks"]
         a1 = _aa((duty / 2 - np.abs(((u / period + ph[0]) % 1.0) - 0.5)) * period * scale)
         a2 = _aa((duty / 2 - np.abs(((v / period + ph[1]) % 1.0) - 0.5)) * period * scale)
-        pm = 0.4 * (a1 + a2)  # gingham: crossings darker than single bands
-    placket = (np.abs(u) < 0.62 * d_btn + 0.012) & (v > 0.2) & (v < btn_ys[-1] + 0.1)
+        return 0.4 * (a1 + a2)  # gingham: crossings darker than single bands
+    return np.zeros_like(u)  # solid
+
+
+def _garment_texture(pattern: str, params: dict[str, tuple], u: np.ndarray, v: np.ndarray,
+                     scale: float, fig: _Figure, base: np.ndarray, second: np.ndarray,
+                     garment: np.ndarray, grain: np.ndarray) -> np.ndarray:
+    """Colour of the garment's region: pattern, a plain placket, folds and fabric grain."""
+    pm = _pattern_alpha(pattern, params, u, v, scale)
+    placket = (np.abs(u) < 0.62 * fig.button_d + 0.012) & (v > 0.2) & (
+        v < fig.button_ys[-1] + 0.1)
     pm[placket] = 0.0
     tex = base + (second - base) * pm[..., None]
     tex[placket] *= 0.93
-    shade = 0.8 + 0.2 * _blur(garment[g_reg], 1.5)
-    shade += 0.05 * _lowfreq(rng, w, h, 5)[g_reg]
+    shade = 0.8 + 0.2 * _blur(garment, 1.5)
+    shade += 0.05 * grain
     tex *= shade[..., None]
+    return tex
 
-    # ---- compose
-    img = _background(rng, w, h)
-    shadow_poly = _ellipse(0.0, ankle_y + 0.08, 0.55, 0.07)
+
+# --------------------------------------------------------------------------- composition
+
+
+def _bottoms_colour(opts: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The first preferred bottoms colour that stands apart from the garment's."""
+    return next((np.array(_BOTTOMS[i]) for i in opts
+                 if np.abs(np.array(_BOTTOMS[i]) - base).sum() > 0.6), np.array(_BOTTOMS[0]))
+
+
+def _paint_belt(img: np.ndarray, P: _Painter, sil: tuple[float, ...], colour: np.ndarray) -> None:
+    """Paint a belt with its buckle around the waist."""
+    wt, wb = _width_at(sil, 0.63) + 0.01, _width_at(sil, 0.7) + 0.01
+    band = np.array([[-wt, 0.63], [wt, 0.63], [wb, 0.7], [-wb, 0.7]])
+    _composite(img, P.mask([band]), colour, P.region([band]))
+    outer = _rect(-0.055, 0.62, 0.055, 0.71)
+    buckle = P.mask([outer], [_rect(-0.03, 0.64, 0.03, 0.69)])
+    _composite(img, buckle, np.array([0.8, 0.75, 0.55]), P.region([outer]))
+
+
+def _paint_figure(img: np.ndarray, P: _Painter, nz: _Nuisances, fig: _Figure, m: _Masks,
+                  tex: np.ndarray, g_reg: tuple[slice, slice], base: np.ndarray) -> None:
+    """Paint the figure onto the background, back to front."""
+    shadow_poly = _ellipse(0.0, nz.ankle_y + 0.08, 0.55, 0.07)
     sh_reg = P.region([shadow_poly], pad=12)
     img[sh_reg] *= (1.0 - 0.35 * _blur(P.mask([shadow_poly])[sh_reg], 4))[..., None]
-    _composite(img, np.maximum(P.mask(skin_polys), arms), skin,
-               P.region(skin_polys + arm_polys))
-    if hair is not None:
+    _composite(img, np.maximum(P.mask(fig.skin), m.arms), nz.skin,
+               P.region(fig.skin + fig.arms))
+    if nz.hair is not None:
         hair_poly = _ellipse(0, -0.485, 0.165, 0.14)
-        _composite(img, P.mask([hair_poly]), hair, P.region([hair_poly]))
-    _composite(img, P.mask(shoe_polys), np.array(shoe), P.region(shoe_polys))
-    bcol = next((np.array(_BOTTOMS[i]) for i in bottoms_opts
-                 if np.abs(np.array(_BOTTOMS[i]) - base).sum() > 0.6), np.array(_BOTTOMS[0]))
-    _composite(img, P.mask(bottom_polys), bcol, P.region(bottom_polys))
-    _composite(img, garment, tex, g_reg)
-    if cat == "coat":
-        line_poly = _rect(-0.012, 0.0, 0.012, hem)
-        line = P.mask([line_poly]) * torso_cut
-        _composite(img, line, base * 0.45, P.region([line_poly]))
-    if belt and hem >= 0.9:
-        wt, wb = _width_at(sil, 0.63) + 0.01, _width_at(sil, 0.7) + 0.01
-        band = np.array([[-wt, 0.63], [wt, 0.63], [wb, 0.7], [-wb, 0.7]])
-        _composite(img, P.mask([band]), belt_col, P.region([band]))
-        outer = _rect(-0.055, 0.62, 0.055, 0.71)
-        buckle = P.mask([outer], [_rect(-0.03, 0.64, 0.03, 0.69)])
-        _composite(img, buckle, np.array([0.8, 0.75, 0.55]), P.region([outer]))
+        _composite(img, P.mask([hair_poly]), nz.hair, P.region([hair_poly]))
+    _composite(img, P.mask(fig.shoes), np.array(nz.shoe), P.region(fig.shoes))
+    _composite(img, P.mask(fig.bottoms), _bottoms_colour(nz.bottoms_opts, base),
+               P.region(fig.bottoms))
+    _composite(img, m.garment, tex, g_reg)
+    if nz.category == "coat":
+        line_poly = _rect(-0.012, 0.0, 0.012, fig.hem)
+        _composite(img, P.mask([line_poly]) * m.torso_cut, base * 0.45, P.region([line_poly]))
+    if nz.belt and fig.hem >= 0.9:
+        _paint_belt(img, P, nz.sil, nz.belt_col)
     bpal = _BUTTON_DARK if _luma(base) > 0.45 else _BUTTON_LIGHT
-    _composite(img, buttons * torso_cut, np.array(bpal[button_pick]), P.region(button_polys))
+    _composite(img, m.buttons * m.torso_cut, np.array(bpal[nz.button_pick]),
+               P.region(fig.buttons))
 
-    # ---- lighting and sensor noise
+
+def _light_and_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Lighting gradient, exposure, colour cast and sensor noise; returns uint8 pixels."""
+    h, w = img.shape[:2]
     ys, xs = _grid(w, h)
     theta, k = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.35)
     light = 1.0 + k * ((xs - w / 2) * math.cos(theta) + (ys - h / 2) * math.sin(theta)) / (
@@ -522,23 +703,29 @@ def _render(rng: np.random.Generator, labels: dict[str, int], size: int,
     img *= (light * rng.uniform(0.88, 1.08))[..., None] * rng.uniform(0.95, 1.05, 3).astype(
         np.float32)
     img += rng.standard_normal((h, w, 3), dtype=np.float32) * rng.uniform(0.004, 0.025)
-    out = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
-    # ---- ground-truth boxes: the pixels that decide each region attribute
-    pad = max(3, round(0.06 * scale))
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def _hem_band(torso_cut: np.ndarray, g_reg: tuple[slice, slice], v: np.ndarray,
+              hem: float) -> np.ndarray:
+    """The garment's pixels just above and at its hem (they decide the hem length)."""
     band = np.zeros_like(torso_cut)
     band[g_reg] = torso_cut[g_reg] * ((v > hem - 0.1) & (v < hem + 0.03))
-    boxes = {
-        "sleeve_length": _bbox(np.maximum(arms, sleeves), pad),
-        "neckline": _bbox(cut * torso, pad),
+    return band
+
+
+def _boxes(m: _Masks, band: np.ndarray, scale: float) -> dict[str, tuple[int, int, int, int]]:
+    """Boxes around the pixels that decide each region attribute."""
+    pad = max(3, round(0.06 * scale))
+    return {
+        "sleeve_length": _bbox(np.maximum(m.arms, m.sleeves), pad),
+        "neckline": _bbox(m.cut * m.torso, pad),
         "hem_length": _bbox(band, pad),
-        "button": _bbox(buttons, 2),
+        "button": _bbox(m.buttons, 2),
     }
-    masks = {}
-    if return_masks:
-        masks = {"garment": garment, "torso": torso_cut, "sleeves": sleeves, "arms": arms,
-                 "cut": cut * torso, "buttons": buttons, "hem_band": band}
-    return Rendered(out, dict(labels), cat, boxes, masks)
 
 
 # --------------------------------------------------------------------------- dataset
