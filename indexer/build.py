@@ -81,8 +81,9 @@ class _Previous:
     items: dict[str, tuple[int, str]]     # id -> (row, sha256)
 
 
-def _job_key(model_sha: str, precision: str, attributes: list[str]) -> str:
-    doc = json.dumps([FORMAT_VERSION, model_sha, precision, attributes])
+def _job_key(model_sha: str, precision: str, attributes: list[str], device: str) -> str:
+    """Work-folder name of an embedding job: a resumed job never mixes CPU and GPU vectors."""
+    doc = json.dumps([FORMAT_VERSION, model_sha, precision, attributes, device])
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
@@ -164,7 +165,7 @@ def run_build(opts: BuildOptions, say=None) -> BuildResult:
         attrs = emb.attribute_names
         prev = _load_previous(layout, emb, say) if opts.update else None
         _check_type_change(opts, prev)
-        key = _job_key(emb.checkpoint_sha256, emb.precision, attrs)
+        key = _job_key(emb.checkpoint_sha256, emb.precision, attrs, emb.device.type)
         if layout.work.exists():
             for other in layout.work.iterdir():
                 if other.name != key:
@@ -172,7 +173,7 @@ def run_build(opts: BuildOptions, say=None) -> BuildResult:
         store = ShardStore(layout.work / key, job={
             "checkpoint": str(Path(opts.checkpoint).resolve()),
             "sha256": emb.checkpoint_sha256, "precision": emb.precision,
-            "attributes": attrs})
+            "device": emb.device.type, "attributes": attrs})
         if len(store):
             say(f"resuming: {len(store)} embedded images found in {store.root}")
         previous = {i: sha for i, (_, sha) in prev.items.items()} if prev else None

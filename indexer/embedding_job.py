@@ -9,11 +9,13 @@ batches and commits embeddings to a :class:`ShardStore` every `shard_size` image
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,6 +30,7 @@ from model.imageio import DEFAULT_MAX_PIXELS, open_image
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k shards
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 class Reject(NamedTuple):
@@ -115,9 +118,81 @@ def _collate(batch: list[_Loaded]) -> list[_Loaded]:
     return batch
 
 
+def cgroup_cpu_limit(root: str | os.PathLike = CGROUP_ROOT,
+                     proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (e.g. 2.0), or None when unlimited.
+
+    cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"); v1: ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` (quota -1 = none). Looks at the process's own cgroup and its
+    ancestors up to ``root`` (inside a container, ``root`` itself); the smallest limit wins.
+    """
+    root = Path(root)
+    limits = [q for d in _cgroup_dirs(root, _own_cgroups(proc_cgroup))
+              if (q := _read_quota(d)) is not None]
+    return min(limits) if limits else None
+
+
+def _own_cgroups(proc_cgroup: str | os.PathLike) -> dict[str, str]:
+    """Controller list -> cgroup path of this process ("" is the v2 unified hierarchy)."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out[parts[1]] = parts[2]
+    return out
+
+
+def _cgroup_dirs(root: Path, own: dict[str, str]) -> list[Path]:
+    """Folders that may hold this process's CPU limit: v2 at `root`, v1 under cpu/."""
+    dirs = []
+    for mount, key in ((root, ""), (root / "cpu", "cpu"), (root / "cpu,cpuacct", "cpu")):
+        own_path = next((p for k, p in own.items() if k == key or key in k.split(",")), "/")
+        path = mount / own_path.strip("/")
+        while True:          # the own cgroup and its ancestors, down to the mount point
+            dirs.append(path)
+            if path == mount:
+                break
+            path = path.parent
+    return dirs
+
+
+def _read_quota(folder: Path) -> float | None:
+    try:
+        if (folder / "cpu.max").is_file():
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+            return None if quota == "max" else int(quota) / int(period or 100_000)
+        if (folder / "cpu.cfs_quota_us").is_file():
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((folder / "cpu.cfs_period_us").read_text())
+            return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by its cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the host's cores, so a container limited to 2 CPUs on an
+    8-core host would start 7 decode workers (and ~4x the batches in /dev/shm).
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):       # not offered on every platform
+        n = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        n = min(n, math.ceil(limit))
+    return max(1, n)
+
+
 def default_workers() -> int:
-    """Decode workers: one per spare core, at least one, at most eight."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decode workers: one per spare usable CPU (see `available_cpus`), 1 to 8."""
+    return max(1, min(8, available_cpus() - 1))
 
 
 def _embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
@@ -156,7 +231,8 @@ def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate, prefetch_factor=4 if workers > 0 else None,
-        pin_memory=emb.device.type == "cuda",
+        # no pin_memory: the batches are lists of dataclasses, which the loader cannot pin;
+        # the embedder pins each stacked batch before its copy to the GPU instead
     )
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     out = EmbedOutcome(shas=[None] * len(items), status=["pending"] * len(items))

@@ -7,6 +7,7 @@ exactly (`extract`); IVF-PQ stores compressed codes only.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ AUTO_IVFPQ_FROM = 500_000
 ADD_CHUNK = 65_536
 TRAIN_SEED = 1234
 TRAIN_ITERS = 12
+
+log = logging.getLogger(__name__)
 
 VectorGetter = Callable[[np.ndarray], np.ndarray]  # positions -> float32 [len, D]
 
@@ -109,6 +112,40 @@ def tune(index: faiss.Index, spec: IndexSpec) -> None:
         faiss.extract_index_ivf(index).nprobe = int(spec.params["nprobe"])
 
 
+ToGpu = Callable[[faiss.Index], faiss.Index]   # a CPU index -> its GPU copy
+
+
+def _all_gpus(index: faiss.Index) -> faiss.Index:
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def train_ivf(index: faiss.Index, sample: np.ndarray, to_gpu: ToGpu | None = None) -> str:
+    """Train an IVF index on `sample`; returns where its coarse k-means ran ("gpu"/"cpu").
+
+    With `to_gpu`, the k-means runs on the index it returns for a flat L2 index. The IVF
+    keeps only a raw pointer to that clustering index (the SWIG wrapper owns it), so it is
+    held here for the whole of training and detached afterwards. Any GPU failure, in the
+    copy or in training, falls back to training on the CPU.
+    """
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if to_gpu is not None:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+            clustering = to_gpu(faiss.IndexFlatL2(index.d))
+            ivf.clustering_index = clustering
+            try:
+                index.train(sample)
+            finally:
+                ivf.clustering_index = None
+                del clustering           # only now: the IVF no longer points at it
+            return "gpu"
+        except Exception as exc:  # noqa: BLE001 - a GPU that cannot be used means the CPU path
+            log.warning("IVF training on the GPU failed (%s: %s); training on the CPU",
+                        type(exc).__name__, exc)
+    index.train(sample)
+    return "cpu"
+
+
 def _train(index: faiss.Index, spec: IndexSpec, n: int, get: VectorGetter,
            use_gpu: bool) -> None:
     if index.is_trained:
@@ -116,14 +153,7 @@ def _train(index: faiss.Index, spec: IndexSpec, n: int, get: VectorGetter,
     m = min(n, int(spec.params.get("train_size", n)))
     rng = np.random.default_rng(TRAIN_SEED)
     pick = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    sample = get(pick)
-    ivf = faiss.extract_index_ivf(index)
-    if use_gpu:
-        try:  # k-means of the coarse quantizer on the GPU(s); codes and lists stay on the CPU
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(index.d))
-        except Exception:  # noqa: BLE001 - a GPU that cannot be used means the CPU path
-            pass
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    train_ivf(index, get(pick), _all_gpus if use_gpu else None)
 
 
 def build(spec: IndexSpec, dim: int, ids: np.ndarray, get: VectorGetter,

@@ -98,7 +98,13 @@ class Embedder:
         return [self.preprocess(img) for img in images]
 
     def _pixels(self, prepared: Sequence[PreparedImage]) -> torch.Tensor:
-        x = torch.stack([p.pixels for p in prepared]).to(self.device, non_blocking=True)
+        pixels = [p.pixels for p in prepared]
+        if self.device.type != "cuda":
+            x = torch.stack(pixels)
+        else:  # stacked into page-locked memory: only then is the copy really asynchronous
+            x = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype,
+                            pin_memory=True)
+            x = torch.stack(pixels, out=x).to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -169,12 +175,30 @@ class Embedder:
                            (image.width, image.height), input_box, prep.geometry.crop_box())
 
 
+def use_ieee_fp32(device: torch.device, precision: str) -> bool:
+    """Turn TF32 off (process-wide) for fp32 inference on CUDA; whether it did.
+
+    cuDNN convolutions default to TF32, which moves "fp32" CUDA embeddings about 1e-3 away
+    from CPU ones. Inference processes (service, indexer, evaluation) load their model with
+    :func:`load_model`, which calls this; training keeps torch's defaults.
+    """
+    if device.type != "cuda" or precision != "fp32":
+        return False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return True
+
+
 def load_model(path: str | Path, attributes: AttributesLike | None = None,
                device: str | torch.device | None = None, precision: str = "fp32",
                batch_size: int | None = None) -> Embedder:
-    """Load a project or published checkpoint into a ready :class:`Embedder`."""
+    """Load a project or published checkpoint into a ready :class:`Embedder`.
+
+    fp32 on CUDA means IEEE fp32 (TF32 off, see :func:`use_ieee_fp32`).
+    """
     net = load_network(path, attributes)
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
                    checkpoint=str(path), fuse=True)
+    use_ieee_fp32(emb.device, emb.precision)
     emb.checkpoint_sha256 = file_sha256(path)
     return emb

@@ -86,16 +86,17 @@ class ASENPlusPlus(nn.Module):
         boxes = attention_boxes(attention.detach(), gsize, self.config.threshold)
         crops = torch.empty(len(boxes), 3, lcfg.input_size, lcfg.input_size,
                             device=attention.device)
-        index = image_index.tolist()
+        host_boxes = boxes.cpu().tolist()        # one device-to-host copy for every row
         rows_by_image: dict[int, list[int]] = {}
-        for row, img in enumerate(index):
+        for row, img in enumerate(image_index.tolist()):
             rows_by_image.setdefault(img, []).append(row)
         for img, rows in rows_by_image.items():
             prep = images[img]
             src_boxes = torch.tensor(
-                [prep.geometry.to_original(tuple(boxes[r].tolist())) for r in rows]
+                [prep.geometry.to_original(tuple(host_boxes[r])) for r in rows]
             ) * prep.source_scale
-            source = prep.source.to(attention.device, non_blocking=True)
+            # a plain copy: the source is not in pinned memory, so non_blocking would not be
+            source = prep.source.to(attention.device)
             crops[rows] = crop_and_resize(source, src_boxes, lcfg.input_size)
         return boxes, normalize(crops)
 

@@ -96,8 +96,10 @@ def attention_boxes(attn: torch.Tensor, size: int, threshold: float) -> torch.Te
     nx0 = torch.minimum(nx0, size - side)
     ny0 = torch.minimum(ny0, size - side)
     boxes = torch.stack([nx0, ny0, nx0 + side, ny0 + side], dim=1)
-    boxes[empty] = torch.tensor([0.0, 0.0, float(size), float(size)])
-    return boxes
+    # the whole frame, made on the boxes' device (a CPU constant cannot be written into a
+    # CUDA tensor); torch.where also avoids the host sync of boolean-mask assignment
+    frame = boxes.new_tensor([0.0, 0.0, float(size), float(size)])
+    return torch.where(empty[:, None], frame, boxes)
 
 
 def crop_and_resize(source: torch.Tensor, boxes: torch.Tensor, out_size: int) -> torch.Tensor:
