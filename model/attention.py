@@ -23,6 +23,36 @@ class AttributeTable(nn.Module):
         return self.attr_embedding(attr)
 
 
+class AttributeCentering(nn.Module):
+    """Subtract each attribute's mean embedding, like BatchNorm's centring but per attribute.
+
+    Training: every row is centred on the mean of the batch's rows of its attribute (the
+    gradient flows through that mean) and a running mean is updated; evaluation subtracts the
+    running mean. Why: with a margin loss on cosine similarities, an attribute whose evidence
+    the attention has not found yet is served most cheaply by mapping every image to one
+    vector (the loss sits at the margin and its gradients vanish); after centring that
+    constant is gone, so the only way to lower the loss is to find the attribute.
+    """
+
+    def __init__(self, n_attrs: int, dim: int, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(n_attrs, dim))
+
+    def forward(self, x: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x - self.running_mean[attr].to(x.dtype)
+        n_attrs = self.running_mean.shape[0]
+        sums = x.new_zeros(n_attrs, x.shape[1]).index_add(0, attr, x)
+        counts = torch.bincount(attr, minlength=n_attrs).to(x.dtype)
+        means = sums / counts.clamp_min(1)[:, None]
+        with torch.no_grad():
+            seen = counts > 0
+            delta = means.detach()[seen].float() - self.running_mean[seen]
+            self.running_mean[seen] += self.momentum * delta
+        return x - means[attr]
+
+
 class AttributeAttention(nn.Module):
     """ASA then ACA then a final linear layer: features [B,C,H,W] -> embedding [B,out]."""
 

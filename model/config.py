@@ -25,6 +25,9 @@ class ModelConfig:
     beta: float = 0.6        # weight of the global part in the fused similarity
     threshold: float = 0.1   # binarisation threshold of the attention map for the RoI
     attribute_agnostic: bool = False  # baseline: one embedding for every attribute
+    # Centre each branch's embedding per attribute (model.attention.AttributeCentering): not
+    # in the paper; keeps the hard attributes from collapsing while the attention searches.
+    center_embeddings: bool = False
 
     @property
     def embedding_dim(self) -> int:
@@ -61,6 +64,7 @@ CONFIGS: dict[str, ModelConfig] = {
         global_branch=BranchConfig("mobilenet_v2", 224, 256, out_dim=512),
         local_branch=BranchConfig("mobilenet_v2", 112, 128, out_dim=512),
         attr_dim=128,
+        center_embeddings=True,
     ),
     # Small: three convolutions per trunk, trained from scratch (CPU experiments).
     "small": ModelConfig(

@@ -223,8 +223,8 @@ def load_split(root: str | os.PathLike, split: str, *, image_root: str | os.Path
 
 
 class TripletSampler:
-    """Triplets per SPEC section 4: an attribute uniformly, two different values of it;
-    anchor and positive share one value, the negative has the other.
+    """Triplets per SPEC section 4: an attribute uniformly (or with given weights), two
+    different values of it; anchor and positive share one value, the negative has the other.
 
     Only attributes with at least two values, one of them on two images or more, are used.
     """
@@ -245,10 +245,21 @@ class TripletSampler:
         if not self.attributes:
             raise DataError("no attribute has two values with enough images to form triplets")
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` triplets as an int64 array [n, 4]: anchor, positive, negative, attribute."""
+    def sample(self, n: int, rng: np.random.Generator,
+               weights: Sequence[float] | None = None) -> np.ndarray:
+        """``n`` triplets as an int64 array [n, 4]: anchor, positive, negative, attribute.
+
+        ``weights`` (one per attribute index of the dataset, any positive scale): how often
+        each attribute is picked; uniform over :attr:`attributes` without it.
+        """
         out = np.empty((n, 4), np.int64)
-        attrs = np.asarray(self.attributes)[rng.integers(len(self.attributes), size=n)]
+        if weights is None:
+            attrs = np.asarray(self.attributes)[rng.integers(len(self.attributes), size=n)]
+        else:
+            w = np.asarray(weights, dtype=np.float64)[self.attributes]
+            if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+                raise ValueError(f"attribute weights must be non-negative, not all 0: {weights}")
+            attrs = rng.choice(np.asarray(self.attributes), size=n, p=w / w.sum())
         out[:, 3] = attrs
         for a in self.attributes:
             rows = np.flatnonzero(attrs == a)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttributeAttention, AttributeTable
+from .attention import AttributeAttention, AttributeCentering, AttributeTable
 from .attributes import AttributeSpec
 from .backbones import BACKBONES, build_backbone
 from .config import BranchConfig, ModelConfig
@@ -21,7 +21,8 @@ from .roi import attention_boxes, crop_and_resize
 class Branch(nn.Module):
     """Backbone trunk + attribute-aware attention. Names match the published release."""
 
-    def __init__(self, attrnet: AttributeTable, cfg: BranchConfig, attr_dim: int):
+    def __init__(self, attrnet: AttributeTable, cfg: BranchConfig, attr_dim: int,
+                 center: bool = False):
         super().__init__()
         self.cfg = cfg
         self.attrnet = attrnet
@@ -29,9 +30,14 @@ class Branch(nn.Module):
         channels = BACKBONES[cfg.backbone].out_channels
         self.attnnet = AttributeAttention(channels, attr_dim, cfg.common_dim, cfg.reduction,
                                           cfg.out_dim)
+        n_attrs = attrnet.attr_embedding.num_embeddings
+        self.center = AttributeCentering(n_attrs, cfg.out_dim) if center else None
 
     def head(self, feat: torch.Tensor, attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attnnet(feat, self.attrnet(attr))
+        emb, attn = self.attnnet(feat, self.attrnet(attr))
+        if self.center is not None:
+            emb = self.center(emb, attr)
+        return emb, attn
 
     def forward(self, x: torch.Tensor, attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.basenet(x), attr)
@@ -52,9 +58,10 @@ class ASENPlusPlus(nn.Module):
         self.config = config
         self.attributes = list(attributes)
         table = AttributeTable(len(self.attributes), config.attr_dim)
-        branches = {"global": Branch(table, config.global_branch, config.attr_dim)}
+        center = config.center_embeddings
+        branches = {"global": Branch(table, config.global_branch, config.attr_dim, center)}
         if config.local_branch is not None:
-            branches["local"] = Branch(table, config.local_branch, config.attr_dim)
+            branches["local"] = Branch(table, config.local_branch, config.attr_dim, center)
         self.choices = nn.ModuleDict(branches)
 
     @property

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import build_model, read_checkpoint_file, save_checkpoint
-from .config import get_config
+from .config import ModelConfig, get_config
 from .data import TripletSampler, load_split, read_attributes
 from .embedder import Embedder, pick_device
 from .evaluate import evaluate_split
@@ -57,8 +57,17 @@ class TrainConfig:
     align_weight: float = 0.1
     backbone_weights: str | None = None  # a torchvision weights file, or "imagenet" (offline)
     freeze_backbones: bool = False       # train attention heads only; trunk outputs are cached
+    # "uniform" (SPEC section 4) or "loss": attributes picked in proportion to their running
+    # triplet loss, so the ones the model has not learnt yet get more of each epoch.
+    attribute_sampling: str = "uniform"
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace
     valid_limit: int | None = None   # queries/candidates per attribute for validation MAP
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.attribute_sampling not in ("uniform", "loss"):
+            raise ValueError(f"attribute_sampling must be 'uniform' or 'loss', "
+                             f"not {self.attribute_sampling!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,13 +172,20 @@ class ImageCache:
 
 # -- losses ------------------------------------------------------------------------------------
 
+def triplet_losses(x: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
+                   margin: float) -> torch.Tensor:
+    """Margin ranking on cosine similarities, per triplet: max(0, margin - cos(x,p) + cos(x,n))."""
+    return F.relu(margin - F.cosine_similarity(x, p) + F.cosine_similarity(x, n))
+
+
 def triplet_loss(x: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
-    """Margin ranking on cosine similarities: max(0, margin - cos(x,p) + cos(x,n))."""
-    return F.relu(margin - F.cosine_similarity(x, p) + F.cosine_similarity(x, n)).mean()
+    """The mean of :func:`triplet_losses`."""
+    return triplet_losses(x, p, n, margin).mean()
 
 
-def alignment_loss(gs: Sequence[torch.Tensor], ls: Sequence[torch.Tensor]) -> torch.Tensor:
-    return sum((1 - F.cosine_similarity(g, l)).mean() for g, l in zip(gs, ls, strict=True))
+def alignment_losses(gs: Sequence[torch.Tensor], ls: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per triplet: 1 - cos(g, l) summed over anchor, positive and negative."""
+    return sum(1 - F.cosine_similarity(g, l) for g, l in zip(gs, ls, strict=True))
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -180,6 +196,20 @@ class RunState:
     epoch: int = 0                      # epochs completed in the current stage
     best_map: float = -1.0
     history: list[dict] = field(default_factory=list)
+    attr_loss: list[float] | None = None  # running loss per attribute ("loss" sampling)
+
+
+@dataclass
+class TrainingSetup:
+    """What every epoch of a run uses."""
+
+    net: ASENPlusPlus
+    model_cfg: ModelConfig
+    stages: list[int]
+    sampler: TripletSampler
+    images: ImageCache
+    trunk_cache: TrunkCache | None
+    device: torch.device
 
 
 def set_train_mode(net: ASENPlusPlus, frozen: bool) -> None:
@@ -207,6 +237,7 @@ def make_optimizer(net: ASENPlusPlus, stage: int, cfg: StageConfig):
 def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
                stage: int, cfg: TrainConfig, device: torch.device,
                trunk_cache: TrunkCache | None = None) -> torch.Tensor:
+    """The loss of each triplet of ``batch`` ([n]; the training loss is its mean)."""
     n = len(batch)
     ids = [t[i] for i in range(3) for t in batch]            # anchors, positives, negatives
     prepared = [images[i] for i in ids]
@@ -218,11 +249,11 @@ def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
         pixels, feats = pixels.contiguous(memory_format=torch.channels_last), None
     out = net(pixels, attr, prepared, use_local=(stage == 2), features=feats)
     g = out.g.split(n)
-    loss = triplet_loss(*g, cfg.margin)
+    loss = triplet_losses(*g, cfg.margin)
     if stage == 2:
         l = out.l.split(n)
-        loss = loss + cfg.local_weight * triplet_loss(*l, cfg.margin)
-        loss = loss + cfg.align_weight * alignment_loss(g, l)
+        loss = loss + cfg.local_weight * triplet_losses(*l, cfg.margin)
+        loss = loss + cfg.align_weight * alignment_losses(g, l)
     return loss
 
 
@@ -247,102 +278,158 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
-def _restore(resume: Path) -> tuple[dict, dict]:
+def model_config_for(cfg: TrainConfig, variant: str) -> ModelConfig:
+    """The architecture a run trains: the named config, its overrides, then the variant."""
+    model_cfg = replace(get_config(cfg.model), **cfg.model_overrides)
+    if variant == "agnostic":
+        model_cfg = replace(model_cfg, name=f"{model_cfg.name}-agnostic", attribute_agnostic=True)
+    if variant in ("agnostic", "global"):
+        model_cfg = model_cfg.global_only()
+    return model_cfg
+
+
+def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device) -> TrainingSetup:
+    attrs = read_attributes(data_dir)
+    model_cfg = model_config_for(cfg, variant)
+    stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
+    torch.manual_seed(cfg.seed)
+    net = build_model(model_cfg, attrs, backbone_weights=cfg.backbone_weights)
+    net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
+    train = load_split(data_dir, "train")
+    images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
+    trunk_cache = TrunkCache(net, images, dev) if cfg.freeze_backbones else None
+    return TrainingSetup(net, model_cfg, stages, TripletSampler(train.labels, len(attrs)),
+                         images, trunk_cache, dev)
+
+
+def _restore(resume: Path, net: ASENPlusPlus, log) -> tuple[RunState, dict]:
+    """Weights and global RNGs from ``resume``; returns the run state and optimizer states."""
     data = read_checkpoint_file(resume)
     if "train_state" not in data:
         raise SystemExit(f"{resume}: has no training state to resume from (use last.pt)")
-    return data, data["train_state"]
+    ts = data["train_state"]
+    net.load_state_dict(data["state_dict"])
+    _set_rng_state(ts["rng"])
+    log(f"resumed from {resume}: stage {ts['stage']}, {ts['epoch']} epochs done")
+    state = RunState(ts["stage"], ts["epoch"], ts["best_map"], ts["history"], ts.get("attr_loss"))
+    return state, {"optimizer": ts["optimizer"], "scheduler": ts["scheduler"]}
+
+
+def _start_stage2(net: ASENPlusPlus, out: Path, log) -> None:
+    """Stage 2 starts from the best stage-1 weights (the local branch as initialised)."""
+    best1 = read_checkpoint_file(out / "best_stage1.pt")["state_dict"]
+    missing = net.load_state_dict(best1, strict=False).missing_keys
+    assert all(k.startswith("choices.local.") for k in missing), missing
+    log("stage 2: starting from best_stage1.pt")
+
+
+def _epoch_triplets(setup: TrainingSetup, cfg: TrainConfig, state: RunState,
+                    stage: int) -> list[list[int]]:
+    rng = np.random.default_rng([cfg.seed, stage, state.epoch])
+    weights = state.attr_loss if cfg.attribute_sampling == "loss" else None
+    return setup.sampler.sample(cfg.triplets_per_epoch, rng, weights).tolist()
+
+
+def _train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: int,
+                 n_epochs: int, opt, log) -> tuple[float, np.ndarray]:
+    """One pass over fresh triplets; the mean loss overall and per attribute index (NaN for
+    an attribute that had no triplet)."""
+    triplets = _epoch_triplets(setup, cfg, state, stage)
+    n_attrs = len(setup.net.attributes)
+    attr_sum, attr_count = np.zeros(n_attrs), np.zeros(n_attrs)
+    t0, seen, total = time.perf_counter(), 0, 0.0
+    for s in range(0, len(triplets), cfg.batch_size):
+        batch = triplets[s:s + cfg.batch_size]
+        losses = train_step(setup.net, batch, setup.images, stage, cfg, setup.device,
+                            setup.trunk_cache)
+        loss = losses.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        attrs = np.array([t[3] for t in batch])
+        np.add.at(attr_sum, attrs, losses.detach().double().cpu().numpy())
+        np.add.at(attr_count, attrs, 1)
+        seen += len(batch)
+        total += float(loss.detach()) * len(batch)
+        if (s // cfg.batch_size) % 50 == 0 or seen == len(triplets):
+            rate = 3 * seen / (time.perf_counter() - t0)
+            lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
+            log(f"stage {stage} epoch {state.epoch + 1}/{n_epochs} "
+                f"[{seen}/{len(triplets)}] loss {total / seen:.4f} lr {lrs} {rate:.1f} img/s")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / seen, attr_sum / attr_count
+
+
+def _update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.ndarray) -> None:
+    """Running per-attribute loss (half-life one epoch) that "loss" sampling weights by.
+
+    Attributes not sampled this epoch keep their value; the start is the margin for all.
+    """
+    old = np.full(len(epoch_attr_loss), cfg.margin) if state.attr_loss is None else np.asarray(
+        state.attr_loss)
+    new = np.where(np.isnan(epoch_attr_loss), old, 0.5 * old + 0.5 * epoch_attr_loss)
+    state.attr_loss = [float(max(x, 1e-3)) for x in new]
+
+
+def _save_epoch(setup: TrainingSetup, out: Path, state: RunState, stage: int, valid_map: float,
+                opt, sched, cfg: TrainConfig) -> None:
+    """Best checkpoint of the stage (when improved) and ``last.pt`` with the training state."""
+    best_name = "best_stage1.pt" if stage == 1 and len(setup.stages) > 1 else "best.pt"
+    if valid_map > state.best_map:
+        state.best_map = valid_map
+        save_cfg = setup.model_cfg if stage == 2 else setup.model_cfg.global_only()
+        _save_model(setup.net, save_cfg, out / best_name,
+                    {"epoch": state.epoch, "stage": stage, "valid_map": valid_map})
+    ts = {"stage": stage, "epoch": state.epoch, "best_map": state.best_map,
+          "history": state.history, "attr_loss": state.attr_loss,
+          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+          "rng": _rng_state(), "config": cfg.to_dict()}
+    save_checkpoint(setup.net, out / "last.pt", {"train_state": ts})
+
+
+def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
+               state: RunState, stage: int, opt_states: dict | None, log) -> None:
+    scfg = cfg.stage1 if stage == 1 else cfg.stage2
+    set_train_mode(setup.net, cfg.freeze_backbones)
+    opt, sched = make_optimizer(setup.net, stage, scfg)
+    if opt_states is not None:
+        opt.load_state_dict(opt_states["optimizer"])
+        sched.load_state_dict(opt_states["scheduler"])
+    while state.epoch < scfg.epochs:
+        t0 = time.perf_counter()
+        loss, attr_loss = _train_epoch(setup, cfg, state, stage, scfg.epochs, opt, log)
+        sched.step()
+        _update_attr_loss(state, cfg, attr_loss)
+        valid_map = validate(setup.net, data_dir, cfg, setup.device)
+        state.epoch += 1
+        state.history.append({"stage": stage, "epoch": state.epoch, "loss": loss,
+                              "valid_map": valid_map,
+                              "seconds": round(time.perf_counter() - t0, 1)})
+        log(f"stage {stage} epoch {state.epoch}: loss {loss:.4f} valid MAP {valid_map:.2f}%")
+        _save_epoch(setup, out, state, stage, valid_map, opt, sched, cfg)
 
 
 def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
         resume: Path | None = None, device: str | None = None, log=print) -> Path:
     """Train; returns the path of the best checkpoint of the final stage."""
-    dev = pick_device(device)
-    attrs = read_attributes(data_dir)
-    model_cfg = get_config(cfg.model)
-    if variant == "agnostic":
-        model_cfg = replace(model_cfg, name=f"{model_cfg.name}-agnostic", attribute_agnostic=True)
-    if variant in ("agnostic", "global"):
-        model_cfg = model_cfg.global_only()
-    stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
+    setup = _setup(data_dir, cfg, variant, pick_device(device))
     out.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(cfg.seed)
-    net = build_model(model_cfg, attrs, backbone_weights=cfg.backbone_weights)
-    net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
-    state = RunState()
-    opt_state = sched_state = None
+    state, opt_states = RunState(), None
     if resume is not None:
-        data, ts = _restore(resume)
-        state = RunState(ts["stage"], ts["epoch"], ts["best_map"], ts["history"])
-        net.load_state_dict(data["state_dict"])
-        opt_state, sched_state = ts["optimizer"], ts["scheduler"]
-        _set_rng_state(ts["rng"])
-        log(f"resumed from {resume}: stage {state.stage}, {state.epoch} epochs done")
-
-    train = load_split(data_dir, "train")
-    sampler = TripletSampler(train.labels, len(attrs))
-    images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
-    trunk_cache = TrunkCache(net, images, dev) if cfg.freeze_backbones else None
+        state, opt_states = _restore(resume, setup.net, log)
     (out / "train_config.json").write_text(json.dumps(
-        {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "variant": variant}, indent=2))
-
-    for stage in stages:
+        {"train": cfg.to_dict(), "model": setup.model_cfg.to_dict(), "variant": variant},
+        indent=2))
+    for stage in setup.stages:
         if stage < state.stage:
             continue
-        scfg = cfg.stage1 if stage == 1 else cfg.stage2
-        if stage == 2 and state.epoch == 0 and opt_state is None:
-            best1 = read_checkpoint_file(out / "best_stage1.pt")["state_dict"]
-            missing = net.load_state_dict(best1, strict=False).missing_keys
-            assert all(k.startswith("choices.local.") for k in missing), missing
+        if stage == 2 and state.epoch == 0 and opt_states is None:
+            _start_stage2(setup.net, out, log)
             state.best_map = -1.0
-            log("stage 2: starting from best_stage1.pt")
-        set_train_mode(net, cfg.freeze_backbones)
-        opt, sched = make_optimizer(net, stage, scfg)
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-            sched.load_state_dict(sched_state)
-            opt_state = sched_state = None
-        while state.epoch < scfg.epochs:
-            epoch = state.epoch
-            rng = np.random.default_rng([cfg.seed, stage, epoch])
-            triplets = sampler.sample(cfg.triplets_per_epoch, rng).tolist()
-            t0, seen, total = time.perf_counter(), 0, 0.0
-            for s in range(0, len(triplets), cfg.batch_size):
-                batch = triplets[s:s + cfg.batch_size]
-                loss = train_step(net, batch, images, stage, cfg, dev, trunk_cache)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                seen += len(batch)
-                total += float(loss.detach()) * len(batch)
-                step = s // cfg.batch_size
-                if step % 50 == 0 or seen == len(triplets):
-                    rate = 3 * seen / (time.perf_counter() - t0)
-                    lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
-                    log(f"stage {stage} epoch {epoch + 1}/{scfg.epochs} "
-                        f"[{seen}/{len(triplets)}] loss {total / seen:.4f} lr {lrs} "
-                        f"{rate:.1f} img/s")
-            sched.step()
-            valid_map = validate(net, data_dir, cfg, dev)
-            state.epoch += 1
-            state.history.append({"stage": stage, "epoch": state.epoch, "loss": total / seen,
-                                  "valid_map": valid_map,
-                                  "seconds": round(time.perf_counter() - t0, 1)})
-            log(f"stage {stage} epoch {state.epoch}: loss {total / seen:.4f} "
-                f"valid MAP {valid_map:.2f}%")
-            best_name = "best_stage1.pt" if stage == 1 and len(stages) > 1 else "best.pt"
-            if valid_map > state.best_map:
-                state.best_map = valid_map
-                save_cfg = model_cfg if stage == 2 else model_cfg.global_only()
-                _save_model(net, save_cfg, out / best_name,
-                            {"epoch": state.epoch, "stage": stage, "valid_map": valid_map})
-            ts = {"stage": stage, "epoch": state.epoch, "best_map": state.best_map,
-                  "history": state.history, "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict(), "rng": _rng_state(), "config": cfg.to_dict()}
-            save_checkpoint(net, out / "last.pt", {"train_state": ts})
-        if stage == 1 and len(stages) > 1:
-            state = RunState(2, 0, -1.0, state.history)
+        _run_stage(setup, data_dir, out, cfg, state, stage, opt_states, log)
+        opt_states = None
+        if stage == 1 and len(setup.stages) > 1:
+            state = RunState(2, 0, -1.0, state.history, state.attr_loss)
     (out / "history.json").write_text(json.dumps(state.history, indent=2))
     return out / "best.pt"
 

@@ -145,6 +145,21 @@ def test_triplet_sampler_obeys_the_rule() -> None:
     assert np.array_equal(t, again)
 
 
+def test_triplet_sampler_attribute_weights() -> None:
+    rng = np.random.default_rng(0)
+    labels = {i: {0: int(rng.integers(4)), 1: int(rng.integers(2)), 2: int(rng.integers(3))}
+              for i in range(60)}
+    sampler = TripletSampler(labels, n_attrs=3)
+    t = sampler.sample(6000, np.random.default_rng(1), weights=[0.3, 0.0, 0.1])
+    counts = Counter(t[:, 3].tolist())
+    assert set(counts) == {0, 2}                      # a weight of 0: never picked
+    assert 2.6 < counts[0] / counts[2] < 3.4          # otherwise in proportion
+    for a, p, n, attr in t:
+        assert a != p and labels[a][attr] == labels[p][attr] != labels[n][attr]
+    with pytest.raises(ValueError, match="weights"):
+        sampler.sample(10, np.random.default_rng(1), weights=[0.0, 0.0, 0.0])
+
+
 def test_triplet_sampler_without_usable_attribute() -> None:
     with pytest.raises(DataError, match="no attribute"):
         TripletSampler({0: {0: 1}, 1: {0: 1}}, n_attrs=1)

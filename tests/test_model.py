@@ -20,6 +20,7 @@ from model import (
     load_model,
     save_checkpoint,
 )
+from model.attention import AttributeCentering
 from model.checkpoint import published_state_dict
 from model.imageio import open_image
 from model.roi import CropGeometry, attention_boxes
@@ -331,3 +332,46 @@ def test_conv_bn_fusion_keeps_embeddings(config):
     fused_emb = Embedder(net, device="cpu", fuse=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused_emb.net.modules())
     assert np.allclose(plain, fused_emb.embed_all(imgs), atol=1e-4)
+
+
+def test_attribute_centering_train_and_eval():
+    centre = AttributeCentering(n_attrs=3, dim=4, momentum=0.5)
+    x = torch.randn(10, 4, requires_grad=True) + 5.0
+    attr = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0, 1, 0])
+    out = centre(x, attr)
+    for a in (0, 1):      # each attribute's rows are centred on their own batch mean
+        assert torch.allclose(out[attr == a].mean(0), torch.zeros(4), atol=1e-5)
+        assert torch.allclose(centre.running_mean[a], 0.5 * x[attr == a].mean(0).detach())
+    assert torch.equal(centre.running_mean[2], torch.zeros(4))   # not in the batch
+    out.sum().backward()                                          # the mean carries gradient
+    assert torch.allclose(x.grad, torch.zeros_like(x), atol=1e-5)
+    centre.eval()
+    y = torch.randn(3, 4)
+    e = centre(y, torch.tensor([0, 1, 2]))
+    assert torch.allclose(e, y - centre.running_mean[[0, 1, 2]])
+
+
+def test_centred_model_saves_loads_and_stays_published_free(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(CONFIGS["tiny"], center_embeddings=True)
+    torch.manual_seed(0)
+    net = build_model(cfg, ATTRS)
+    net.train()
+    pixels = torch.randn(6, 3, 64, 64)
+    net(pixels, torch.tensor([0, 1, 2, 0, 1, 2]), use_local=False)   # moves running means
+    assert net.choices["global"].center.running_mean.abs().sum() > 0
+    path = tmp_path / "centred.pt"
+    save_checkpoint(net, path)
+    from model.checkpoint import load_network
+
+    loaded = load_network(path)
+    assert loaded.config.center_embeddings
+    for key, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    emb = load_model(path, device="cpu")
+    imgs = random_images(3)
+    a = emb.embed(imgs, ["collar", "sleeve", "colour"])
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    # the paper configuration keeps the published layout: no centring buffers
+    assert not CONFIGS["paper"].center_embeddings

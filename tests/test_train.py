@@ -58,18 +58,22 @@ def test_two_stage_run_and_evaluate(dataset, tmp_path):
     assert "overall" in proc.stdout
 
 
-def test_resume_continues_exactly(dataset, tmp_path):
-    straight = run(dataset, tmp_path / "a", CFG, log=lambda m: None)
+@pytest.mark.parametrize("cfg", [
+    CFG,
+    replace(CFG, attribute_sampling="loss", model_overrides={"center_embeddings": True}),
+], ids=["paper-recipe", "loss-sampling-centred"])
+def test_resume_continues_exactly(dataset, tmp_path, cfg):
+    straight = run(dataset, tmp_path / "a", cfg, log=lambda m: None)
 
     def crash_at_second_epoch(message: str) -> None:
         if message.startswith("stage 1 epoch 2/"):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run(dataset, tmp_path / "b", CFG, log=crash_at_second_epoch)
+        run(dataset, tmp_path / "b", cfg, log=crash_at_second_epoch)
     ts = read_checkpoint_file(tmp_path / "b" / "last.pt")["train_state"]
     assert (ts["stage"], ts["epoch"]) == (1, 1)
-    resumed = run(dataset, tmp_path / "b", CFG, resume=tmp_path / "b" / "last.pt",
+    resumed = run(dataset, tmp_path / "b", cfg, resume=tmp_path / "b" / "last.pt",
                   log=lambda m: None)
     a = read_checkpoint_file(tmp_path / "a" / "last.pt")
     b = read_checkpoint_file(tmp_path / "b" / "last.pt")
@@ -77,6 +81,7 @@ def test_resume_continues_exactly(dataset, tmp_path):
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     assert straight.name == resumed.name == "best.pt"
+    assert a["train_state"]["attr_loss"] == b["train_state"]["attr_loss"]
 
 
 def test_agnostic_baseline_gives_one_embedding_for_all_attributes(dataset, tmp_path):
@@ -110,3 +115,14 @@ def test_frozen_backbones_train_heads_only(dataset, tmp_path):
     assert changed, "nothing was trained"
     assert all(".basenet." not in k for k in changed), sorted(changed)[:3]
     assert any(".attnnet." in k for k in changed)
+
+
+def test_loss_sampling_favours_the_attributes_with_higher_loss(dataset, tmp_path):
+    cfg = replace(CFG, attribute_sampling="loss", triplets_per_epoch=64,
+                  stage1=replace(CFG.stage1, epochs=2), stage2=replace(CFG.stage2, epochs=0))
+    run(dataset, tmp_path / "w", cfg, log=lambda m: None)
+    ts = read_checkpoint_file(tmp_path / "w" / "last.pt")["train_state"]
+    weights = ts["attr_loss"]
+    assert len(weights) == 6 and min(weights) > 0 and max(weights) > min(weights)
+    with pytest.raises(ValueError, match="attribute_sampling"):
+        replace(CFG, attribute_sampling="hardest")
