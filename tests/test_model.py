@@ -336,7 +336,7 @@ def test_conv_bn_fusion_keeps_embeddings(config):
 
 def test_attribute_centering_train_and_eval():
     centre = AttributeCentering(n_attrs=3, dim=4, momentum=0.5)
-    x = torch.randn(10, 4, requires_grad=True) + 5.0
+    x = (torch.randn(10, 4) + 5.0).requires_grad_()
     attr = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0, 1, 0])
     out = centre(x, attr)
     for a in (0, 1):      # each attribute's rows are centred on their own batch mean
