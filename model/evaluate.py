@@ -158,10 +158,34 @@ def localisation(emb: Embedder, split: Any, queries: Sequence[Triple], attr_name
     }
 
 
+PARTS = ("full", "global", "local")
+
+
+def embedding_part(vecs: np.ndarray, part: str, global_dim: int) -> np.ndarray:
+    """The fused embedding (``full``), or one branch's block of it renormalised.
+
+    The output is ``concat(sqrt(b) g/|g|, sqrt(1-b) l/|l|)`` (SPEC section 2): ``global``
+    ranks by the leading block alone, ``local`` by the trailing one.
+    """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
+    if part == "full":
+        return vecs
+    if vecs.shape[1] <= global_dim:
+        if part == "global":
+            return vecs
+        raise ValueError("this model has no local branch to evaluate")
+    block = vecs[:, :global_dim] if part == "global" else vecs[:, global_dim:]
+    return block / np.linalg.norm(block, axis=1, keepdims=True).clip(1e-12)
+
+
 def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_size: int = 32,
                    limit: int | None = None, loc_limit: int = 200, workers: int | None = None,
-                   progress: bool = False) -> dict:
-    """MAP (and localisation when ``boxes.jsonl`` exists) of ``emb`` on one split."""
+                   progress: bool = False, part: str = "full") -> dict:
+    """MAP (and localisation when ``boxes.jsonl`` exists) of ``emb`` on one split.
+
+    ``part``: rank by the whole embedding or by one branch's block (:func:`embedding_part`).
+    """
     from .data import load_split, read_attributes
 
     root = Path(root)
@@ -182,6 +206,7 @@ def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_s
     row = {p: n for n, p in enumerate(pairs)}
     vecs = embed_pairs(emb, [data.image_paths[i] for i, _ in pairs],
                        [attr_names[a] for _, a in pairs], batch_size, workers, progress)
+    vecs = embedding_part(vecs, part, emb.config.global_branch.out_dim)
     t_embed = time.perf_counter() - t0
 
     def side(triples: Sequence[Triple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,8 +215,8 @@ def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_s
 
     result = mean_average_precision(*side(queries), *side(candidates), attr_names=attr_names)
     report: dict[str, Any] = result.to_dict()
-    report.update(split=split, data=str(root), dim=int(emb.dim), images_embedded=len(pairs),
-                  embed_seconds=round(t_embed, 3))
+    report.update(split=split, part=part, data=str(root), dim=int(emb.dim),
+                  images_embedded=len(pairs), embed_seconds=round(t_embed, 3))
     if (root / "boxes.jsonl").exists():
         loc = localisation(emb, data, queries, attr_names, read_boxes(root, split), loc_limit,
                            batch_size, workers)
@@ -254,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loc-limit", type=int, default=200,
                    help="at most N images per attribute for the localisation accuracy")
     p.add_argument("--workers", type=int, default=None, help="image loading threads")
+    p.add_argument("--part", default="full", choices=PARTS,
+                   help="rank by the whole embedding (default) or by the global or local "
+                        "branch's block of it alone")
     return p
 
 
@@ -270,12 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         emb = _load_embedder(args)
         report = evaluate_split(emb, args.data, args.split, args.batch_size, args.limit,
-                                args.loc_limit, args.workers, progress=True)
+                                args.loc_limit, args.workers, progress=True, part=args.part)
     except (OSError, ValueError) as exc:  # CheckpointError, ImageError, bad data are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report["checkpoint"] = str(args.checkpoint)
-    print(f"checkpoint {args.checkpoint}  split {args.split}  dim {report['dim']}")
+    print(f"checkpoint {args.checkpoint}  split {args.split}  part {args.part}  "
+          f"dim {report['dim']}")
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -283,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["embed_pairs", "evaluate_split", "format_report", "localisation", "main",
-           "prefetch_batches", "read_boxes"]
+__all__ = ["embed_pairs", "embedding_part", "evaluate_split", "format_report", "localisation",
+           "main", "prefetch_batches", "read_boxes"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -124,3 +124,27 @@ def test_module_entry_point(setup, tmp_path):
     assert "overall" in proc.stdout
     assert set(json.loads(out.read_text())) >= {"overall", "per_attribute", "counts",
                                                  "checkpoint", "split"}
+
+
+@pytest.mark.parametrize("part", ["global", "local"])
+def test_part_ranks_by_one_branch_block(setup, tmp_path, part):
+    """--part global / local: the MAP of the fused embedding's leading / trailing block."""
+    data, ckpt, attrs = setup
+    report = _run(setup, tmp_path, "--loc-limit", "0", "--part", part)
+    assert report["part"] == part
+    emb = load_model(ckpt, device="cpu")
+    split = load_split(data, "test")
+    names = [a.name for a in attrs]
+    g_dim = emb.config.global_branch.out_dim
+
+    def side(triples):
+        full = np.stack([emb.embed([open_image(split.image_paths[i])], [names[a]])[0]
+                         for i, a, _ in triples])
+        block = full[:, :g_dim] if part == "global" else full[:, g_dim:]
+        return block, [t[1] for t in triples], [t[2] for t in triples]
+
+    direct = mean_average_precision(*side(split.queries), *side(split.candidates),
+                                    attr_names=names)
+    assert report["overall"] == pytest.approx(direct.overall, abs=1e-6)
+    full = _run(setup, tmp_path, "--loc-limit", "0")
+    assert report["per_attribute"] != full["per_attribute"]   # a different ranking
