@@ -34,13 +34,28 @@ class ResNetTrunk(nn.Module):
 
 
 class MobileNetV2Trunk(nn.Module):
-    """torchvision MobileNetV2 features up to the last stride-16 block (96 channels)."""
+    """torchvision MobileNetV2 features up to the last stride-16 block (96 channels).
+
+    ``output_stride=8`` keeps the same weights but runs the stride-16 stage (blocks 7-13)
+    at stride 8 with dilated depthwise convolutions (as DeepLab does): a 28 x 28 map at 224
+    px instead of 14 x 14, so the attention can point at details half the size.
+    """
 
     N_BLOCKS = 14
+    STRIDE16_STAGE = range(7, 14)  # blocks of the stride-16 stage; block 7 downsamples
 
-    def __init__(self):
+    def __init__(self, output_stride: int = 16):
         super().__init__()
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         self.features = models.mobilenet_v2(weights=None).features[: self.N_BLOCKS]
+        if output_stride == 8:
+            for i in self.STRIDE16_STAGE:
+                depthwise = self.features[i].conv[1][0]
+                if i == self.STRIDE16_STAGE[0]:
+                    depthwise.stride = (1, 1)
+                else:
+                    depthwise.dilation, depthwise.padding = (2, 2), (2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -82,6 +97,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet34": BackboneSpec(lambda: ResNetTrunk("resnet34"), 256, 16),
     "resnet18": BackboneSpec(lambda: ResNetTrunk("resnet18"), 256, 16),
     "mobilenet_v2": BackboneSpec(MobileNetV2Trunk, 96, 16),
+    "mobilenet_v2_os8": BackboneSpec(lambda: MobileNetV2Trunk(output_stride=8), 96, 8),
     "small": _conv_stack((32, 64, 128)),  # trains from scratch on a CPU
     "tiny": _conv_stack((16, 32, 64)),  # a fast stand-in for tests
 }

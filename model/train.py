@@ -13,7 +13,9 @@ continues an interrupted run where it stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -139,11 +141,21 @@ def get_train_config(name_or_file: str) -> TrainConfig:
 
 class TrunkCache:
     """Global-trunk outputs by image id, for a frozen trunk (exact: eval-mode BN, no
-    augmentation). Computed on first use, a batch at a time."""
+    augmentation). Computed on first use, a batch at a time.
 
-    def __init__(self, net: ASENPlusPlus, images: ImageCache, device: torch.device):
-        self.net, self.images, self.device = net, images, device
+    With ``path`` the outputs persist in that file (float32, so reloading is exact) and later
+    runs with the same trunk weights, input size and images start from it; :func:`cache_file`
+    names it.
+    """
+
+    def __init__(self, net: ASENPlusPlus, images: ImageCache, device: torch.device,
+                 path: Path | None = None):
+        self.net, self.images, self.device, self.path = net, images, device, path
         self._cache: dict[int, torch.Tensor] = {}
+        self._saved = 0
+        if path is not None and path.is_file():
+            self._cache = torch.load(path, map_location=device, weights_only=True)
+            self._saved = len(self._cache)
 
     @torch.no_grad()
     def features(self, ids: Sequence[int]) -> torch.Tensor:
@@ -154,6 +166,27 @@ class TrunkCache:
             for i, f in zip(todo, feats, strict=True):
                 self._cache[i] = f.clone()
         return torch.stack([self._cache[i] for i in ids])
+
+    def save(self) -> None:
+        """Write the file when outputs were added since it was read or written."""
+        if self.path is None or len(self._cache) == self._saved:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({i: f.cpu() for i, f in self._cache.items()}, tmp)
+        os.replace(tmp, self.path)
+        self._saved = len(self._cache)
+
+
+def cache_file(cache_dir: Path, net: ASENPlusPlus, image_paths: Sequence[Path]) -> Path:
+    """Where the trunk outputs of ``net`` on ``image_paths`` are kept in ``cache_dir``."""
+    h = hashlib.sha256()
+    h.update(json.dumps([asdict(net.config.global_branch),
+                         [str(p) for p in image_paths]]).encode())
+    for key, value in net.choices["global"].basenet.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return cache_dir / f"trunk-{h.hexdigest()[:16]}.pt"
 
 
 class ImageCache:
@@ -279,8 +312,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def model_config_for(cfg: TrainConfig, variant: str) -> ModelConfig:
-    """The architecture a run trains: the named config, its overrides, then the variant."""
-    model_cfg = replace(get_config(cfg.model), **cfg.model_overrides)
+    """The architecture a run trains: the named config, its overrides, then the variant.
+
+    An override of ``global_branch`` / ``local_branch`` may be a dict of the fields to change.
+    """
+    base = get_config(cfg.model)
+    overrides = {k: replace(getattr(base, k), **v) if isinstance(v, dict) else v
+                 for k, v in cfg.model_overrides.items()}
+    model_cfg = replace(base, **overrides)
     if variant == "agnostic":
         model_cfg = replace(model_cfg, name=f"{model_cfg.name}-agnostic", attribute_agnostic=True)
     if variant in ("agnostic", "global"):
@@ -288,7 +327,8 @@ def model_config_for(cfg: TrainConfig, variant: str) -> ModelConfig:
     return model_cfg
 
 
-def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device) -> TrainingSetup:
+def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device,
+           trunk_cache_dir: Path | None) -> TrainingSetup:
     attrs = read_attributes(data_dir)
     model_cfg = model_config_for(cfg, variant)
     stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
@@ -297,7 +337,10 @@ def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device) ->
     net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
     train = load_split(data_dir, "train")
     images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
-    trunk_cache = TrunkCache(net, images, dev) if cfg.freeze_backbones else None
+    trunk_cache = None
+    if cfg.freeze_backbones:
+        path = cache_file(trunk_cache_dir, net, train.image_paths) if trunk_cache_dir else None
+        trunk_cache = TrunkCache(net, images, dev, path)
     return TrainingSetup(net, model_cfg, stages, TripletSampler(train.labels, len(attrs)),
                          images, trunk_cache, dev)
 
@@ -399,6 +442,8 @@ def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig
         t0 = time.perf_counter()
         loss, attr_loss = _train_epoch(setup, cfg, state, stage, scfg.epochs, opt, log)
         sched.step()
+        if setup.trunk_cache is not None:
+            setup.trunk_cache.save()
         _update_attr_loss(state, cfg, attr_loss)
         valid_map = validate(setup.net, data_dir, cfg, setup.device)
         state.epoch += 1
@@ -410,9 +455,13 @@ def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig
 
 
 def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
-        resume: Path | None = None, device: str | None = None, log=print) -> Path:
-    """Train; returns the path of the best checkpoint of the final stage."""
-    setup = _setup(data_dir, cfg, variant, pick_device(device))
+        resume: Path | None = None, device: str | None = None, log=print,
+        trunk_cache_dir: Path | None = None) -> Path:
+    """Train; returns the path of the best checkpoint of the final stage.
+
+    ``trunk_cache_dir``: keep a frozen trunk's outputs there for later runs (:class:`TrunkCache`).
+    """
+    setup = _setup(data_dir, cfg, variant, pick_device(device), trunk_cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     state, opt_states = RunState(), None
     if resume is not None:
@@ -459,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triplets", type=int, help="override triplets per epoch")
     p.add_argument("--backbone-weights", help="ImageNet weights file (torchvision format)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--trunk-cache", type=Path,
+                   help="folder keeping a frozen trunk's outputs between runs (same trunk, "
+                        "input size and images: reused exactly)")
     return p
 
 
@@ -478,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["seed"] = args.seed
     cfg = replace(cfg, **overrides)
     best = run(args.data, args.out, cfg, args.variant, args.resume, args.device,
-               log=lambda m: print(m, flush=True))
+               log=lambda m: print(m, flush=True), trunk_cache_dir=args.trunk_cache)
     print(f"best checkpoint: {best}")
     return 0
 

@@ -126,3 +126,23 @@ def test_loss_sampling_favours_the_attributes_with_higher_loss(dataset, tmp_path
     assert len(weights) == 6 and min(weights) > 0 and max(weights) > min(weights)
     with pytest.raises(ValueError, match="attribute_sampling"):
         replace(CFG, attribute_sampling="hardest")
+
+
+def test_trunk_cache_persists_and_reruns_exactly(dataset, tmp_path):
+    cfg = replace(CFG, freeze_backbones=True, stage1=replace(CFG.stage1, epochs=1),
+                  stage2=replace(CFG.stage2, epochs=0))
+    cache = tmp_path / "cache"
+    first = run(dataset, tmp_path / "one", cfg, log=lambda m: None, trunk_cache_dir=cache)
+    files = list(cache.glob("trunk-*.pt"))
+    assert len(files) == 1
+    stored = torch.load(files[0], weights_only=True)
+    assert stored and all(v.dtype == torch.float32 for v in stored.values())
+    mtime = files[0].stat().st_mtime_ns
+    second = run(dataset, tmp_path / "two", cfg, log=lambda m: None, trunk_cache_dir=cache)
+    assert files[0].stat().st_mtime_ns == mtime          # read, not written again
+    a, b = read_checkpoint_file(first)["state_dict"], read_checkpoint_file(second)["state_dict"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    other = replace(cfg, model_overrides={"global_branch": {"input_size": 48}})
+    run(dataset, tmp_path / "three", other, log=lambda m: None, trunk_cache_dir=cache)
+    assert len(list(cache.glob("trunk-*.pt"))) == 2     # another trunk input: its own file
