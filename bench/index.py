@@ -57,7 +57,10 @@ def _checkpoint(args, tmp: Path, attrs) -> Path:
 def bench_pipeline(args) -> dict:
     import torch
 
-    from indexer.build import BuildOptions, run_build
+    from indexer.build import BuildOptions
+    from indexer.embed import EmbedOptions
+    from indexer.layout import IndexLayout
+    from indexer.pipeline import run_pipeline
     from model import AttributeSpec, load_model
     from model.imageio import open_image
     from model.synth import generate
@@ -88,11 +91,13 @@ def bench_pipeline(args) -> dict:
         runs = []
         for workers in args.workers:
             out = tmp / f"idx{workers}"
-            opts = BuildOptions(catalog=str(data / "catalog.csv"), checkpoint=str(ckpt),
-                                out=str(out), workers=workers, batch_size=args.batch_size,
-                                device="cpu", progress=False)
-            res = run_build(opts, say=lambda m: None)
-            b = res.manifest["build"]
+            work = str(IndexLayout(out).work)
+            embed = EmbedOptions(catalog=str(data / "catalog.csv"), checkpoint=str(ckpt),
+                                 out=work, workers=workers, batch_size=args.batch_size,
+                                 device="cpu", progress=False)
+            build = BuildOptions(embeddings=work, catalog=embed.catalog, out=str(out))
+            res = run_pipeline(embed, build, say=lambda m: None).built
+            b = res.manifest.build
             ids, vecs = fx.extract(faiss.read_index(str(out / f"{names[0]}.faiss")))
             diff = float(np.abs(vecs[np.argsort(ids)][:args.naive_images] - naive[:, 0]).max())
             runs.append({"workers": workers, "batch_size": args.batch_size,

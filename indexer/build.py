@@ -1,40 +1,38 @@
-"""The batch job: catalog -> embeddings (resumable) -> one FAISS index per attribute.
+"""Stage 2, `python -m indexer build`: an embeddings store + a catalog -> INDEX_DIR.
 
-A full build numbers the accepted items 0..n-1 in catalog order. `--update` starts from the
-published version: unchanged items keep their row and their stored vectors, changed items
-(new content hash) keep their row and are re-embedded, new items get new rows, deleted or
-now-unreadable items are removed.
+No image is opened. A full build numbers the catalog rows that have an embedding 0..n-1 in
+catalog order; a catalog row without one is listed in rejected.csv (with the embedding run's
+reason when the store has one), and a store id without a catalog row is an error before any
+work. `--update` starts from the published version: items whose image hash is unchanged keep
+their row and their indexed vectors, changed items keep their row with the new vectors, new
+items get new rows, and items no longer indexed are removed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from indexer import FORMAT_VERSION
+from indexer import budget
 from indexer import faiss_index as fx
-from indexer.catalog import Catalog, load_catalog
-from indexer.embedding_job import (
-    EmbedLimits,
-    EmbedOutcome,
-    default_workers,
-    embed_catalog,
-    set_threads,
-)
+from indexer.catalog import Catalog, CatalogError, load_catalog
+from indexer.index_types import IndexSpec
 from indexer.layout import IndexLayout, new_version
-from indexer.reader import read_item_hashes, read_manifest
-from indexer.shards import ShardStore
+from indexer.manifest import AttributeEntry, CatalogInfo, IndexInfo, Manifest, ModelInfo
+from indexer.reader import read_item_hashes
+from indexer.store import EmbeddingStore, Reject
 from indexer.writer import make_manifest, write_index, write_items, write_manifest, write_rejected
-from model import load_model
+
+Say = Callable[[str], None]
+MEMMAP_FROM = 256 << 20      # gather an attribute's vectors in a memory-mapped file above this
 
 
 class RejectRateError(RuntimeError):
@@ -43,266 +41,328 @@ class RejectRateError(RuntimeError):
 
 @dataclass
 class BuildOptions:
-    """Everything the job needs (the CLI flags)."""
+    """The `build` flags (also used by the one-shot command)."""
 
+    embeddings: str
     catalog: str
-    checkpoint: str
     out: str
+    checkpoint: str | None = None          # records / checks the model of a foreign store
     update: bool = False
-    shard: tuple[int, int] | None = None
-    index_type: str | None = None          # None: flat (full build) / previous type (update)
+    index_type: str | None = None          # None: flat (full build) / the published type
     index_params: dict = field(default_factory=dict)
-    batch_size: int = 32
-    workers: int | None = None
-    threads: int | None = None
-    device: str | None = None
-    precision: str = "fp32"
-    limits: EmbedLimits = field(default_factory=EmbedLimits)
+    max_memory: int | None = None          # bytes per attribute (--max-memory)
     max_reject_rate: float | None = None
-    shard_size: int = 1024
-    keep_work: bool = False
-    progress: bool = True
+
+
+@dataclass
+class EmbedFacts:
+    """What the one-shot command's embedding step knows that a store alone does not."""
+
+    unchanged: set[str]                     # ids skipped as identical to the published index
+    stats: dict                             # the embedding run's counts and timings
+    shard: dict | None = None               # --shard I/N record
 
 
 @dataclass
 class BuildResult:
-    """What a finished job published."""
+    """What a finished build published."""
 
     index_dir: Path
     version_dir: Path
-    manifest: dict
-    outcome: EmbedOutcome
+    manifest: Manifest
+    rejects: list[Reject]
 
 
 @dataclass
 class _Previous:
     folder: Path
-    manifest: dict
+    manifest: Manifest
     items: dict[str, tuple[int, str]]     # id -> (row, sha256)
 
 
-def _job_key(model_sha: str, precision: str, attributes: list[str], device: str) -> str:
-    """Work-folder name of an embedding job: a resumed job never mixes CPU and GPU vectors."""
-    doc = json.dumps([FORMAT_VERSION, model_sha, precision, attributes, device])
-    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+@dataclass
+class _Plan:
+    """Rows of the new version and what changes against the previous one."""
+
+    rows: dict[int, int]                  # catalog position -> row
+    shas: dict[int, str]                  # catalog position -> sha256
+    add: list[int]                        # positions whose vectors come from the store
+    remove: np.ndarray                    # previous rows to delete (incl. changed ones)
+    rejects: list[Reject]
 
 
-def _load_previous(layout: IndexLayout, emb, say) -> _Previous | None:
+def _store_model(store: EmbeddingStore, checkpoint: str | None) -> tuple[ModelInfo, list]:
+    """The model of the store's vectors and its attribute list [{"name", "n_values"}]."""
+    meta = store.read_meta()
+    model = ModelInfo.from_dict(meta["model"]) if meta.get("model") else None
+    attrs = meta.get("attributes") or [{"name": a, "n_values": None} for a in store.attributes]
+    if store.part_count and [a["name"] for a in attrs] != store.attributes:
+        raise ValueError(f"{store.root}: store.json attributes differ from the Parquet columns")
+    if not attrs:
+        raise FileNotFoundError(f"{store.root} holds no embeddings (no Parquet files)")
+    if checkpoint is not None:
+        from indexer.embed import model_info
+        from model import load_model
+        emb = load_model(checkpoint, device="cpu")
+        info = model_info(emb, checkpoint)
+        if model is not None and model.sha256 and model.sha256 != info.sha256:
+            raise ValueError(f"--checkpoint {checkpoint} is not the model that wrote "
+                             f"{store.root} (sha256 {model.sha256[:12]})")
+        if store.dim is not None and info.dim != store.dim:
+            raise ValueError(f"--checkpoint dimension {info.dim} != store dimension {store.dim}")
+        names = [a["name"] for a in attrs]
+        missing = [a for a in names if a not in emb.attribute_names]
+        if missing:
+            raise ValueError(f"--checkpoint lacks the store's attributes {missing}")
+        n_values = {a.name: int(a.n_values) for a in emb.attributes}
+        attrs = [{"name": a, "n_values": n_values[a]} for a in names]
+        model = info
+    if model is None:
+        model = ModelInfo(dim=int(store.dim or 0))
+    return model, attrs
+
+
+def _load_previous(layout: IndexLayout, model: ModelInfo, attrs: list[str],
+                   say: Say) -> _Previous | None:
     folder = layout.current()
     if folder is None:
         say("update: no published index yet, building from scratch")
         return None
-    manifest = read_manifest(folder)
-    attrs = [a["name"] for a in manifest["attributes"]]
-    if manifest["model"].get("sha256") != emb.checkpoint_sha256:
-        say("update: the checkpoint differs from the published index's; re-embedding all")
+    manifest = Manifest.read(folder)
+    if manifest.model.sha256 != model.sha256 or manifest.model.dim != model.dim:
+        say("update: the model differs from the published index's; rebuilding all")
         return None
-    if attrs != emb.attribute_names:
-        say("update: the attributes differ from the published index's; re-embedding all")
+    if manifest.attribute_names != attrs:
+        say("update: the attributes differ from the published index's; rebuilding all")
         return None
     return _Previous(folder, manifest, read_item_hashes(folder))
 
 
-def _model_info(emb, checkpoint: str) -> dict:
-    return {"checkpoint": str(Path(checkpoint).resolve()), "sha256": emb.checkpoint_sha256,
-            "config": emb.config.to_dict(), "dim": int(emb.dim), "precision": emb.precision}
+def check_store_ids(store: EmbeddingStore, catalog: Catalog) -> None:
+    """Every stored id must be a catalog row (CatalogError before any work)."""
+    ids = {it.id for it in catalog.items}
+    extra = [i for i in store.where if i not in ids]
+    if extra:
+        shown = ", ".join(repr(i) for i in sorted(extra)[:5])
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise CatalogError(f"{len(extra)} id(s) in the embeddings store {store.root} have no "
+                           f"catalog row: {shown}{more}")
 
 
-def _plan_rows(catalog: Catalog, outcome: EmbedOutcome, prev: _Previous | None):
-    """Assign rows. Returns (rows per accepted item, rows to remove, positions to add)."""
-    accepted = [i for i, s in enumerate(outcome.status) if s != "rejected"]
-    if prev is None:
-        return {p: r for r, p in enumerate(accepted)}, np.zeros(0, np.int64), accepted
-    next_row = max((r for r, _ in prev.items.values()), default=-1) + 1
-    rows, add, keep_ids = {}, [], set()
+def _plan(catalog: Catalog, store: EmbeddingStore, prev: _Previous | None,
+          facts: EmbedFacts | None) -> _Plan:
+    """Classify every catalog row and assign rows (catalog order for a full build)."""
+    unchanged_ids = facts.unchanged if facts else set()
+    known_rejects = store.read_rejects()
+    rows: dict[int, int] = {}
+    shas: dict[int, str] = {}
+    add: list[int] = []
+    rejects: list[Reject] = []
+    keep: set[str] = set()
     remove: list[int] = []
-    for p in accepted:
-        item = catalog.items[p]
-        old = prev.items.get(item.id)
-        if old is not None and outcome.status[p] == "unchanged":
-            rows[p] = old[0]
-            keep_ids.add(item.id)
+    next_row = max((r for r, _ in prev.items.values()), default=-1) + 1 if prev else 0
+    for p, item in enumerate(catalog.items):
+        old = prev.items.get(item.id) if prev else None
+        sha = store.sha(item.id)
+        if sha is None and old is not None and item.id in unchanged_ids:
+            sha = old[1]
+        if sha is None:
+            r = known_rejects.get(item.id)
+            rejects.append(Reject(item.image, item.id, r.reason if r else "no_embedding"))
             continue
-        if old is not None:               # changed content: same row, new vectors
-            rows[p] = old[0]
-            remove.append(old[0])
-            keep_ids.add(item.id)
-        else:
+        shas[p] = sha
+        if old is None:
             rows[p] = next_row
             next_row += 1
-        add.append(p)
-    remove += [r for i, (r, _) in prev.items.items() if i not in keep_ids]
-    return rows, np.array(sorted(remove), dtype=np.int64), add
+            add.append(p)
+            continue
+        rows[p] = old[0]
+        keep.add(item.id)
+        if old[1] != sha:                   # changed content: same row, new vectors
+            remove.append(old[0])
+            add.append(p)
+    if prev:
+        remove += [r for i, (r, _) in prev.items.items() if i not in keep]
+    return _Plan(rows, shas, add, np.array(sorted(remove), dtype=np.int64), rejects)
+
+
+def _requested_spec(opts: BuildOptions, n: int, dim: int) -> tuple[IndexSpec, dict | None]:
+    """The spec the flags ask for on `n` vectors, and the --max-memory record if any."""
+    if opts.max_memory is not None:
+        choice = budget.select(n, dim, opts.max_memory, opts.index_params)
+        return choice.spec, choice.selection(opts.max_memory)
+    return fx.resolve_spec(opts.index_type or "flat", n, dim, opts.index_params), None
+
+
+def _updated_spec(opts: BuildOptions, old: IndexSpec, old_selection: dict | None, n: int,
+                  dim: int) -> tuple[IndexSpec, dict | None]:
+    """An update's spec: the published one, unless the flags ask for another."""
+    if opts.max_memory is not None:
+        if old.memory_bytes(n, dim) <= opts.max_memory and not opts.index_params:
+            return old, old_selection                      # still fits: keep it
+        return _requested_spec(opts, n, dim)
+    kind = fx.auto_type(n) if opts.index_type == "auto" else (opts.index_type or old.type)
+    if kind != old.type:
+        return fx.resolve_spec(kind, n, dim, opts.index_params), None
+    params = {**old.params, **{k: v for k, v in opts.index_params.items() if k in old.params}}
+    return IndexSpec(old.type, params), old_selection     # same type: nothing recomputed
 
 
 def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
-                 attrs: list[str], previous_type: str | None) -> dict[str, fx.IndexSpec]:
-    """Index spec per attribute: shards flat; updates keep the published one; else the flag."""
-    if opts.shard is not None:   # shard outputs keep exact vectors so they can be merged
-        return {a: fx.IndexSpec("flat", {}) for a in attrs}
-    if prev is not None and opts.index_type is None:
-        return {a["name"]: fx.IndexSpec(a["index"]["type"], dict(a["index"]["params"]))
-                for a in prev.manifest["attributes"]}
-    kind = opts.index_type or previous_type or "flat"
-    spec = fx.resolve_spec(kind, n, dim, opts.index_params)
-    return dict.fromkeys(attrs, spec)
+                 attrs: list[str], shard: bool) -> dict[str, tuple[IndexSpec, dict | None]]:
+    """Spec per attribute: shards flat; an update keeps the published spec unless the flags
+    ask for another one (a type that keeps no vectors can only change search knobs)."""
+    if shard:       # shard outputs keep exact vectors so they can be merged
+        return {a: (IndexSpec("flat", {}), None) for a in attrs}
+    if prev is None:
+        return dict.fromkeys(attrs, _requested_spec(opts, n, dim))
+    out = {}
+    for entry in prev.manifest.attributes:
+        old = IndexSpec(entry.index.type, dict(entry.index.params))
+        new, selection = _updated_spec(opts, old, entry.index.selection, n, dim)
+        if not old.same_structure(new) and not old.kind.keeps_vectors:
+            what = "type" if new.type != old.type else "build parameters"
+            raise ValueError(f"--update cannot change the index {what} of {old.type} (it "
+                             "keeps no vectors to rebuild from); run a full build instead")
+        out[entry.name] = (new, selection)
+    return out
 
 
-def run_build(opts: BuildOptions, say=None) -> BuildResult:
-    """Run the whole job; raises CatalogError before any work for a bad catalog."""
+def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
+              facts: EmbedFacts | None = None, layout: IndexLayout | None = None,
+              say: Say | None = None) -> BuildResult:
+    """Build INDEX_DIR from a store; raises CatalogError before any work on bad inputs.
+
+    `layout`: the INDEX_DIR layout when the caller already holds its writer lock.
+    """
     say = say or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
-    catalog = load_catalog(opts.catalog)
-    entries_total = len(catalog)
-    if opts.shard is not None:
-        catalog = catalog.shard(*opts.shard)
+    catalog = catalog or load_catalog(opts.catalog)
     if len(catalog) == 0:
         raise ValueError(f"catalog {opts.catalog} has no items")
-    set_threads(opts.threads)
-    layout = IndexLayout(opts.out)
-    with layout:
-        emb = load_model(opts.checkpoint, device=opts.device, precision=opts.precision)
-        attrs = emb.attribute_names
-        prev = _load_previous(layout, emb, say) if opts.update else None
-        _check_type_change(opts, prev)
-        key = _job_key(emb.checkpoint_sha256, emb.precision, attrs, emb.device.type)
-        if layout.work.exists():
-            for other in layout.work.iterdir():
-                if other.name != key:
-                    shutil.rmtree(other, ignore_errors=True)
-        store = ShardStore(layout.work / key, job={
-            "checkpoint": str(Path(opts.checkpoint).resolve()),
-            "sha256": emb.checkpoint_sha256, "precision": emb.precision,
-            "device": emb.device.type, "attributes": attrs})
-        if len(store):
-            say(f"resuming: {len(store)} embedded images found in {store.root}")
-        previous = {i: sha for i, (_, sha) in prev.items.items()} if prev else None
-        outcome = embed_catalog(emb, catalog.items, store, previous=previous,
-                                batch_size=opts.batch_size, workers=opts.workers,
-                                shard_size=opts.shard_size, limits=opts.limits,
-                                progress=opts.progress)
-        n_rej = len(outcome.rejects)
-        rate = n_rej / len(catalog)
-        if n_rej == len(catalog):
-            raise RejectRateError(f"all {n_rej} catalog items were rejected; nothing published")
-        if opts.max_reject_rate is not None and rate > opts.max_reject_rate:
-            raise RejectRateError(
-                f"{n_rej} of {len(catalog)} items rejected ({rate:.1%}) exceeds "
-                f"--max-reject-rate {opts.max_reject_rate:.1%}; the previous index is kept")
-        rows, remove, add = _plan_rows(catalog, outcome, prev)
-        n_items = len(rows)
-        published = layout.current() if opts.update else None
-        previous_type = (read_manifest(published)["attributes"][0]["index"]["type"]
-                         if published is not None else None)
-        specs = _index_specs(opts, prev, n_items, emb.dim, attrs, previous_type)
-        version = new_version()
-        staging = layout.staging(version)
-        try:
-            manifest = _write_version(opts, catalog, emb, prev, outcome, store, staging, version,
-                                      rows, remove, add, specs, t0, entries_total)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        final = layout.publish(staging, version)
-        if not opts.keep_work:
-            store.remove()
-            if layout.work.exists() and not any(layout.work.iterdir()):
-                layout.work.rmdir()
-    return BuildResult(layout.out, final, manifest, outcome)
+    if not Path(opts.embeddings).is_dir():
+        raise FileNotFoundError(f"no embeddings store at {opts.embeddings}")
+    store = EmbeddingStore(opts.embeddings)
+    check_store_ids(store, catalog)
+    model, attr_docs = _store_model(store, opts.checkpoint)
+    if layout is not None:
+        return _build_locked(opts, catalog, store, model, attr_docs, layout, facts, say, t0)
+    with IndexLayout(opts.out) as held:
+        return _build_locked(opts, catalog, store, model, attr_docs, held, facts, say, t0)
 
 
-def _check_type_change(opts: BuildOptions, prev: _Previous | None) -> None:
-    """Fail before any work when --update asks for a type the old index cannot become."""
-    if prev is None or opts.index_type is None or opts.shard is not None:
-        return
-    old = prev.manifest["attributes"][0]["index"]["type"]
-    if old not in fx.EXACT_STORAGE and opts.index_type != old:
-        raise ValueError(f"--update cannot change the index type from {old} (it keeps no "
-                         "exact vectors); run a full build instead")
+def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
+                  model: ModelInfo, attr_docs: list[dict], layout: IndexLayout,
+                  facts: EmbedFacts | None, say: Say, t0: float) -> BuildResult:
+    attrs = [a["name"] for a in attr_docs]
+    prev = _load_previous(layout, model, attrs, say) if opts.update else None
+    plan = _plan(catalog, store, prev, facts)
+    n_rej = len(plan.rejects)
+    if not plan.rows:
+        raise RejectRateError(f"all {n_rej} catalog items were rejected; nothing published")
+    rate = n_rej / len(catalog)
+    if opts.max_reject_rate is not None and rate > opts.max_reject_rate:
+        raise RejectRateError(
+            f"{n_rej} of {len(catalog)} items rejected ({rate:.1%}) exceeds "
+            f"--max-reject-rate {opts.max_reject_rate:.1%}; the previous index is kept")
+    specs = _index_specs(opts, prev, len(plan.rows), model.dim, attrs,
+                         shard=bool(facts and facts.shard))
+    version = new_version()
+    staging = layout.staging(version)
+    try:
+        entries = [_attribute_entry(staging, doc, specs[doc["name"]], store, catalog, plan,
+                                    prev, model.dim) for doc in attr_docs]
+        manifest = _finish(opts, staging, version, catalog, store, model, entries, plan,
+                           prev, facts, t0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = layout.publish(staging, version)
+    return BuildResult(layout.out, final, manifest, plan.rejects)
 
 
-def _write_version(opts: BuildOptions, catalog: Catalog, emb, prev: _Previous | None,
-                   outcome: EmbedOutcome, store: ShardStore, staging: Path, version: str,
-                   rows: dict[int, int], remove: np.ndarray, add: list[int],
-                   specs: dict[str, fx.IndexSpec], t0: float, entries_total: int) -> dict:
-    """Write every file of the new version into `staging`; returns its manifest."""
-    n_items, n_rej = len(rows), len(outcome.rejects)
-    t_index = time.perf_counter()
-    attr_docs = []
-    for a_idx, spec_attr in enumerate(emb.attributes):
-        name = spec_attr.name
-        spec = specs[name]
-        index = _attribute_index(a_idx, name, spec, prev, rows, remove, add, catalog,
-                                 outcome, store, emb.dim)
-        fname = write_index(staging, name, index)
-        attr_docs.append({"name": name, "n_values": int(spec_attr.n_values),
-                          "index": {**spec.to_dict(), "factory": spec.factory(emb.dim),
-                                    "file": fname, "ntotal": int(index.ntotal)}})
-        del index
-    write_items(staging, ((rows[p], catalog.items[p].id, catalog.items[p].image,
-                           catalog.items[p].metadata, outcome.shas[p])
-                          for p in sorted(rows, key=rows.get)))
-    write_rejected(staging, outcome.rejects)
-    computed = outcome.count("computed")
+def _gather(store: EmbeddingStore, attribute: str, ids: list[str], dim: int,
+            staging: Path) -> np.ndarray:
+    """An attribute's vectors for `ids`, in memory or (large) in a memory-mapped scratch file."""
+    if not ids:
+        return np.zeros((0, dim), np.float32)
+    if len(ids) * dim * 4 < MEMMAP_FROM:
+        return store.vectors(attribute, ids)
+    scratch = staging / f".scratch-{attribute}.npy"
+    out = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32,
+                                    shape=(len(ids), dim))
+    scratch.unlink()           # the mapping stays valid; nothing is left behind on a crash
+    return store.vectors(attribute, ids, out=out)
+
+
+def _attribute_entry(staging: Path, doc: dict, chosen: tuple[IndexSpec, dict | None],
+                     store: EmbeddingStore, catalog: Catalog, plan: _Plan,
+                     prev: _Previous | None, dim: int) -> AttributeEntry:
+    """Build (full) or update (incremental) one attribute's index and write it."""
+    spec, selection = chosen
+    name = doc["name"]
+    add_rows = np.array([plan.rows[p] for p in plan.add], dtype=np.int64)
+    add_vecs = _gather(store, name, [catalog.items[p].id for p in plan.add], dim, staging)
+    if prev is None:
+        index = fx.build(spec, dim, add_rows, add_vecs.__getitem__)
+    else:
+        old_info = prev.manifest.attribute(name).index
+        old = faiss.read_index(str(prev.folder / old_info.file))
+        old_spec = IndexSpec(old_info.type, dict(old_info.params))
+        if old_spec.same_structure(spec):           # search knobs may differ
+            index = fx.update(old, spec, plan.remove, add_rows, add_vecs)
+            fx.tune(index, spec)
+        else:                       # a new type: rebuild from the kept vectors
+            ids, vecs = fx.extract(old)
+            keep = ~np.isin(ids, plan.remove)
+            all_ids = np.concatenate([ids[keep], add_rows])
+            all_vecs = np.concatenate([vecs[keep], add_vecs])
+            order = np.argsort(all_ids, kind="stable")
+            index = fx.build(spec, dim, all_ids[order], lambda pos: all_vecs[order[pos]])
+    fname = write_index(staging, name, index)
+    n = int(index.ntotal)
+    info = IndexInfo(type=spec.type, params=dict(spec.params), file=fname, ntotal=n,
+                     factory=spec.factory(dim), memory_bytes=spec.memory_bytes(n, dim),
+                     selection=selection)
+    return AttributeEntry(name, doc.get("n_values"), info)
+
+
+def _finish(opts: BuildOptions, staging: Path, version: str, catalog: Catalog,
+            store: EmbeddingStore, model: ModelInfo, entries: list[AttributeEntry],
+            plan: _Plan, prev: _Previous | None, facts: EmbedFacts | None,
+            t0: float) -> Manifest:
+    """items.sqlite, rejected.csv and the manifest of the new version."""
+    write_items(staging, ((plan.rows[p], catalog.items[p].id, catalog.items[p].image,
+                           catalog.items[p].metadata, plan.shas[p])
+                          for p in sorted(plan.rows, key=plan.rows.get)))
+    write_rejected(staging, plan.rejects)
+    embed_stats = facts.stats if facts else dict(store.read_meta().get("last_run") or {})
     build = {
         "mode": "update" if prev else "full",
         "seconds": round(time.perf_counter() - t0, 3),
-        "embed_seconds": round(outcome.seconds, 3),
-        "index_seconds": round(time.perf_counter() - t_index, 3),
-        "images_per_s": round(len(catalog) / outcome.seconds, 2) if outcome.seconds else None,
-        "computed": computed, "cached": outcome.count("cached"),
-        "unchanged": outcome.count("unchanged"),
-        "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
-        "device": str(emb.device), "faiss_gpus": faiss.get_num_gpus(),
-        "workers": default_workers() if opts.workers is None else opts.workers,
-        "batch_size": opts.batch_size,
+        "embed_seconds": embed_stats.get("seconds", 0.0),
+        "images_per_s": embed_stats.get("images_per_s"),
+        "computed": embed_stats.get("computed", 0), "cached": embed_stats.get("cached", 0),
+        "unchanged": embed_stats.get("unchanged", 0),
+        "rejected_by_reason": dict(Counter(r.reason for r in plan.rejects)),
+        "device": embed_stats.get("device"), "faiss_gpus": faiss.get_num_gpus(),
+        "workers": embed_stats.get("workers"), "batch_size": embed_stats.get("batch_size"),
     }
-    extra: dict = {}
+    extra: dict = {"embeddings": {"path": str(Path(opts.embeddings).resolve()),
+                                  "parts": store.part_count, "items": len(store)}}
     if prev is not None:
-        changed = len(np.intersect1d(remove, [rows[p] for p in add]))
-        extra["update"] = {"base_version": prev.manifest["index_version"],
-                           "added": len(add) - changed, "changed": changed,
-                           "removed": int(len(remove) - changed),
-                           "unchanged": outcome.count("unchanged")}
-    if opts.shard is not None:
-        extra["shard"] = {"index": opts.shard[0], "count": opts.shard[1],
-                          "catalog_entries": entries_total,
-                          "requested_index": {"type": opts.index_type or "flat",
-                                              "params": dict(opts.index_params)}}
+        add_rows = [plan.rows[p] for p in plan.add]
+        changed = len(np.intersect1d(plan.remove, add_rows))
+        extra["update"] = {"base_version": prev.manifest.index_version,
+                           "added": len(plan.add) - changed, "changed": changed,
+                           "removed": int(len(plan.remove) - changed),
+                           "unchanged": len(plan.rows) - len(plan.add)}
+    if facts and facts.shard:
+        extra["shard"] = facts.shard
     manifest = make_manifest(
-        version=version, model=_model_info(emb, opts.checkpoint), attributes=attr_docs,
-        catalog={"path": catalog.path, "sha256": catalog.sha256, "items": n_items,
-                 "entries": len(catalog)},
-        rejected=n_rej, build=build, extra=extra)
+        version=version, model=model, attributes=entries,
+        catalog=CatalogInfo(path=catalog.path, sha256=catalog.sha256, items=len(plan.rows),
+                            entries=len(catalog)),
+        rejected=len(plan.rejects), build=build, extra=extra)
     write_manifest(staging, manifest)
     return manifest
-
-
-def _attribute_index(a_idx: int, name: str, spec: fx.IndexSpec, prev: _Previous | None,
-                     rows: dict[int, int], remove: np.ndarray, add: list[int],
-                     catalog: Catalog, outcome: EmbedOutcome, store: ShardStore,
-                     dim: int) -> faiss.Index:
-    """Build (full) or update (incremental) one attribute's index."""
-    add_rows = np.array([rows[p] for p in add], dtype=np.int64)
-    add_shas = [outcome.shas[p] for p in add]
-
-    def get(pos: np.ndarray) -> np.ndarray:
-        return store.gather([add_shas[int(i)] for i in pos], a_idx)
-
-    if prev is None:
-        return fx.build(spec, dim, add_rows, get)
-    old_doc = next(a for a in prev.manifest["attributes"] if a["name"] == name)["index"]
-    old = faiss.read_index(str(prev.folder / old_doc["file"]))
-    old_spec = fx.IndexSpec(old_doc["type"], dict(old_doc["params"]))
-    add_vecs = get(np.arange(len(add))) if add else np.zeros((0, dim), np.float32)
-    if old_spec.to_dict() == spec.to_dict():
-        return fx.update(old, spec, remove, add_rows, add_vecs)
-    if old_spec.type not in fx.EXACT_STORAGE:
-        raise ValueError(f"--update cannot change the index type from {old_spec.type} "
-                         f"(it keeps no exact vectors); run a full build instead")
-    ids, vecs = fx.extract(old)
-    keep = ~np.isin(ids, remove)
-    all_ids = np.concatenate([ids[keep], add_rows])
-    all_vecs = np.concatenate([vecs[keep], add_vecs])
-    order = np.argsort(all_ids, kind="stable")
-    return fx.build(spec, dim, all_ids[order], lambda pos: all_vecs[order[pos]])

@@ -1,4 +1,10 @@
-"""Command line: `python -m indexer --catalog C --checkpoint K --out DIR` and `... merge`."""
+"""Command line.
+
+    python -m indexer --catalog C --checkpoint K --out INDEX_DIR   embed + build (one shot)
+    python -m indexer embed --catalog C --checkpoint K --out EMB_DIR
+    python -m indexer build --embeddings EMB_DIR --catalog C --out INDEX_DIR
+    python -m indexer merge SHARD_DIR... --out INDEX_DIR          (outputs of --shard I/N)
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,20 @@ import argparse
 import sys
 from collections import Counter
 
+from indexer.budget import BudgetError, parse_size
 from indexer.build import BuildOptions, BuildResult, RejectRateError, run_build
 from indexer.catalog import CatalogError, parse_shard
+from indexer.embed import EmbedOptions, EmbedResult, run_embed
 from indexer.embedding_job import DEFAULT_MAX_BYTES, EmbedLimits, default_workers
-from indexer.faiss_index import INDEX_TYPES
-from indexer.layout import IndexLockedError
+from indexer.index_types import INDEX_TYPES, TYPES
+from indexer.layout import IndexLayout, IndexLockedError
 from indexer.merge import MergeError, merge_shards
+from indexer.pipeline import run_pipeline
+from indexer.store import StoreError
 from model.imageio import DEFAULT_MAX_PIXELS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
+COMMANDS = ("embed", "build", "merge")
 
 
 def _rate(text: str) -> float:
@@ -24,40 +35,49 @@ def _rate(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_index_args(p: argparse.ArgumentParser) -> None:
+    hnsw, ivf, refine = TYPES["hnsw"].defaults, TYPES["ivfpq"].defaults, \
+        TYPES["ivfpq_refine"].defaults
     g = p.add_argument_group("index type")
     g.add_argument("--index-type", choices=["auto", *INDEX_TYPES], default=None,
-                   help="flat (exact, the default for a new index), hnsw, ivfpq, or auto by "
-                        "catalog size; --update keeps the published type unless given")
-    g.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default ~4*sqrt(n))")
-    g.add_argument("--pq-m", dest="m", type=int, help="ivfpq: sub-quantizers (default dim/8)")
-    g.add_argument("--pq-nbits", dest="nbits", type=int, help="ivfpq: bits per code (8)")
-    g.add_argument("--nprobe", type=int, help="ivfpq: lists probed per query")
-    g.add_argument("--train-size", type=int, help="ivfpq: training sample (100000)")
-    g.add_argument("--hnsw-m", dest="M", type=int, help="hnsw: links per node (32)")
-    g.add_argument("--ef-construction", dest="efConstruction", type=int, help="hnsw (80)")
-    g.add_argument("--ef-search", dest="efSearch", type=int, help="hnsw (128)")
+                   help="flat (exact, the default for a new index), hnsw, ivfpq, ivfpq_refine "
+                        "(PQ codes + exact float16 re-rank), or auto by catalog size; "
+                        "--update keeps the published type unless given")
+    g.add_argument("--max-memory", type=_size, metavar="SIZE",
+                   help="per attribute, e.g. 512M or 4G: pick the most exact type and "
+                        "parameters that fit (flat, else ivfpq_refine); recorded in the manifest")
+    g.add_argument("--nlist", type=int,
+                   help="ivf types: inverted lists (default ~sqrt(n), >= 39 training points each)")
+    g.add_argument("--pq-m", dest="m", type=int,
+                   help="ivf types: sub-quantizers (default dim/8; ivfpq_refine dim/4)")
+    g.add_argument("--pq-nbits", dest="nbits", type=int,
+                   help=f"ivf types: bits per code (ivfpq {ivf['nbits']} or fewer for small "
+                        f"catalogs; ivfpq_refine {refine['nbits']} = fast-scan, or 8)")
+    g.add_argument("--nprobe", type=int, help="ivf types: lists probed per query")
+    g.add_argument("--k-factor", dest="k_factor", type=int,
+                   help=f"ivfpq_refine: re-rank k x this many candidates ({refine['k_factor']})")
+    g.add_argument("--train-size", type=int,
+                   help=f"ivf types: training sample ({ivf['train_size']})")
+    g.add_argument("--hnsw-m", dest="M", type=int, help=f"hnsw: links per node ({hnsw['M']})")
+    g.add_argument("--ef-construction", dest="efConstruction", type=int,
+                   help=f"hnsw ({hnsw['efConstruction']})")
+    g.add_argument("--ef-search", dest="efSearch", type=int, help=f"hnsw ({hnsw['efSearch']})")
 
 
 def _index_params(args: argparse.Namespace) -> dict:
-    keys = ("nlist", "m", "nbits", "nprobe", "train_size", "M", "efConstruction", "efSearch")
+    keys = ("nlist", "m", "nbits", "nprobe", "k_factor", "train_size", "M", "efConstruction",
+            "efSearch")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m indexer",
-        description="Embed a catalog for every attribute and write one FAISS index per "
-                    "attribute. `python -m indexer merge --help` combines --shard outputs.")
-    p.add_argument("--catalog", required=True,
-                   help="catalog CSV / JSON Lines (columns id, image, ...) or a folder of images")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
-    p.add_argument("--out", required=True, help="INDEX_DIR (a symlink swapped atomically)")
-    p.add_argument("--update", action="store_true",
-                   help="incremental: add new, re-embed changed, remove deleted items")
-    p.add_argument("--shard", type=parse_shard, metavar="I/N",
-                   help="process the I-th (0-based) of N contiguous catalog slices")
-    _add_index_args(p)
+def _add_embed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed")
     g.add_argument("--batch-size", type=int, default=32, help="images per decoded batch (32)")
     g.add_argument("--workers", type=int, default=None,
@@ -66,16 +86,69 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--checkpoint-every", type=int, default=1024, metavar="N",
-                   help="commit embeddings to a resumable shard every N images (1024)")
+                   help="commit embeddings to a resumable Parquet part every N images (1024)")
     g = p.add_argument_group("safety")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"reject larger images as decompression bombs ({DEFAULT_MAX_PIXELS})")
     g.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                    help=f"reject larger files ({DEFAULT_MAX_BYTES})")
-    g.add_argument("--max-reject-rate", type=_rate, default=None, metavar="R",
-                   help="exit 3 without publishing when more than R (0.05 or 5%%) is rejected")
-    g.add_argument("--keep-work", action="store_true", help="keep embedding shards afterwards")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--update", action="store_true",
+                   help="incremental: add new, re-index changed, remove deleted items")
+    p.add_argument("--max-reject-rate", type=_rate, default=None, metavar="R",
+                   help="exit 3 without publishing when more than R (0.05 or 5%%) is rejected")
+    _add_index_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m indexer",
+        description="Embed a catalog for every attribute and write one FAISS index per "
+                    "attribute (embed + build in a row). Stages: `python -m indexer embed "
+                    "--help`, `... build --help`; `... merge --help` combines --shard outputs.")
+    p.add_argument("--catalog", required=True,
+                   help="catalog CSV / JSON Lines (columns id, image, ...) or a folder of images")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="INDEX_DIR (a symlink swapped atomically)")
+    p.add_argument("--shard", type=parse_shard, metavar="I/N",
+                   help="process the I-th (0-based) of N contiguous catalog slices")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the embeddings store (.NAME.work/) afterwards")
+    _add_build_args(p)
+    _add_embed_args(p)
+    return p
+
+
+def embed_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m indexer embed",
+        description="Embed a catalog into an embeddings store (Parquet: id, sha256, one "
+                    "vector column per attribute). Re-running resumes: only new or changed "
+                    "images are embedded.")
+    p.add_argument("--catalog", required=True, help="catalog CSV / JSON Lines or image folder")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="EMB_DIR, the embeddings store")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="stored vector type (float32)")
+    _add_embed_args(p)
+    return p
+
+
+def build_stage_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m indexer build",
+        description="Build INDEX_DIR from an embeddings store (ours or another tool's) and "
+                    "the catalog, without opening an image.")
+    p.add_argument("--embeddings", required=True, help="EMB_DIR (Parquet files)")
+    p.add_argument("--catalog", required=True, help="the catalog the embeddings are of")
+    p.add_argument("--out", required=True, help="INDEX_DIR (a symlink swapped atomically)")
+    p.add_argument("--checkpoint", default=None,
+                   help="the model that made the vectors: recorded in the manifest so the "
+                        "service can embed queries (needed for a store without store.json)")
+    _add_build_args(p)
     return p
 
 
@@ -89,58 +162,94 @@ def merge_parser() -> argparse.ArgumentParser:
 
 
 def summary(result: BuildResult) -> str:
-    """Human summary of a finished build."""
-    m, o = result.manifest, result.outcome
-    b = m["build"]
-    reasons = Counter(r.reason for r in o.rejects)
+    """Human summary of a published build."""
+    m = result.manifest
+    b = m.build
+    reasons = Counter(r.reason for r in result.rejects)
     lines = [
-        f"indexed {m['catalog']['items']} items x {len(m['attributes'])} attributes "
-        f"(dim {m['model']['dim']}, {m['attributes'][0]['index']['type']}) in {b['seconds']:.1f} s"
-        f" ({b['images_per_s'] or 0:.1f} images/s embedding)",
+        f"indexed {m.catalog.items} items x {len(m.attributes)} attributes "
+        f"(dim {m.model.dim}, {m.index_type}) in {b['seconds']:.1f} s"
+        f" ({b.get('images_per_s') or 0:.1f} images/s embedding)",
         f"  embedded {b['computed']}, reused {b['cached'] + b['unchanged']} "
-        f"(unchanged {b['unchanged']}, cached {b['cached']}), rejected {len(o.rejects)}"
+        f"(unchanged {b['unchanged']}, cached {b['cached']}), rejected {len(result.rejects)}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"
            if reasons else ""),
     ]
-    if "update" in m:
-        u = m["update"]
+    sel = m.attributes[0].index.selection
+    if sel:
+        lines.append(f"  --max-memory: {sel['reason']}")
+    if "update" in m.extra:
+        u = m.extra["update"]
         lines.append(f"  update of {u['base_version']}: +{u['added']} added, "
                      f"~{u['changed']} changed, -{u['removed']} removed")
-    lines.append(f"  {result.index_dir} -> {result.version_dir} (version {m['index_version']})")
-    if o.rejects:
+    lines.append(f"  {result.index_dir} -> {result.version_dir} (version {m.index_version})")
+    if result.rejects:
         lines.append(f"  rejected items: {result.version_dir / 'rejected.csv'}")
     return "\n".join(lines)
 
 
+def embed_summary(result: EmbedResult) -> str:
+    s = result.stats
+    return (f"embedded {s['computed']} of {s['catalog']['entries']} items "
+            f"(reused {s['cached']}, rejected {s['rejected']}) in {s['seconds']:.1f} s "
+            f"-> {result.store.root} ({len(result.store)} items, {result.store.part_count} "
+            "Parquet files)")
+
+
+def _embed_options(args: argparse.Namespace, out: str) -> EmbedOptions:
+    return EmbedOptions(
+        catalog=args.catalog, checkpoint=args.checkpoint, out=out,
+        batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+        device=args.device, precision=args.precision,
+        limits=EmbedLimits(max_pixels=args.max_pixels, max_bytes=args.max_bytes),
+        part_size=args.checkpoint_every, dtype=getattr(args, "dtype", "float32"),
+        progress=not args.no_progress)
+
+
+def _build_options(args: argparse.Namespace, embeddings: str,
+                   checkpoint: str | None) -> BuildOptions:
+    if args.max_memory is not None and args.index_type is not None:
+        raise ValueError("--max-memory picks the index type itself; drop --index-type")
+    return BuildOptions(embeddings=embeddings, catalog=args.catalog, out=args.out,
+                        checkpoint=checkpoint, update=args.update, index_type=args.index_type,
+                        index_params=_index_params(args), max_memory=args.max_memory,
+                        max_reject_rate=args.max_reject_rate)
+
+
+def _run(argv: list[str]) -> int:
+    command = argv[0] if argv[:1] and argv[0] in COMMANDS else None
+    if command == "merge":
+        args = merge_parser().parse_args(argv[1:])
+        merge_shards(args.shards, args.out, args.index_type, _index_params(args) or None)
+        return EXIT_OK
+    if command == "embed":
+        args = embed_parser().parse_args(argv[1:])
+        print(embed_summary(run_embed(_embed_options(args, args.out))))
+        return EXIT_OK
+    if command == "build":
+        args = build_stage_parser().parse_args(argv[1:])
+        print(summary(run_build(_build_options(args, args.embeddings, args.checkpoint))))
+        return EXIT_OK
+    args = build_parser().parse_args(argv)
+    work = str(IndexLayout(args.out).work)
+    result = run_pipeline(_embed_options(args, work), _build_options(args, work, None),
+                          shard=args.shard, keep_work=args.keep_work)
+    print(summary(result.built))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["merge"]:
-            args = merge_parser().parse_args(argv[1:])
-            merge_shards(args.shards, args.out, args.index_type,
-                         _index_params(args) or None)
-            return EXIT_OK
-        args = build_parser().parse_args(argv)
-        opts = BuildOptions(
-            catalog=args.catalog, checkpoint=args.checkpoint, out=args.out,
-            update=args.update, shard=args.shard, index_type=args.index_type,
-            index_params=_index_params(args), batch_size=args.batch_size,
-            workers=args.workers, threads=args.threads, device=args.device,
-            precision=args.precision,
-            limits=EmbedLimits(max_pixels=args.max_pixels, max_bytes=args.max_bytes),
-            max_reject_rate=args.max_reject_rate, shard_size=args.checkpoint_every,
-            keep_work=args.keep_work, progress=not args.no_progress)
-        result = run_build(opts)
-        print(summary(result))
-        return EXIT_OK
+        return _run(sys.argv[1:] if argv is None else argv)
     except RejectRateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REJECTS
-    except (CatalogError, MergeError, IndexLockedError, FileNotFoundError, ValueError) as exc:
+    except (CatalogError, MergeError, StoreError, BudgetError, IndexLockedError,
+            FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; re-run the same command to resume",
+        print("interrupted: finished Parquet parts are kept; re-run the same command to resume",
               file=sys.stderr)
         return 130

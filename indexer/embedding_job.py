@@ -3,7 +3,9 @@
 Worker processes read each file once, hash its bytes (the content sha256 that drives resume
 and `--update`), decode it safely and run the embedder's preprocessing. The main process
 runs `Embedder.embed_all_prepared` (each global trunk once for all attributes) on the
-batches and commits embeddings to a :class:`ShardStore` every `shard_size` images.
+batches and commits embeddings to the Parquet :class:`EmbeddingStore` every `part_size`
+images. An id already stored with the same image hash is not embedded again (resume), nor
+is an image whose hash is stored under another id (its vectors are copied).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from indexer.catalog import CatalogItem
-from indexer.shards import ShardStore
+from indexer.store import EmbeddingStore, Reject
 from model.errors import ImageError
 from model.imageio import DEFAULT_MAX_PIXELS, open_image
 
@@ -33,19 +35,10 @@ CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-class Reject(NamedTuple):
-    """A skipped catalog item and why."""
-
-    path: str
-    id: str
-    reason: str
-    detail: str = ""
-
-
 class _Loaded(NamedTuple):
     pos: int
     sha: str | None
-    status: str        # "new" | "unchanged" | "cached" | "rejected"
+    status: str        # "new" | "unchanged" | "stored" | "cached" | "rejected"
     payload: Any       # PreparedImage for "new", (reason, detail) for "rejected"
 
 
@@ -75,12 +68,14 @@ class _ImageDataset(Dataset):
     """Reads, hashes, decodes and preprocesses one catalog image per index (in a worker)."""
 
     def __init__(self, items: list[CatalogItem], preprocess: Callable, limits: EmbedLimits,
-                 previous: Mapping[str, str], cached: Mapping[str, Any]) -> None:
+                 previous: Mapping[str, str], stored: Mapping[str, str],
+                 stored_shas: Mapping[str, Any]) -> None:
         self.items = [(it.id, it.image) for it in items]
         self.preprocess = preprocess
         self.limits = limits
-        self.previous = previous
-        self.cached = cached
+        self.previous = previous          # id -> sha256 in the index being updated
+        self.stored = stored              # id -> sha256 already in the store
+        self.stored_shas = stored_shas    # sha256 -> location in the store
 
     def __len__(self) -> int:
         return len(self.items)
@@ -100,7 +95,9 @@ class _ImageDataset(Dataset):
             sha = hashlib.sha256(data).hexdigest()
             if self.previous.get(item_id) == sha:
                 return _Loaded(pos, sha, "unchanged", None)
-            if sha in self.cached:
+            if self.stored.get(item_id) == sha:
+                return _Loaded(pos, sha, "stored", None)
+            if sha in self.stored_shas:
                 return _Loaded(pos, sha, "cached", None)
             img = open_image(data, max_pixels=self.limits.max_pixels)
             return _Loaded(pos, sha, "new", self.preprocess(img))
@@ -215,19 +212,23 @@ def _embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple
         return ok, arr, bad
 
 
-def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
+def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
                   previous: Mapping[str, str] | None = None, batch_size: int = 32,
-                  workers: int | None = None, shard_size: int = 1024,
-                  limits: EmbedLimits | None = None, progress: bool = True) -> EmbedOutcome:
-    """Embed every item not already known, committing shards as it goes.
+                  workers: int | None = None, part_size: int = 1024,
+                  limits: EmbedLimits | None = None, progress: bool = True,
+                  dtype: str = "float32") -> EmbedOutcome:
+    """Embed every item the store lacks, committing a Parquet part every `part_size` rows.
 
-    previous: id -> sha256 of items already in the index being updated ("unchanged" when the
-    content hash matches). Images whose sha256 is already in `store` are not re-embedded.
+    Final statuses: "computed" (embedded now), "cached" (already stored under this id, or
+    copied from the same image under another id), "unchanged" (same hash as in `previous`,
+    id -> sha256 of the index being updated: not stored at all) or "rejected".
     """
     limits = limits or EmbedLimits()
     workers = default_workers() if workers is None else workers
     previous = previous or {}
-    dataset = _ImageDataset(items, emb.preprocess, limits, previous, store.locations)
+    attrs = list(emb.attribute_names)
+    dataset = _ImageDataset(items, emb.preprocess, limits, previous, store.id_hashes(),
+                            store.by_sha)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate, prefetch_factor=4 if workers > 0 else None,
@@ -236,17 +237,25 @@ def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
     )
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     out = EmbedOutcome(shas=[None] * len(items), status=["pending"] * len(items))
+    buf_ids: list[str] = []
     buf_shas: list[str] = []
     buf_vecs: list[np.ndarray] = []
-    buffered: set[str] = set()
+    buffered: dict[str, np.ndarray] = {}       # sha256 -> [A, D] of rows not yet committed
+
+    def keep(pos: int, sha: str, vecs: np.ndarray) -> None:
+        buf_ids.append(items[pos].id)
+        buf_shas.append(sha)
+        buf_vecs.append(vecs)
+        buffered.setdefault(sha, vecs)
 
     def flush() -> None:
-        if buf_shas:
-            store.write(buf_shas, np.concatenate(buf_vecs))
+        if buf_ids:
+            store.write(buf_ids, buf_shas, np.stack(buf_vecs), attrs, dtype)
+            buf_ids.clear()
             buf_shas.clear()
             buf_vecs.clear()
             buffered.clear()
-            if crash_after and store.shard_count >= crash_after:
+            if crash_after and store.written >= crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     def reject(pos: int, reason: str, detail: str) -> None:
@@ -265,12 +274,16 @@ def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
                 out.shas[rec.pos] = rec.sha
                 if rec.status == "rejected":
                     reject(rec.pos, *rec.payload)
-                elif rec.status == "new" and (rec.sha in store or rec.sha in buffered):
+                elif rec.status in ("new", "cached") and rec.sha in buffered:
                     out.status[rec.pos] = "cached"
+                    keep(rec.pos, rec.sha, buffered[rec.sha])
+                elif rec.status == "cached":
+                    out.status[rec.pos] = "cached"
+                    keep(rec.pos, rec.sha, store.row_by_sha(rec.sha))
                 elif rec.status == "new":
                     todo.append(rec)
-                else:
-                    out.status[rec.pos] = rec.status
+                else:                                   # unchanged, stored
+                    out.status[rec.pos] = "cached" if rec.status == "stored" else rec.status
             if todo:
                 ok, vecs, bad = _embed_batch(emb, [r.payload for r in todo])
                 for i, err in bad:
@@ -278,12 +291,8 @@ def embed_catalog(emb, items: list[CatalogItem], store: ShardStore, *,
                 for j, i in enumerate(ok):
                     rec = todo[i]
                     out.status[rec.pos] = "computed"
-                    if rec.sha in buffered:
-                        continue
-                    buffered.add(rec.sha)
-                    buf_shas.append(rec.sha)
-                    buf_vecs.append(vecs[j:j + 1])
-            if len(buf_shas) >= shard_size:
+                    keep(rec.pos, rec.sha, vecs[j])
+            if len(buf_ids) >= part_size:
                 flush()
             bar.update(len(batch))
             bar.set_postfix(rejected=len(out.rejects), refresh=False)

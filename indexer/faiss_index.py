@@ -1,54 +1,32 @@
-"""FAISS index types (exact, HNSW, IVF-PQ) over inner product: choose, build, update, tune.
+"""Build, update, tune and read back FAISS indexes over inner product of unit-norm vectors.
 
-Every index maps FAISS ids to `items.row`: flat and HNSW through an `IDMap2` wrapper,
-IVF-PQ natively. Exact types (flat, hnsw) keep the raw vectors, so they can be read back
-exactly (`extract`); IVF-PQ stores compressed codes only.
+What differs between index types lives in :mod:`indexer.index_types` (one strategy object
+per type); this module holds the steps every type goes through: resolve parameters, create,
+train (on the GPU when FAISS sees one), add in chunks, update, extract.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
-EXACT_STORAGE = frozenset({"flat", "hnsw"})
+from indexer.index_types import INDEX_TYPES, TYPES, IndexSpec, get_type
+
+__all__ = ["INDEX_TYPES", "IndexSpec", "auto_type", "build", "extract", "new_index",
+           "prepare_reader", "reconstruct", "resolve_spec", "train_ivf", "tune", "update"]
+
 # Automatic choice by catalog size (see docs/BENCHMARKS.md, "Index types").
 AUTO_HNSW_FROM = 100_000
 AUTO_IVFPQ_FROM = 500_000
 ADD_CHUNK = 65_536
 TRAIN_SEED = 1234
-TRAIN_ITERS = 12
 
 log = logging.getLogger(__name__)
 
 VectorGetter = Callable[[np.ndarray], np.ndarray]  # positions -> float32 [len, D]
-
-
-@dataclass
-class IndexSpec:
-    """An index type and its parameters, as recorded in the manifest."""
-
-    type: str
-    params: dict = field(default_factory=dict)
-
-    def factory(self, dim: int) -> str:
-        """The `faiss.index_factory` string of this spec."""
-        p = self.params
-        if self.type == "flat":
-            return "IDMap2,Flat"
-        if self.type == "hnsw":
-            return f"IDMap2,HNSW{p['M']},Flat"
-        if self.type == "ivfpq":
-            return f"IVF{p['nlist']},PQ{p['m']}x{p['nbits']}"
-        raise ValueError(f"unknown index type {self.type!r}; known: {', '.join(INDEX_TYPES)}")
-
-    def to_dict(self) -> dict:
-        return {"type": self.type, "params": dict(self.params)}
 
 
 def auto_type(n: int) -> str:
@@ -58,58 +36,32 @@ def auto_type(n: int) -> str:
     return "hnsw" if n >= AUTO_HNSW_FROM else "flat"
 
 
-def _largest_divisor_at_most(dim: int, cap: int) -> int:
-    return max(d for d in range(1, min(dim, cap) + 1) if dim % d == 0)
-
-
 def resolve_spec(kind: str, n: int, dim: int, overrides: dict | None = None) -> IndexSpec:
     """Concrete parameters for `kind` ('auto' picks by `n`) on `n` vectors of `dim`."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     kind = auto_type(n) if kind == "auto" else kind
-    if kind == "flat":
-        params: dict = {}
-    elif kind == "hnsw":
-        params = {"M": 32, "efConstruction": 40, "efSearch": 128}
-    elif kind == "ivfpq":
-        train_size = int(overrides.get("train_size", 65_536))
-        n_train = max(1, min(n, train_size))
-        nlist = int(overrides.get("nlist", max(1, min(round(math.sqrt(n)), n_train // 39))))
-        nbits = int(overrides.get("nbits", max(1, min(8, int(math.log2(n_train))))))
-        m = int(overrides.get("m", _largest_divisor_at_most(dim, max(1, dim // 8))))
-        if dim % m:
-            raise ValueError(f"ivfpq: m={m} must divide the dimension {dim}")
-        nprobe = int(overrides.get("nprobe", min(nlist, max(16, nlist // 32))))
-        params = {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe,
-                  "train_size": train_size}
-    else:
+    if kind not in TYPES:
         raise ValueError(f"unknown index type {kind!r}; known: auto, {', '.join(INDEX_TYPES)}")
-    params.update({k: v for k, v in overrides.items() if k in params})
-    return IndexSpec(kind, params)
+    return IndexSpec(kind, get_type(kind).params(n, dim, overrides))
 
 
 def new_index(spec: IndexSpec, dim: int) -> faiss.Index:
-    """An empty (untrained) index for `spec`."""
+    """An empty (untrained) index for `spec`, build- and search-time knobs applied."""
     index = faiss.index_factory(dim, spec.factory(dim), faiss.METRIC_INNER_PRODUCT)
-    if spec.type == "hnsw":
-        hnsw = faiss.downcast_index(faiss.downcast_index(index).index)
-        hnsw.hnsw.efConstruction = int(spec.params["efConstruction"])
-    elif spec.type == "ivfpq":
-        ivf = faiss.downcast_index(index)
-        ivf.do_polysemous_training = False      # unused here, and very slow to train
-        for cp in (ivf.cp, ivf.pq.cp):          # bounded k-means: ~64 points per centroid
-            cp.niter = TRAIN_ITERS
-            cp.max_points_per_centroid = 64
-    tune(index, spec)
+    spec.kind.configure(index, spec.params)
+    spec.kind.tune(index, spec.params)
     return index
 
 
 def tune(index: faiss.Index, spec: IndexSpec) -> None:
-    """Apply the search-time parameters of `spec` (efSearch, nprobe) to a loaded index."""
-    if spec.type == "hnsw":
-        inner = faiss.downcast_index(faiss.downcast_index(index).index)
-        inner.hnsw.efSearch = int(spec.params["efSearch"])
-    elif spec.type == "ivfpq":
-        faiss.extract_index_ivf(index).nprobe = int(spec.params["nprobe"])
+    """Apply the search-time parameters of `spec` to a loaded index."""
+    spec.kind.tune(index, spec.params)
+
+
+def prepare_reader(index: faiss.Index, spec: IndexSpec) -> None:
+    """Search-time parameters plus whatever `reconstruct(row)` needs, on a loaded index."""
+    spec.kind.tune(index, spec.params)
+    spec.kind.prepare_reader(index, spec.params)
 
 
 ToGpu = Callable[[faiss.Index], faiss.Index]   # a CPU index -> its GPU copy
@@ -173,43 +125,53 @@ def build(spec: IndexSpec, dim: int, ids: np.ndarray, get: VectorGetter,
 
 
 def extract(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
-    """All (ids, vectors) of an exact-storage index (flat or hnsw), in internal order."""
+    """All (ids, vectors) of an `IDMap2`-wrapped index (flat, hnsw: exact; ivfpq_refine:
+    float16-exact), in internal order."""
     idmap = faiss.downcast_index(index)
     if not isinstance(idmap, faiss.IndexIDMap2 | faiss.IndexIDMap):
-        raise ValueError("only flat and hnsw indexes keep exact vectors")
+        raise ValueError("this index keeps no vectors that can be read back (ivfpq)")
     ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)
     vecs = idmap.index.reconstruct_n(0, idmap.index.ntotal) if len(ids) else np.zeros(
         (0, index.d), dtype=np.float32)
     return ids, vecs
 
 
+def _merge_vectors(index: faiss.Index, remove: np.ndarray, add_ids: np.ndarray,
+                   add_vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index's vectors minus `remove` plus the added ones, sorted by id."""
+    ids, vecs = extract(index)
+    keep = ~np.isin(ids, remove)
+    all_ids = np.concatenate([ids[keep], add_ids])
+    all_vecs = np.concatenate([vecs[keep], add_vecs]) if len(add_vecs) else vecs[keep]
+    order = np.argsort(all_ids, kind="stable")
+    return all_ids[order], np.ascontiguousarray(all_vecs[order], dtype=np.float32)
+
+
 def update(index: faiss.Index, spec: IndexSpec, remove: np.ndarray, add_ids: np.ndarray,
            add_vecs: np.ndarray) -> faiss.Index:
-    """Remove rows `remove`, then add `add_vecs` under `add_ids`; returns the index to keep."""
+    """Remove rows `remove`, then add `add_vecs` under `add_ids`; returns the index to keep.
+
+    The type's `update_rule` says how: in place, re-adding every vector to the trained but
+    emptied index, or rebuilding a new one from the kept vectors.
+    """
     remove = np.ascontiguousarray(remove, dtype=np.int64)
     add_ids = np.ascontiguousarray(add_ids, dtype=np.int64)
     add_vecs = np.ascontiguousarray(add_vecs, dtype=np.float32)
-    if spec.type == "hnsw":  # HNSW cannot delete: rebuild from its exact vectors
-        ids, vecs = extract(index)
-        keep = ~np.isin(ids, remove)
-        all_ids = np.concatenate([ids[keep], add_ids])
-        all_vecs = np.concatenate([vecs[keep], add_vecs]) if len(add_vecs) else vecs[keep]
-        order = np.argsort(all_ids, kind="stable")
-        all_ids, all_vecs = all_ids[order], all_vecs[order]
+    rule = spec.kind.update_rule
+    if rule == "rebuild":
+        all_ids, all_vecs = _merge_vectors(index, remove, add_ids, add_vecs)
         return build(spec, index.d, all_ids, all_vecs.__getitem__)
+    if rule == "re_add":
+        all_ids, all_vecs = _merge_vectors(index, remove, add_ids, add_vecs)
+        index.reset()                              # keeps the trained quantizers
+        for s in range(0, len(all_ids), ADD_CHUNK):
+            index.add_with_ids(all_vecs[s:s + ADD_CHUNK], all_ids[s:s + ADD_CHUNK])
+        return index
     if len(remove):
         index.remove_ids(faiss.IDSelectorBatch(remove))
     if len(add_ids):
         index.add_with_ids(add_vecs, add_ids)
     return index
-
-
-def enable_reconstruct(index: faiss.Index, spec: IndexSpec) -> None:
-    """Let `reconstruct` look rows up (IVF-PQ needs a hash-table direct map)."""
-    if spec.type == "ivfpq":
-        ivf = faiss.extract_index_ivf(index)
-        if ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
 def reconstruct(index: faiss.Index, row: int) -> np.ndarray | None:
@@ -218,12 +180,3 @@ def reconstruct(index: faiss.Index, row: int) -> np.ndarray | None:
         return index.reconstruct(int(row))
     except RuntimeError:
         return None
-
-
-def bytes_per_vector(spec: IndexSpec, dim: int) -> float:
-    """Approximate memory per stored vector (codes + ids + graph links)."""
-    if spec.type == "flat":
-        return dim * 4 + 8
-    if spec.type == "hnsw":
-        return dim * 4 + 8 + spec.params["M"] * 2 * 4 * 1.05
-    return math.ceil(spec.params["m"] * spec.params["nbits"] / 8) + 8

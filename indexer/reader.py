@@ -17,9 +17,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer import FORMAT_VERSION
-from indexer.faiss_index import IndexSpec, enable_reconstruct, reconstruct, tune
-from indexer.writer import ITEMS_DB, MANIFEST
+from indexer.faiss_index import IndexSpec, prepare_reader, reconstruct
+from indexer.manifest import Manifest
+from indexer.writer import ITEMS_DB
 
 BRUTE_FORCE_MAX = 20_000   # filtered searches over at most this many rows are exact scans
 _FILTER_CACHE = 64
@@ -33,27 +33,6 @@ class Item:
     id: str
     image: str
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-def read_manifest(folder: str | os.PathLike) -> dict:
-    """Load and check manifest.json; FileNotFoundError when absent, ValueError when invalid."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no index at {folder}: {MANIFEST} not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {version!r} "
-                         f"(this software reads {FORMAT_VERSION})")
-    for key in ("index_version", "model", "attributes", "catalog"):
-        if key not in doc:
-            raise ValueError(f"{path}: missing {key!r}")
-    return doc
 
 
 def read_item_hashes(folder: str | os.PathLike) -> dict[str, tuple[int, str]]:
@@ -85,7 +64,7 @@ def _json_path(key: str) -> str:
 class CatalogIndex:
     """One immutable index version: items, per-attribute FAISS indexes, search."""
 
-    def __init__(self, root: Path, manifest: dict, con: sqlite3.Connection,
+    def __init__(self, root: Path, manifest: Manifest, con: sqlite3.Connection,
                  indexes: dict[str, faiss.Index], specs: dict[str, IndexSpec]) -> None:
         self.root = root
         self.manifest = manifest
@@ -102,26 +81,25 @@ class CatalogIndex:
         root = Path(os.path.realpath(index_dir))
         if not root.is_dir():
             raise FileNotFoundError(f"no index at {index_dir}")
-        manifest = read_manifest(root)
-        dim = int(manifest["model"]["dim"])
+        manifest = Manifest.read(root)
+        dim = manifest.model.dim
         con = _connect(root)
         indexes, specs = {}, {}
         try:
-            for attr in manifest["attributes"]:
-                info = attr["index"]
-                path = root / info["file"]
+            for attr in manifest.attributes:
+                info = attr.index
+                spec = IndexSpec(info.type, dict(info.params))
+                path = root / info.file
                 if not path.is_file():
                     raise FileNotFoundError(f"{path} not found")
                 try:
-                    index = faiss.read_index(str(path))
+                    index = faiss.read_index(str(path), spec.kind.read_flags)
                 except RuntimeError as exc:
                     raise ValueError(f"{path}: unreadable FAISS index ({exc})") from None
-                if index.d != dim or index.ntotal != int(info.get("ntotal", index.ntotal)):
+                if index.d != dim or index.ntotal != info.ntotal:
                     raise ValueError(f"{path}: dimension or size differs from the manifest")
-                spec = IndexSpec(info["type"], dict(info.get("params", {})))
-                tune(index, spec)
-                enable_reconstruct(index, spec)
-                indexes[attr["name"]], specs[attr["name"]] = index, spec
+                prepare_reader(index, spec)
+                indexes[attr.name], specs[attr.name] = index, spec
         except BaseException:
             con.close()
             raise
@@ -130,15 +108,15 @@ class CatalogIndex:
     # -- metadata --------------------------------------------------------------------------
     @property
     def version(self) -> str:
-        return str(self.manifest["index_version"])
+        return self.manifest.index_version
 
     @property
     def attributes(self) -> list[str]:
-        return [a["name"] for a in self.manifest["attributes"]]
+        return self.manifest.attribute_names
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["model"]["dim"])
+        return self.manifest.model.dim
 
     def _index(self, attribute: str) -> faiss.Index:
         try:
@@ -187,7 +165,7 @@ class CatalogIndex:
         return found[0] if found else None
 
     def embedding(self, item_id: str, attribute: str) -> np.ndarray | None:
-        """The stored embedding of an item (approximate for ivfpq indexes), or None."""
+        """The stored embedding of an item (float16 for ivfpq_refine, approximate for ivfpq)."""
         index = self._index(attribute)
         item = self.get(item_id)
         return None if item is None else reconstruct(index, item.row)
@@ -220,11 +198,7 @@ class CatalogIndex:
     # -- search ----------------------------------------------------------------------------
     def _params(self, attribute: str, sel: faiss.IDSelector) -> faiss.SearchParameters:
         spec = self._specs[attribute]
-        if spec.type == "hnsw":
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(spec.params["efSearch"]))
-        if spec.type == "ivfpq":
-            return faiss.SearchParametersIVF(sel=sel, nprobe=int(spec.params["nprobe"]))
-        return faiss.SearchParameters(sel=sel)
+        return spec.kind.search_params(self._indexes[attribute], spec.params, sel)
 
     def _raw_search(self, attribute: str, q: np.ndarray, k: int,
                     allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import faiss
 
-from indexer import FORMAT_VERSION, SOFTWARE_VERSION
+from indexer import SOFTWARE_VERSION
 from indexer.embedding_job import Reject
-from indexer.shards import atomic_write_bytes
+from indexer.layout import atomic_write_bytes
+from indexer.manifest import MANIFEST, AttributeEntry, CatalogInfo, Manifest, ModelInfo
 
 ITEMS_DB = "items.sqlite"
-MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
 ITEMS_SCHEMA = """
 CREATE TABLE items (
@@ -87,25 +87,16 @@ def write_index(folder: Path, attribute: str, index: faiss.Index) -> str:
     return name
 
 
-def make_manifest(*, version: str, model: dict, attributes: list[dict], catalog: dict,
-                  rejected: int, build: dict, extra: dict | None = None) -> dict:
-    """The manifest.json document (docs/ARCHITECTURE.md)."""
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "software_version": SOFTWARE_VERSION,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "index_version": version,
-        "model": model,
-        "attributes": attributes,
-        "catalog": catalog,
-        "rejected": rejected,
-        "build": build,
-    }
-    doc.update(extra or {})
-    return doc
+def make_manifest(*, version: str, model: ModelInfo, attributes: list[AttributeEntry],
+                  catalog: CatalogInfo, rejected: int, build: dict,
+                  extra: dict | None = None) -> Manifest:
+    """A new version's manifest, stamped with this software and the time."""
+    return Manifest(index_version=version, model=model, attributes=attributes,
+                    catalog=catalog, rejected=rejected,
+                    created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    software_version=SOFTWARE_VERSION, extra={"build": build, **(extra or {})})
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
+def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Write manifest.json last: its presence marks a complete version."""
-    data = json.dumps(manifest, indent=2, sort_keys=False).encode()
-    atomic_write_bytes(folder / MANIFEST, data)
+    atomic_write_bytes(folder / MANIFEST, manifest.to_json().encode())

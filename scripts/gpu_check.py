@@ -309,11 +309,11 @@ def check_flat_index(report: Report, work: Path, catalog: Path, n_items: int) ->
     out, _ = index_catalog(work, catalog, "index-flat", [])
     idx = CatalogIndex.open(out)
     try:
-        b = idx.manifest["build"]
-        ok = (b["device"].startswith(DEVICE) and idx.manifest["rejected"] == 0
-              and idx.manifest["catalog"]["items"] == n_items)
-        report.add(f"indexer flat ({DEVICE})", ok, items=idx.manifest["catalog"]["items"],
-                   rejected=idx.manifest["rejected"], images_per_s=b["images_per_s"],
+        m = idx.manifest
+        b = m.build
+        ok = (b["device"].startswith(DEVICE) and m.rejected == 0 and m.catalog.items == n_items)
+        report.add(f"indexer flat ({DEVICE})", ok, items=m.catalog.items,
+                   rejected=m.rejected, images_per_s=b["images_per_s"],
                    seconds=b["seconds"], device=b["device"])
         rows = catalog_rows(catalog)[:N_IMAGES]
         ref = load_model(DEMO_CHECKPOINT, device="cpu").embed_all(
@@ -364,14 +364,14 @@ def check_ivfpq_index(report: Report, work: Path, catalog: Path, flat: Path) -> 
         hits = approx.search(attr, queries, 5)
         recall = float(np.mean([i in {it.id for it, _ in h} for i, h in
                                 zip(ids, hits, strict=True)]))
-        doc = approx.manifest["attributes"][0]["index"]
+        doc = approx.manifest.attributes[0].index
         # the job trains on the GPU when FAISS sees one; it logs a fallback to the CPU
         gpu_kmeans = faiss.get_num_gpus() > 0 and "training on the CPU" not in log
         report.add(f"indexer ivfpq ({DEVICE}, gpu k-means)",
-                   doc["type"] == "ivfpq" and gpu_kmeans and recall >= 0.8,
-                   self_recall_at_5=recall, nlist=doc["params"]["nlist"],
-                   m=doc["params"]["m"], gpu_kmeans=gpu_kmeans,
-                   seconds=approx.manifest["build"]["seconds"])
+                   doc.type == "ivfpq" and gpu_kmeans and recall >= 0.8,
+                   self_recall_at_5=recall, nlist=doc.params["nlist"],
+                   m=doc.params["m"], gpu_kmeans=gpu_kmeans,
+                   seconds=approx.manifest.build["seconds"])
     finally:
         exact.close()
         approx.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from indexer.manifest import AttributeEntry, Manifest
 
 from .batching import MicroBatcher
 from .errors import ApiError, unavailable
@@ -54,18 +55,14 @@ def load_embedder(path: Path, settings: Settings) -> Any:
     return load_model(path, device=settings.device, precision=settings.precision)
 
 
-def read_manifest(index_dir: Path) -> dict:
+def read_manifest(index_dir: Path) -> Manifest:
     """The manifest of an INDEX_DIR (raises NotLoadable)."""
-    path = index_dir / "manifest.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest.read(index_dir)
     except FileNotFoundError as exc:
         raise NotLoadable(f"no index at {index_dir} (missing manifest.json)") from exc
     except (OSError, ValueError) as exc:
-        raise NotLoadable(f"unreadable manifest {path}: {exc}") from exc
-    if not isinstance(data, dict) or not data.get("index_version"):
-        raise NotLoadable(f"manifest {path} has no index_version")
-    return data
+        raise NotLoadable(f"unreadable manifest in {index_dir}: {exc}") from exc
 
 
 @dataclass
@@ -76,7 +73,7 @@ class Snapshot:
     embedder: Any
     path: Path
     version: str
-    manifest: dict
+    manifest: Manifest
     model: ModelInfo
     executor: ThreadPoolExecutor
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -88,11 +85,11 @@ class Snapshot:
     def attributes(self) -> list[str]:
         return list(self.index.attributes)
 
-    def attribute_entry(self, name: str) -> dict:
-        for entry in self.manifest.get("attributes", []):
-            if isinstance(entry, dict) and entry.get("name") == name:
-                return entry
-        return {}
+    def attribute_entry(self, name: str) -> AttributeEntry | None:
+        try:
+            return self.manifest.attribute(name)
+        except KeyError:
+            return None
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on this snapshot's index threads."""
@@ -226,7 +223,7 @@ class ServiceState:
     # ------------------------------------------------------------ reload
     def _current_manifest_version(self) -> str | None:
         try:
-            return str(read_manifest(self.settings.index_dir)["index_version"])
+            return read_manifest(self.settings.index_dir).index_version
         except NotLoadable:
             return None
 
@@ -282,11 +279,11 @@ class ServiceState:
                                   previous_version=previous,
                                   message=f"now serving index {snap.version}")
 
-    def _checkpoint_path(self, manifest: dict, folder: Path) -> Path:
+    def _checkpoint_path(self, manifest: Manifest, folder: Path) -> Path:
         if self.settings.checkpoint is not None:
             path = Path(self.settings.checkpoint)
         else:
-            raw = (manifest.get("model") or {}).get("checkpoint")
+            raw = manifest.model.checkpoint
             if not raw:
                 raise NotLoadable("the manifest names no model.checkpoint; set ASEN_CHECKPOINT")
             path = Path(raw)
@@ -315,7 +312,7 @@ class ServiceState:
             raise NotLoadable(f"no index at {index_dir} yet")
         folder = index_dir.resolve()  # pin the versioned folder behind the symlink
         manifest = read_manifest(folder)
-        version = str(manifest["index_version"])
+        version = manifest.index_version
         ckpt = self._checkpoint_path(manifest, folder)
         embedder = self._get_embedder(ckpt)
         executor = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="asen-index")
@@ -339,18 +336,18 @@ class ServiceState:
         return snap
 
     @staticmethod
-    def _validate(index: Any, embedder: Any, manifest: dict, ckpt: Path) -> None:
-        model = manifest.get("model") or {}
+    def _validate(index: Any, embedder: Any, manifest: Manifest, ckpt: Path) -> None:
+        model = manifest.model
         missing = [a for a in index.attributes if a not in embedder.attribute_names]
         if missing:
             raise NotLoadable(
                 f"checkpoint {ckpt.name} lacks the index's attributes {', '.join(missing)}"
             )
-        dim = model.get("dim")
-        if dim is not None and int(dim) != int(embedder.dim):
+        dim = model.dim
+        if int(dim) != int(embedder.dim):
             raise NotLoadable(f"index dimension {dim} != checkpoint {ckpt.name} dimension "
                               f"{embedder.dim}")
-        want, have = model.get("sha256"), getattr(embedder, "checkpoint_sha256", None)
+        want, have = model.sha256, getattr(embedder, "checkpoint_sha256", None)
         if want and have and want != have:
             raise NotLoadable(f"checkpoint {ckpt.name} (sha256 {have[:12]}) is not the one that "
                               f"built index (sha256 {want[:12]})")

@@ -107,10 +107,13 @@ def test_index_staleness(tmp_path):
     index = tmp_path / "index"
     assert index_is_current(index, ckpt, catalog) == (False, "no index yet")
     index.mkdir()
-    manifest = {"index_version": "v1", "attributes": [{"name": "a"}],
-                "model": {"sha256": sha256_file(ckpt)},
+    manifest = {"format_version": 1, "index_version": "v1",
+                "attributes": [{"name": "a", "index": {"type": "flat", "file": "a.faiss"}}],
+                "model": {"sha256": sha256_file(ckpt), "dim": 8},
                 "catalog": {"path": str(catalog.resolve()), "sha256": sha256_file(catalog),
                             "items": 0}}
+    (index / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    assert index_is_current(index, ckpt, catalog)[1].startswith("unreadable manifest")
     (index / "manifest.json").write_text(json.dumps(manifest))
     assert index_is_current(index, ckpt, catalog)[0]
     ckpt.write_bytes(b"other weights")

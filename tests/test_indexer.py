@@ -86,11 +86,10 @@ def test_build_end_to_end_top1_and_brute_force(base, catalog, tmp_path):
     emb = base["emb"]
     with CatalogIndex.open(out) as idx:
         m = idx.manifest
-        assert m["format_version"] == 1 and m["catalog"]["items"] == 28 and m["rejected"] == 0
-        assert m["model"]["sha256"] == emb.checkpoint_sha256 and m["model"]["dim"] == emb.dim
+        assert m.format_version == 1 and m.catalog.items == 28 and m.rejected == 0
+        assert m.model.sha256 == emb.checkpoint_sha256 and m.model.dim == emb.dim
         assert idx.attributes == emb.attribute_names
-        assert all(a["index"]["type"] == "flat" and a["index"]["ntotal"] == 28
-                   for a in m["attributes"])
+        assert all(a.index.type == "flat" and a.index.ntotal == 28 for a in m.attributes)
         rows = read_csv(catalog)
         paths = [str(catalog.parent / r["image"]) for r in rows]
         ref = reference(emb, paths)
@@ -130,8 +129,8 @@ def test_approximate_index_types(base, catalog, tmp_path, kind):
     small_pq = ["--pq-m", "8", "--pq-nbits", "4"] if kind == "ivfpq" else []
     assert run(catalog, base["ckpt"], out, "--index-type", kind, *small_pq) == EXIT_OK
     with CatalogIndex.open(out) as idx:
-        info = idx.manifest["attributes"][0]["index"]
-        assert info["type"] == kind and info["params"] and info["ntotal"] == 28
+        info = idx.manifest.attributes[0].index
+        assert info.type == kind and info.params and info.ntotal == 28
         name = idx.attributes[0]
         rows = read_csv(catalog)
         q = base["emb"].embed([open_image(catalog.parent / r["image"]) for r in rows],
@@ -197,7 +196,7 @@ def test_bad_files_are_rejected_with_reasons(base, catalog, tmp_path, capsys):
     got = {r["id"]: r["reason"] for r in read_csv(out / "rejected.csv")}
     assert got == expected
     with CatalogIndex.open(out) as idx:
-        assert idx.manifest["rejected"] == 6 and idx.size(idx.attributes[0]) == 28
+        assert idx.manifest.rejected == 6 and idx.size(idx.attributes[0]) == 28
         assert idx.get("bad-text") is None
     # too many failures: non-zero exit, and the published index stays as it was
     before = os.readlink(out)
@@ -241,11 +240,11 @@ def test_kill_and_resume(base, catalog, tmp_path):
     killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     assert not out.exists()                                   # nothing half-published
-    shards = list((tmp_path / ".idx.work").glob("*/shard-*.json"))
-    assert len(shards) == 2
+    parts = list((tmp_path / ".idx.work").glob("*/part-*.parquet"))
+    assert len(parts) == 2
     assert run(catalog, base["ckpt"], out) == EXIT_OK       # same arguments: resumes
     with CatalogIndex.open(out) as idx:
-        b = idx.manifest["build"]
+        b = idx.manifest.build
         assert b["computed"] == 28 - 16 and b["cached"] == 16
         assert len(idx) == 28
         rows = read_csv(catalog)
@@ -280,7 +279,7 @@ def test_update_adds_changes_and_removes(base, catalog, tmp_path):
     write_csv(catalog, rows)
     assert run(catalog, base["ckpt"], out, "--update") == EXIT_OK
     with CatalogIndex.open(out) as idx:
-        m = idx.manifest
+        m = idx.manifest.extra
         assert m["update"] == {"base_version": old_version, "added": 3, "changed": 2,
                                "removed": 2, "unchanged": 24}
         assert m["build"]["computed"] == 5 and m["build"]["unchanged"] == 24
@@ -301,8 +300,8 @@ def test_update_adds_changes_and_removes(base, catalog, tmp_path):
     # nothing changed: an update embeds nothing
     assert run(catalog, base["ckpt"], out, "--update") == EXIT_OK
     with CatalogIndex.open(out) as idx:
-        assert idx.manifest["build"]["computed"] == 0
-        assert idx.manifest["update"]["unchanged"] == 29
+        assert idx.manifest.build["computed"] == 0
+        assert idx.manifest.extra["update"]["unchanged"] == 29
 
 
 def test_update_hnsw_rebuilds_and_keeps_rows(base, catalog, tmp_path):
@@ -312,7 +311,7 @@ def test_update_hnsw_rebuilds_and_keeps_rows(base, catalog, tmp_path):
     write_csv(catalog, rows[3:])
     assert run(catalog, base["ckpt"], out, "--update") == EXIT_OK
     with CatalogIndex.open(out) as idx:
-        assert idx.manifest["attributes"][0]["index"]["type"] == "hnsw"
+        assert idx.manifest.index_type == "hnsw"
         assert idx.size(idx.attributes[0]) == 25 and idx.get(rows[3]["id"]).row == 3
 
 
@@ -359,7 +358,7 @@ def test_atomic_replacement_under_concurrent_readers(base, catalog, tmp_path):
             try:
                 with CatalogIndex.open(out) as idx:
                     n = len(idx)
-                    assert n in (10, 28) and idx.manifest["catalog"]["items"] == n
+                    assert n in (10, 28) and idx.manifest.catalog.items == n
                     name = idx.attributes[0]
                     assert idx.size(name) == n
                     q = idx.embedding(idx.items_by_row([0])[0].id, name)

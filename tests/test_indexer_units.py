@@ -1,4 +1,5 @@
-"""Indexer building blocks: catalogs, shard slicing, the shard store, index helpers, layout."""
+"""Indexer building blocks: catalogs, shard slicing, the embeddings store, index helpers,
+layout."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from indexer import faiss_index as fx
 from indexer.catalog import CatalogError, load_catalog, parse_shard
 from indexer.layout import IndexLayout
-from indexer.shards import ShardStore
+from indexer.store import EmbeddingStore
 
 
 def test_csv_catalog_paths_and_metadata(tmp_path):
@@ -68,16 +69,28 @@ def test_shards_cover_the_catalog_once(tmp_path):
             parse_shard(bad)
 
 
-def test_shard_store_commits_and_reloads(tmp_path):
-    store = ShardStore(tmp_path / "w", job={"k": 1})
-    v = np.random.default_rng(0).normal(size=(5, 3, 4)).astype("f4")
-    store.write([f"s{i}" for i in range(5)], v)
-    store.write(["s9"], v[:1] * 2)
-    (tmp_path / "w" / "shard-000002.npy").write_bytes(b"half-written, no json marker")
-    again = ShardStore(tmp_path / "w")
-    assert again.shard_count == 2 and len(again) == 6 and "s3" in again
-    np.testing.assert_array_equal(again.gather(["s4", "s9", "s0"], 1),
-                                  np.stack([v[4, 1], 2 * v[0, 1], v[0, 1]]))
+def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    v = rng.normal(size=shape).astype("f4")
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_embedding_store_commits_supersedes_and_compacts(tmp_path):
+    store = EmbeddingStore(tmp_path / "emb")
+    v = _unit(np.random.default_rng(0), (5, 2, 4))
+    attrs = ["collar", "sleeve"]
+    store.write([f"i{k}" for k in range(5)], [f"s{k}" for k in range(5)], v, attrs)
+    store.write(["i1", "i9"], ["s1b", "s9"], v[:2][:, ::-1], attrs, dtype="float16")
+    (tmp_path / "emb" / ".part-000002.parquet.tmp-1").write_bytes(b"torn, never renamed")
+    again = EmbeddingStore(tmp_path / "emb")
+    assert again.part_count == 2 and len(again) == 6 and again.attributes == attrs
+    assert again.sha("i1") == "s1b" and again.dim == 4            # the later part wins
+    got = again.vectors("sleeve", ["i4", "i1", "i0"])
+    np.testing.assert_allclose(got, np.stack([v[4, 1], v[0, 0], v[0, 1]]), atol=1e-3)
+    np.testing.assert_allclose(again.row_by_sha("s2"), v[2])
+    assert again.compact({"i0", "i1", "i2", "i9"}) == 3          # i3, i4 gone; old i1 too
+    final = EmbeddingStore(tmp_path / "emb")
+    assert sorted(final.where) == ["i0", "i1", "i2", "i9"] and final.sha("i1") == "s1b"
+    np.testing.assert_allclose(final.vectors("collar", ["i1"]), v[:1, 1], atol=1e-3)
 
 
 def test_update_and_extract_keep_ids():
@@ -97,7 +110,7 @@ def test_update_and_extract_keep_ids():
     index = fx.build(spec, 16, ids, x.__getitem__)
     index = fx.update(index, spec, np.array([0]), np.array([7]), x[:1])
     assert index.ntotal == 50
-    fx.enable_reconstruct(index, spec)
+    fx.prepare_reader(index, spec)
     assert fx.reconstruct(index, 7) is not None and fx.reconstruct(index, 0) is None
     with pytest.raises(ValueError):
         fx.extract(index)

@@ -20,11 +20,10 @@ async def list_attributes(state: ServiceState = Depends(get_state)) -> Attribute
         out = []
         for name in snap.attributes:
             entry = snap.attribute_entry(name)
-            index = entry.get("index") if isinstance(entry.get("index"), dict) else {}
             out.append(AttributeInfo(
                 name=name,
-                n_values=entry.get("n_values"),
+                n_values=entry.n_values if entry else None,
                 index_size=int(snap.index.size(name)),
-                index_type=index.get("type"),
+                index_type=entry.index.type if entry else None,
             ))
         return AttributesResponse(attributes=out, index_version=snap.version, model=snap.model)

@@ -1,0 +1,138 @@
+"""Stage 1, `python -m indexer embed`: a catalog into an embeddings store (indexer/store.py).
+
+Re-running on the same EMB_DIR resumes: only ids whose image is new or changed (by content
+sha256) are embedded; rows of ids that left the catalog or whose image became unreadable are
+compacted away at the end, so the store always matches the catalog it was last run on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer import FORMAT_VERSION
+from indexer.catalog import Catalog, load_catalog
+from indexer.embedding_job import (
+    EmbedLimits,
+    EmbedOutcome,
+    default_workers,
+    embed_catalog,
+    set_threads,
+)
+from indexer.manifest import ModelInfo
+from indexer.store import DTYPES, EmbeddingStore, StoreError
+from model import load_model
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class EmbedOptions:
+    """The `embed` flags (also used by the one-shot command)."""
+
+    catalog: str
+    checkpoint: str
+    out: str
+    batch_size: int = 32
+    workers: int | None = None
+    threads: int | None = None
+    device: str | None = None
+    precision: str = "fp32"
+    limits: EmbedLimits = field(default_factory=EmbedLimits)
+    part_size: int = 1024
+    dtype: str = "float32"
+    progress: bool = True
+
+
+@dataclass
+class EmbedResult:
+    """A finished embedding run: the store, the model and what happened to each item."""
+
+    store: EmbeddingStore
+    catalog: Catalog
+    model: ModelInfo
+    attributes: list[dict]          # [{"name", "n_values"}]
+    outcome: EmbedOutcome
+    stats: dict
+
+
+def model_info(emb, checkpoint: str) -> ModelInfo:
+    """The manifest's model section for a loaded embedder."""
+    return ModelInfo(dim=int(emb.dim), checkpoint=str(Path(checkpoint).resolve()),
+                     sha256=emb.checkpoint_sha256, config=emb.config.to_dict(),
+                     precision=emb.precision)
+
+
+def job_key(model_sha: str, precision: str, attributes: list[str], device: str) -> str:
+    """Identity of an embedding job: a resumed store never mixes models or CPU/GPU vectors."""
+    doc = json.dumps([FORMAT_VERSION, model_sha, precision, attributes, device])
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def load_embedder(opts: EmbedOptions):
+    """The model for `opts` (torch threads set first)."""
+    set_threads(opts.threads)
+    return load_model(opts.checkpoint, device=opts.device, precision=opts.precision)
+
+
+def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions, *,
+               previous: Mapping[str, str] | None = None, say: Say | None = None
+               ) -> EmbedResult:
+    """Embed `catalog` into `store` (resuming what it holds); compacts and records the run."""
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    if opts.dtype not in DTYPES:
+        raise ValueError(f"unknown store dtype {opts.dtype!r}; known: {', '.join(DTYPES)}")
+    attrs = list(emb.attribute_names)
+    key = job_key(emb.checkpoint_sha256, emb.precision, attrs, emb.device.type)
+    meta = store.read_meta()
+    if len(store) and meta.get("job_key") not in (None, key):
+        raise StoreError(f"{store.root} holds embeddings of another model, precision or "
+                         f"device ({meta.get('model', {}).get('sha256', '?')[:12]}, "
+                         f"{meta.get('device')}); use a new --out or delete it")
+    if len(store) and store.attributes != attrs:
+        raise StoreError(f"{store.root} holds attributes {store.attributes}, the model has "
+                         f"{attrs}")
+    if len(store):
+        say(f"resuming: {len(store)} embedded items found in {store.root}")
+    info = model_info(emb, opts.checkpoint)
+    attr_docs = [{"name": a.name, "n_values": int(a.n_values)} for a in emb.attributes]
+    base_meta = {"job_key": key, "model": info.to_dict(), "attributes": attr_docs,
+                 "device": emb.device.type, "dtype": opts.dtype}
+    store.write_meta({**meta, **base_meta})
+    outcome = embed_catalog(emb, catalog.items, store, previous=previous,
+                            batch_size=opts.batch_size, workers=opts.workers,
+                            part_size=opts.part_size, limits=opts.limits,
+                            progress=opts.progress, dtype=opts.dtype)
+    live = {catalog.items[p].id for p, s in enumerate(outcome.status)
+            if s in ("computed", "cached")}
+    dropped = store.compact(live)
+    store.write_rejects(outcome.rejects)
+    stats = {
+        "catalog": {"path": catalog.path, "sha256": catalog.sha256, "entries": len(catalog)},
+        "seconds": round(outcome.seconds, 3),
+        "images_per_s": round(len(catalog) / outcome.seconds, 2) if outcome.seconds else None,
+        "computed": outcome.count("computed"), "cached": outcome.count("cached"),
+        "unchanged": outcome.count("unchanged"), "rejected": len(outcome.rejects),
+        "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
+        "compacted": dropped, "device": str(emb.device),
+        "workers": default_workers() if opts.workers is None else opts.workers,
+        "batch_size": opts.batch_size,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.write_meta({**base_meta, "last_run": stats})
+    return EmbedResult(store, catalog, info, attr_docs, outcome, stats)
+
+
+def run_embed(opts: EmbedOptions, say: Say | None = None) -> EmbedResult:
+    """`python -m indexer embed`: the catalog into the store at `opts.out`."""
+    catalog = load_catalog(opts.catalog)
+    if len(catalog) == 0:
+        raise ValueError(f"catalog {opts.catalog} has no items")
+    emb = load_embedder(opts)
+    return embed_into(emb, catalog, EmbeddingStore(opts.out), opts, say=say)

@@ -1,0 +1,298 @@
+"""Index types: one small strategy object per type, the only place that knows a type.
+
+Each strategy owns its FAISS factory string, its parameter defaults, the build-time and
+search-time knobs, the search parameters of a filtered search, how an `--update` changes it
+and its memory formula. Everything else (`faiss_index`, `build`, `reader`, `budget`, the CLI)
+asks the registry :data:`TYPES` instead of branching on a type name.
+
+Row ids: flat, hnsw and ivfpq_refine sit under an `IDMap2` (FAISS id = `items.row`); the
+plain IVF types map ids natively.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import faiss
+
+TRAIN_ITERS = 12
+ID_BYTES = 8             # one int64 id per vector
+IDMAP2_BYTES = 40        # IDMap2: id_map entry + reverse hash-map entry (approximate)
+
+
+def largest_divisor_at_most(dim: int, cap: int) -> int:
+    """The largest divisor of `dim` that is <= `cap` (at least 1)."""
+    return max(d for d in range(1, max(1, min(dim, cap)) + 1) if dim % d == 0)
+
+
+def ivf_nlist(n: int, train_size: int) -> int:
+    """Inverted lists for `n` vectors: ~sqrt(n), at least 39 training points per list."""
+    n_train = max(1, min(n, train_size))
+    return max(1, min(round(math.sqrt(n)), n_train // 39))
+
+
+def _bounded_kmeans(cps: list[faiss.ClusteringParameters]) -> None:
+    for cp in cps:                          # bounded k-means: ~64 points per centroid
+        cp.niter = TRAIN_ITERS
+        cp.max_points_per_centroid = 64
+
+
+class IndexType:
+    """The strategy interface, with the behaviour shared by most types."""
+
+    name: ClassVar[str] = ""
+    #: defaults of the fixed parameters (shown by `--help`); formula-based ones are in `params`
+    defaults: ClassVar[dict] = {}
+    #: the stored vectors can be read back (exactly or as float16): updates may re-type them
+    keeps_vectors: ClassVar[bool] = True
+    #: how --update applies removals/additions: "in_place", "re_add" (keep training) or
+    #: "rebuild" (a new index from the kept vectors)
+    update_rule: ClassVar[str] = "in_place"
+    #: `faiss.read_index` flags for serving (memory-mapped storage)
+    read_flags: ClassVar[int] = 0
+    #: parameters that only steer searches (an update may change them on any type)
+    search_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def params(self, n: int, dim: int, overrides: dict) -> dict:
+        """Concrete parameters for `n` vectors of `dim` (overrides win over defaults)."""
+        out = dict(self.defaults)
+        out.update({k: v for k, v in overrides.items() if k in out})
+        return out
+
+    def factory(self, dim: int, params: dict) -> str:
+        raise NotImplementedError
+
+    def configure(self, index: faiss.Index, params: dict) -> None:
+        """Build-time knobs on a fresh index (before training / adding)."""
+
+    def tune(self, index: faiss.Index, params: dict) -> None:
+        """Search-time knobs on a built or loaded index."""
+
+    def search_params(self, index: faiss.Index, params: dict,
+                      sel: faiss.IDSelector) -> faiss.SearchParameters:
+        """Parameters of a search restricted to the rows `sel` accepts (row ids)."""
+        return faiss.SearchParameters(sel=sel)
+
+    def prepare_reader(self, index: faiss.Index, params: dict) -> None:
+        """Make `index.reconstruct(row)` work on a loaded index."""
+
+    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+        """Resident memory of `n` vectors in this index (the budget formula)."""
+        raise NotImplementedError
+
+    def disk_bytes(self, n: int, dim: int, params: dict) -> int:
+        """Memory-mapped storage on disk beyond `memory_bytes` (0 for in-memory types)."""
+        return 0
+
+
+class FlatType(IndexType):
+    """Exact inner product over float32 vectors."""
+
+    name = "flat"
+
+    def factory(self, dim: int, params: dict) -> str:
+        return "IDMap2,Flat"
+
+    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+        return n * (dim * 4 + IDMAP2_BYTES)
+
+
+def _hnsw(index: faiss.Index) -> faiss.IndexHNSW:
+    return faiss.downcast_index(faiss.downcast_index(index).index)
+
+
+class HnswType(IndexType):
+    """Graph search over float32 vectors (no deletions: updates rebuild)."""
+
+    name = "hnsw"
+    defaults = {"M": 32, "efConstruction": 40, "efSearch": 128}
+    update_rule = "rebuild"
+    search_keys = frozenset({"efSearch"})
+
+    def factory(self, dim: int, params: dict) -> str:
+        return f"IDMap2,HNSW{params['M']},Flat"
+
+    def configure(self, index: faiss.Index, params: dict) -> None:
+        _hnsw(index).hnsw.efConstruction = int(params["efConstruction"])
+
+    def tune(self, index: faiss.Index, params: dict) -> None:
+        _hnsw(index).hnsw.efSearch = int(params["efSearch"])
+
+    def search_params(self, index: faiss.Index, params: dict,
+                      sel: faiss.IDSelector) -> faiss.SearchParameters:
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=int(params["efSearch"]))
+
+    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+        links = params["M"] * 2 * 4 * 1.05
+        return int(n * (dim * 4 + IDMAP2_BYTES + links))
+
+
+class IvfPqType(IndexType):
+    """IVF with 8-bit product-quantized codes only: compact, approximate, no exact vectors."""
+
+    name = "ivfpq"
+    defaults = {"train_size": 65_536, "nbits": 8}
+    keeps_vectors = False
+    search_keys = frozenset({"nprobe"})
+
+    def params(self, n: int, dim: int, overrides: dict) -> dict:
+        train_size = int(overrides.get("train_size", self.defaults["train_size"]))
+        n_train = max(1, min(n, train_size))
+        nlist = int(overrides.get("nlist", ivf_nlist(n, train_size)))
+        nbits = int(overrides.get("nbits", max(1, min(8, int(math.log2(n_train))))))
+        m = int(overrides.get("m", largest_divisor_at_most(dim, max(1, dim // 8))))
+        if dim % m:
+            raise ValueError(f"{self.name}: m={m} must divide the dimension {dim}")
+        nprobe = int(overrides.get("nprobe", min(nlist, max(16, nlist // 32))))
+        return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe,
+                "train_size": train_size}
+
+    def factory(self, dim: int, params: dict) -> str:
+        return f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}"
+
+    def configure(self, index: faiss.Index, params: dict) -> None:
+        ivf = faiss.downcast_index(index)
+        ivf.do_polysemous_training = False      # unused here, and very slow to train
+        _bounded_kmeans([ivf.cp, ivf.pq.cp])
+
+    def tune(self, index: faiss.Index, params: dict) -> None:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+
+    def search_params(self, index: faiss.Index, params: dict,
+                      sel: faiss.IDSelector) -> faiss.SearchParameters:
+        return faiss.SearchParametersIVF(sel=sel, nprobe=int(params["nprobe"]))
+
+    def prepare_reader(self, index: faiss.Index, params: dict) -> None:
+        ivf = faiss.extract_index_ivf(index)
+        if ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+        code = math.ceil(params["m"] * params["nbits"] / 8)
+        return n * (code + ID_BYTES) + params["nlist"] * dim * 4
+
+
+class IvfPqRefineType(IndexType):
+    """(OPQ +) IVF + PQ codes (4-bit fast-scan or 8-bit) for candidates, then an exact
+    re-rank of the top k x `k_factor` on float16 vectors memory-mapped from the index file.
+
+    FAISS pieces: `OPQ{m}` rotation, `IVF{nlist}`, `PQ{m}x4fs` / `PQ{m}x{nbits}`,
+    `Refine(SQfp16)` (an `IndexRefine` over an `IndexScalarQuantizer` whose codes are the
+    float16 vectors; `IO_FLAG_MMAP_IFC` maps them instead of loading them).
+    """
+
+    name = "ivfpq_refine"
+    defaults = {"train_size": 65_536, "nbits": 4, "k_factor": 10}
+    update_rule = "re_add"
+    read_flags = faiss.IO_FLAG_MMAP_IFC
+    search_keys = frozenset({"nprobe", "k_factor"})
+    OPQ_FROM = 10_000      # training vectors needed before an OPQ rotation pays off
+
+    def params(self, n: int, dim: int, overrides: dict) -> dict:
+        train_size = int(overrides.get("train_size", self.defaults["train_size"]))
+        n_train = max(1, min(n, train_size))
+        nlist = int(overrides.get("nlist", ivf_nlist(n, train_size)))
+        nbits = int(overrides.get("nbits", self.defaults["nbits"]))
+        if nbits not in (4, 8):
+            raise ValueError(f"{self.name}: nbits must be 4 (fast-scan) or 8, got {nbits}")
+        m = int(overrides.get("m", largest_divisor_at_most(dim, max(1, dim // 4))))
+        if dim % m:
+            raise ValueError(f"{self.name}: m={m} must divide the dimension {dim}")
+        opq = bool(overrides.get("opq", n_train >= self.OPQ_FROM))
+        nprobe = int(overrides.get("nprobe", min(nlist, max(16, nlist // 16))))
+        k_factor = int(overrides.get("k_factor", self.defaults["k_factor"]))
+        return {"nlist": nlist, "m": m, "nbits": nbits, "opq": opq, "nprobe": nprobe,
+                "k_factor": k_factor, "train_size": train_size}
+
+    def factory(self, dim: int, params: dict) -> str:
+        m, nbits = params["m"], params["nbits"]
+        pq = f"PQ{m}x4fs" if nbits == 4 else f"PQ{m}x{nbits}"
+        opq = f"OPQ{m}," if params.get("opq") else ""
+        return f"IDMap2,{opq}IVF{params['nlist']},{pq},Refine(SQfp16)"
+
+    @staticmethod
+    def _refine(index: faiss.Index) -> faiss.IndexRefine:
+        return faiss.downcast_index(faiss.downcast_index(index).index)
+
+    def configure(self, index: faiss.Index, params: dict) -> None:
+        ivf = faiss.extract_index_ivf(index)
+        cps = [ivf.cp]
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        if pq is not None:
+            cps.append(pq.cp)
+        _bounded_kmeans(cps)
+        base = faiss.downcast_index(self._refine(index).base_index)
+        if isinstance(base, faiss.IndexPreTransform):     # OPQ: fewer, cheaper iterations
+            opq = faiss.downcast_VectorTransform(base.chain.at(0))
+            opq.niter = 20
+            opq.niter_pq = 4
+            opq.max_train_points = min(opq.max_train_points, params["train_size"])
+
+    def tune(self, index: faiss.Index, params: dict) -> None:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        self._refine(index).k_factor = float(params["k_factor"])
+
+    def search_params(self, index: faiss.Index, params: dict,
+                      sel: faiss.IDSelector) -> faiss.SearchParameters:
+        # IndexRefine hands only `base_index_params` to the IVF, and IDMap2 translates only
+        # the top-level selector: translate rows to internal ids here.
+        idmap = faiss.downcast_index(index)
+        translated = faiss.IDSelectorTranslated(idmap.id_map, sel)
+        base = faiss.SearchParametersIVF(sel=translated, nprobe=int(params["nprobe"]))
+        out = faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]),
+                                                base_index_params=base)
+        out.referenced_objects = [base, translated, sel]   # SWIG does not keep them alive
+        return out
+
+    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+        code = math.ceil(params["m"] * params["nbits"] / 8)
+        rotation = dim * dim * 4 if params.get("opq") else 0
+        return n * (code + ID_BYTES + IDMAP2_BYTES) + params["nlist"] * dim * 4 + rotation
+
+    def disk_bytes(self, n: int, dim: int, params: dict) -> int:
+        return n * dim * 2
+
+
+TYPES: dict[str, IndexType] = {t.name: t for t in (FlatType(), HnswType(), IvfPqType(),
+                                                   IvfPqRefineType())}
+INDEX_TYPES = tuple(TYPES)
+
+
+def get_type(name: str) -> IndexType:
+    """The strategy of `name` (ValueError listing the known types)."""
+    try:
+        return TYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown index type {name!r}; known: {', '.join(TYPES)}") from None
+
+
+@dataclass
+class IndexSpec:
+    """An index type and its concrete parameters, as recorded in the manifest."""
+
+    type: str
+    params: dict
+
+    @property
+    def kind(self) -> IndexType:
+        return get_type(self.type)
+
+    def factory(self, dim: int) -> str:
+        """The `faiss.index_factory` string of this spec."""
+        return self.kind.factory(dim, self.params)
+
+    def memory_bytes(self, n: int, dim: int) -> int:
+        return self.kind.memory_bytes(n, dim, self.params)
+
+    def same_structure(self, other: IndexSpec) -> bool:
+        """Same type and build parameters (search-time knobs may differ)."""
+        if self.type != other.type:
+            return False
+        keys = self.kind.search_keys
+        strip = lambda p: {k: v for k, v in p.items() if k not in keys}  # noqa: E731
+        return strip(self.params) == strip(other.params)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "params": dict(self.params)}

@@ -1,0 +1,85 @@
+"""The one-shot command, `python -m indexer --catalog C --checkpoint K --out DIR`: embed, then
+build, with the embeddings store kept beside INDEX_DIR (`.NAME.work/<job key>/`) until the new
+version is published, so a killed job resumes where it stopped.
+
+With `--update` the embedding step skips items whose image hash equals the published
+index's (their vectors stay in the index), and the build step updates that index.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+
+from indexer.build import BuildOptions, BuildResult, EmbedFacts, RejectRateError, run_build
+from indexer.catalog import load_catalog
+from indexer.embed import EmbedOptions, EmbedResult, Say, embed_into, job_key, load_embedder
+from indexer.layout import IndexLayout
+from indexer.manifest import Manifest
+from indexer.reader import read_item_hashes
+from indexer.store import EmbeddingStore
+
+
+@dataclass
+class PipelineResult:
+    """Both stages' results."""
+
+    embedded: EmbedResult
+    built: BuildResult
+
+
+def _published_hashes(layout: IndexLayout, emb) -> dict[str, str] | None:
+    """id -> sha256 of the published index when it was built by this model, else None."""
+    folder = layout.current()
+    if folder is None:
+        return None
+    manifest = Manifest.read(folder)
+    if (manifest.model.sha256 != emb.checkpoint_sha256
+            or manifest.attribute_names != list(emb.attribute_names)):
+        return None
+    return {i: sha for i, (_, sha) in read_item_hashes(folder).items()}
+
+
+def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
+                 shard: tuple[int, int] | None = None, keep_work: bool = False,
+                 say: Say | None = None) -> PipelineResult:
+    """Embed the catalog (or its `shard` slice) and build INDEX_DIR from the result."""
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    catalog = load_catalog(embed_opts.catalog)
+    entries_total = len(catalog)
+    if shard is not None:
+        catalog = catalog.shard(*shard)
+    if len(catalog) == 0:
+        raise ValueError(f"catalog {embed_opts.catalog} has no items")
+    layout = IndexLayout(build_opts.out)
+    with layout:
+        emb = load_embedder(embed_opts)
+        previous = _published_hashes(layout, emb) if build_opts.update else None
+        key = job_key(emb.checkpoint_sha256, emb.precision, list(emb.attribute_names),
+                      emb.device.type)
+        if layout.work.exists():
+            for other in layout.work.iterdir():
+                if other.name != key:
+                    shutil.rmtree(other, ignore_errors=True)
+        store = EmbeddingStore(layout.work / key)
+        embedded = embed_into(emb, catalog, store, embed_opts, previous=previous, say=say)
+        outcome = embedded.outcome
+        if len(outcome.rejects) == len(catalog):
+            raise RejectRateError(f"all {len(catalog)} catalog items were rejected; "
+                                  "nothing published")
+        unchanged = {catalog.items[p].id for p, s in enumerate(outcome.status)
+                     if s == "unchanged"}
+        shard_doc = None
+        if shard is not None:
+            shard_doc = {"index": shard[0], "count": shard[1], "catalog_entries": entries_total,
+                         "requested_index": {"type": build_opts.index_type or "flat",
+                                             "params": dict(build_opts.index_params)}}
+        opts = BuildOptions(**{**build_opts.__dict__, "embeddings": str(store.root)})
+        built = run_build(opts, catalog=catalog, layout=layout,
+                          facts=EmbedFacts(unchanged, embedded.stats, shard_doc), say=say)
+        if not keep_work:
+            store.remove()
+            if layout.work.exists() and not any(layout.work.iterdir()):
+                layout.work.rmdir()
+    return PipelineResult(embedded, built)
