@@ -57,11 +57,12 @@ CONFIGS: dict[str, ModelConfig] = {
         global_branch=BranchConfig("resnet50", 224, 512),
         local_branch=BranchConfig("resnet34", 112, 256),
     ),
-    # CPU-friendly: MobileNetV2 trunks cut at stride 16 (ImageNet weights from a local file);
-    # the demo checkpoint.
+    # CPU-friendly, the demo checkpoint: ImageNet MobileNetV2 trunks (weights from a local
+    # file), the global one at output stride 8 (28 x 28 attention at 224 px) so the attention
+    # can point at small details; per-attribute centring (docs/RESULTS.md, ablation).
     "cpu": ModelConfig(
         name="cpu",
-        global_branch=BranchConfig("mobilenet_v2", 224, 256, out_dim=512),
+        global_branch=BranchConfig("mobilenet_v2_os8", 224, 256, out_dim=512),
         local_branch=BranchConfig("mobilenet_v2", 112, 128, out_dim=512),
         attr_dim=128,
         center_embeddings=True,

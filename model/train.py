@@ -99,6 +99,7 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
         batch_size=32,
         backbone_weights="imagenet",
         freeze_backbones=True,
+        attribute_sampling="loss",
         valid_limit=100,
     ),
     # A small network trained from scratch (every weight), for CPU experiments.

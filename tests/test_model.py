@@ -307,6 +307,24 @@ def test_offline_imagenet_weights_for_the_cpu_config():
         assert torch.equal(got, state["features.13.conv.0.0.weight"])
 
 
+def test_mobilenet_output_stride_8_same_weights_finer_map():
+    from model.backbones import BACKBONES, build_backbone, load_backbone_weights
+
+    os16, os8 = build_backbone("mobilenet_v2"), build_backbone("mobilenet_v2_os8")
+    assert list(os16.state_dict()) == list(os8.state_dict())   # ImageNet files load as is
+    load_backbone_weights(os8, "imagenet")
+    os16.load_state_dict(os8.state_dict())
+    os16.eval(), os8.eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = os16(x), os8(x)
+    assert a.shape == (1, 96, 14, 14) and b.shape == (1, 96, 28, 28)
+    assert BACKBONES["mobilenet_v2_os8"].stride == 8
+    # the stride-8 stage sees the same things: its map, subsampled, is close to the original
+    corr = torch.corrcoef(torch.stack([a.flatten(), b[..., ::2, ::2].flatten()]))[0, 1]
+    assert corr > 0.5
+
+
 def test_backbone_weights_errors(tmp_path):
     bad = tmp_path / "w.pth"
     torch.save({"features.0.0.weight": torch.zeros(1)}, bad)
