@@ -87,6 +87,14 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--checkpoint-every", type=int, default=1024, metavar="N",
                    help="commit embeddings to a resumable Parquet part every N images (1024)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (decode workers + one model in this process) or ray (Ray Data: "
+                        "CPU decode tasks, one model actor per GPU)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (host:port, ray://host:10001 or auto); "
+                        "default: start a local Ray")
+    g.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="model actors (default: one per GPU, or 1 without GPUs)")
     g = p.add_argument_group("safety")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"reject larger images as decompression bombs ({DEFAULT_MAX_PIXELS})")
@@ -203,7 +211,8 @@ def _embed_options(args: argparse.Namespace, out: str) -> EmbedOptions:
         device=args.device, precision=args.precision,
         limits=EmbedLimits(max_pixels=args.max_pixels, max_bytes=args.max_bytes),
         part_size=args.checkpoint_every, dtype=getattr(args, "dtype", "float32"),
-        progress=not args.no_progress)
+        progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
+        ray_actors=args.ray_actors)
 
 
 def _build_options(args: argparse.Namespace, embeddings: str,

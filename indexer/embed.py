@@ -7,6 +7,7 @@ compacted away at the end, so the store always matches the catalog it was last r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -23,6 +24,7 @@ from indexer.embedding_job import (
     EmbedOutcome,
     default_workers,
     embed_catalog,
+    item_loader,
     set_threads,
 )
 from indexer.manifest import ModelInfo
@@ -48,6 +50,9 @@ class EmbedOptions:
     part_size: int = 1024
     dtype: str = "float32"
     progress: bool = True
+    engine: str = "local"               # "local" | "ray"
+    ray_address: str | None = None      # None: start a local Ray
+    ray_actors: int | None = None       # None: one per GPU (one CPU actor without GPUs)
 
 
 @dataclass
@@ -76,20 +81,51 @@ def job_key(model_sha: str, precision: str, attributes: list[str], device: str) 
 
 
 def load_embedder(opts: EmbedOptions):
-    """The model for `opts` (torch threads set first)."""
+    """The model for `opts` (torch threads set first). With the Ray engine the driver's copy
+    only describes the model (names, dimension, checksum): it stays on the CPU."""
     set_threads(opts.threads)
-    return load_model(opts.checkpoint, device=opts.device, precision=opts.precision)
+    device = "cpu" if opts.engine == "ray" else opts.device
+    return load_model(opts.checkpoint, device=device, precision=opts.precision)
+
+
+def engine_for(opts: EmbedOptions) -> contextlib.AbstractContextManager:
+    """A context that yields the Ray engine (started, and stopped on exit) or None (local)."""
+    if opts.engine == "local":
+        return contextlib.nullcontext()
+    if opts.engine != "ray":
+        raise ValueError(f"unknown engine {opts.engine!r}; known: local, ray")
+    from indexer.ray_engine import RayEngine
+
+    return RayEngine(address=opts.ray_address, actors=opts.ray_actors, device=opts.device)
+
+
+def _run_engine(engine, emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
+                previous: Mapping[str, str] | None) -> EmbedOutcome:
+    if engine is None:
+        return embed_catalog(emb, catalog.items, store, previous=previous,
+                             batch_size=opts.batch_size, workers=opts.workers,
+                             part_size=opts.part_size, limits=opts.limits,
+                             progress=opts.progress, dtype=opts.dtype)
+    loader = item_loader(emb.preprocess, store, opts.limits, previous)
+    return engine.embed(opts.checkpoint, list(emb.attribute_names), catalog.items, store,
+                        loader, batch_size=opts.batch_size, part_size=opts.part_size,
+                        dtype=opts.dtype, precision=opts.precision, threads=opts.threads,
+                        progress=opts.progress)
 
 
 def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions, *,
-               previous: Mapping[str, str] | None = None, say: Say | None = None
-               ) -> EmbedResult:
-    """Embed `catalog` into `store` (resuming what it holds); compacts and records the run."""
+               previous: Mapping[str, str] | None = None, engine=None,
+               say: Say | None = None) -> EmbedResult:
+    """Embed `catalog` into `store` (resuming what it holds); compacts and records the run.
+
+    `engine`: None for the local engine, or a started `RayEngine` (see `engine_for`).
+    """
     say = say or (lambda msg: print(msg, file=sys.stderr))
     if opts.dtype not in DTYPES:
         raise ValueError(f"unknown store dtype {opts.dtype!r}; known: {', '.join(DTYPES)}")
     attrs = list(emb.attribute_names)
-    key = job_key(emb.checkpoint_sha256, emb.precision, attrs, emb.device.type)
+    device = engine.device_type() if engine is not None else emb.device.type
+    key = job_key(emb.checkpoint_sha256, emb.precision, attrs, device)
     meta = store.read_meta()
     if len(store) and meta.get("job_key") not in (None, key):
         raise StoreError(f"{store.root} holds embeddings of another model, precision or "
@@ -103,12 +139,9 @@ def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
     info = model_info(emb, opts.checkpoint)
     attr_docs = [{"name": a.name, "n_values": int(a.n_values)} for a in emb.attributes]
     base_meta = {"job_key": key, "model": info.to_dict(), "attributes": attr_docs,
-                 "device": emb.device.type, "dtype": opts.dtype}
+                 "device": device, "dtype": opts.dtype}
     store.write_meta({**meta, **base_meta})
-    outcome = embed_catalog(emb, catalog.items, store, previous=previous,
-                            batch_size=opts.batch_size, workers=opts.workers,
-                            part_size=opts.part_size, limits=opts.limits,
-                            progress=opts.progress, dtype=opts.dtype)
+    outcome = _run_engine(engine, emb, catalog, store, opts, previous)
     live = {catalog.items[p].id for p, s in enumerate(outcome.status)
             if s in ("computed", "cached")}
     dropped = store.compact(live)
@@ -120,7 +153,8 @@ def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
         "computed": outcome.count("computed"), "cached": outcome.count("cached"),
         "unchanged": outcome.count("unchanged"), "rejected": len(outcome.rejects),
         "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
-        "compacted": dropped, "device": str(emb.device),
+        "compacted": dropped, "engine": opts.engine,
+        "device": device if engine is not None else str(emb.device),
         "workers": default_workers() if opts.workers is None else opts.workers,
         "batch_size": opts.batch_size,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -135,4 +169,5 @@ def run_embed(opts: EmbedOptions, say: Say | None = None) -> EmbedResult:
     if len(catalog) == 0:
         raise ValueError(f"catalog {opts.catalog} has no items")
     emb = load_embedder(opts)
-    return embed_into(emb, catalog, EmbeddingStore(opts.out), opts, say=say)
+    with engine_for(opts) as engine:
+        return embed_into(emb, catalog, EmbeddingStore(opts.out), opts, engine=engine, say=say)

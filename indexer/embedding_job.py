@@ -35,7 +35,7 @@ CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-class _Loaded(NamedTuple):
+class Loaded(NamedTuple):
     pos: int
     sha: str | None
     status: str        # "new" | "unchanged" | "stored" | "cached" | "rejected"
@@ -64,21 +64,16 @@ class EmbedOutcome:
         return sum(1 for s in self.status if s == status)
 
 
-class _ImageDataset(Dataset):
-    """Reads, hashes, decodes and preprocesses one catalog image per index (in a worker)."""
+@dataclass
+class ItemLoader:
+    """Reads, hashes, decodes and preprocesses one catalog image (in a worker process or a
+    Ray task): the one decoding step both engines share."""
 
-    def __init__(self, items: list[CatalogItem], preprocess: Callable, limits: EmbedLimits,
-                 previous: Mapping[str, str], stored: Mapping[str, str],
-                 stored_shas: Mapping[str, Any]) -> None:
-        self.items = [(it.id, it.image) for it in items]
-        self.preprocess = preprocess
-        self.limits = limits
-        self.previous = previous          # id -> sha256 in the index being updated
-        self.stored = stored              # id -> sha256 already in the store
-        self.stored_shas = stored_shas    # sha256 -> location in the store
-
-    def __len__(self) -> int:
-        return len(self.items)
+    preprocess: Callable
+    limits: EmbedLimits
+    previous: Mapping[str, str]        # id -> sha256 in the index being updated
+    stored: Mapping[str, str]          # id -> sha256 already in the store
+    stored_shas: Mapping[str, Any]     # sha256 -> location in the store
 
     def _read(self, path: str) -> bytes:
         st = os.stat(path)
@@ -87,31 +82,45 @@ class _ImageDataset(Dataset):
         with open(path, "rb") as f:
             return f.read()
 
-    def __getitem__(self, pos: int) -> _Loaded:
-        item_id, path = self.items[pos]
+    def load(self, pos: int, item_id: str, path: str) -> Loaded:
         sha = None
         try:
             data = self._read(path)
             sha = hashlib.sha256(data).hexdigest()
             if self.previous.get(item_id) == sha:
-                return _Loaded(pos, sha, "unchanged", None)
+                return Loaded(pos, sha, "unchanged", None)
             if self.stored.get(item_id) == sha:
-                return _Loaded(pos, sha, "stored", None)
+                return Loaded(pos, sha, "stored", None)
             if sha in self.stored_shas:
-                return _Loaded(pos, sha, "cached", None)
+                return Loaded(pos, sha, "cached", None)
             img = open_image(data, max_pixels=self.limits.max_pixels)
-            return _Loaded(pos, sha, "new", self.preprocess(img))
+            return Loaded(pos, sha, "new", self.preprocess(img))
         except ImageError as exc:
-            return _Loaded(pos, sha, "rejected", (exc.reason, str(exc)))
+            return Loaded(pos, sha, "rejected", (exc.reason, str(exc)))
         except FileNotFoundError:
-            return _Loaded(pos, sha, "rejected", ("missing", "no such file"))
+            return Loaded(pos, sha, "rejected", ("missing", "no such file"))
         except OSError as exc:
-            return _Loaded(pos, sha, "rejected", ("unreadable", f"{type(exc).__name__}: {exc}"))
+            return Loaded(pos, sha, "rejected", ("unreadable", f"{type(exc).__name__}: {exc}"))
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the job
-            return _Loaded(pos, sha, "rejected", ("decode_error", f"{type(exc).__name__}: {exc}"))
+            return Loaded(pos, sha, "rejected", ("decode_error", f"{type(exc).__name__}: {exc}"))
 
 
-def _collate(batch: list[_Loaded]) -> list[_Loaded]:
+class _ImageDataset(Dataset):
+    """One catalog image per index, through an :class:`ItemLoader` (DataLoader workers)."""
+
+    def __init__(self, items: list[CatalogItem], loader: ItemLoader) -> None:
+        self.items = [(it.id, it.image) for it in items]
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, pos: int) -> Loaded:
+        item_id, path = self.items[pos]
+        return self.loader.load(pos, item_id, path)
+
+
+def _collate(batch: list[Loaded]) -> list[Loaded]:
     return batch
 
 
@@ -192,7 +201,7 @@ def default_workers() -> int:
     return max(1, min(8, available_cpus() - 1))
 
 
-def _embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+def embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """Embed a batch; on failure isolate the bad images one by one.
 
     Returns (indices that succeeded, their vectors [n, A, D], [(index, error)]).
@@ -212,6 +221,79 @@ def _embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple
         return ok, arr, bad
 
 
+class Collector:
+    """The driver's side of an embedding run, whatever the engine: per-item statuses, rows
+    buffered and committed to the store as Parquet parts every `part_size` rows."""
+
+    def __init__(self, items: list[CatalogItem], store: EmbeddingStore, attributes: list[str],
+                 part_size: int, dtype: str) -> None:
+        self.items, self.store, self.attributes = items, store, attributes
+        self.part_size, self.dtype = part_size, dtype
+        self.out = EmbedOutcome(shas=[None] * len(items), status=["pending"] * len(items))
+        self._ids: list[str] = []
+        self._shas: list[str] = []
+        self._vecs: list[np.ndarray] = []
+        self._buffered: dict[str, np.ndarray] = {}   # sha256 -> [A, D] not yet committed
+        self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+
+    def _keep(self, pos: int, sha: str, vecs: np.ndarray) -> None:
+        self._ids.append(self.items[pos].id)
+        self._shas.append(sha)
+        self._vecs.append(vecs)
+        self._buffered.setdefault(sha, vecs)
+
+    def loaded(self, rec: Loaded) -> bool:
+        """Record a decoded item; True when it still needs embedding."""
+        pos, sha = rec.pos, rec.sha
+        self.out.shas[pos] = sha
+        if rec.status == "rejected":
+            self.reject(pos, *rec.payload)
+        elif rec.status in ("new", "cached") and sha in self._buffered:
+            self.out.status[pos] = "cached"
+            self._keep(pos, sha, self._buffered[sha])
+        elif rec.status == "cached":
+            self.out.status[pos] = "cached"
+            self._keep(pos, sha, self.store.row_by_sha(sha))
+        elif rec.status == "new":
+            return True
+        else:                                   # unchanged, stored
+            self.out.status[pos] = "cached" if rec.status == "stored" else rec.status
+        return False
+
+    def computed(self, pos: int, sha: str, vecs: np.ndarray) -> None:
+        """An item embedded now: vectors [A, D]."""
+        self.out.status[pos] = "computed"
+        self._keep(pos, sha, vecs)
+
+    def reject(self, pos: int, reason: str, detail: str) -> None:
+        self.out.status[pos] = "rejected"
+        self.out.shas[pos] = None
+        it = self.items[pos]
+        self.out.rejects.append(Reject(it.image, it.id, reason, detail))
+
+    def maybe_flush(self) -> None:
+        if len(self._ids) >= self.part_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the buffered rows as one part (the crash test seam fires here)."""
+        if not self._ids:
+            return
+        self.store.write(self._ids, self._shas, np.stack(self._vecs), self.attributes,
+                         self.dtype)
+        self._ids, self._shas, self._vecs = [], [], []
+        self._buffered.clear()
+        if self._crash_after and self.store.written >= self._crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def item_loader(preprocess: Callable, store: EmbeddingStore, limits: EmbedLimits | None,
+                previous: Mapping[str, str] | None) -> ItemLoader:
+    """The decoding step for a run into `store`."""
+    return ItemLoader(preprocess, limits or EmbedLimits(), previous or {}, store.id_hashes(),
+                      store.by_sha)
+
+
 def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
                   previous: Mapping[str, str] | None = None, batch_size: int = 32,
                   workers: int | None = None, part_size: int = 1024,
@@ -223,84 +305,35 @@ def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
     copied from the same image under another id), "unchanged" (same hash as in `previous`,
     id -> sha256 of the index being updated: not stored at all) or "rejected".
     """
-    limits = limits or EmbedLimits()
     workers = default_workers() if workers is None else workers
-    previous = previous or {}
-    attrs = list(emb.attribute_names)
-    dataset = _ImageDataset(items, emb.preprocess, limits, previous, store.id_hashes(),
-                            store.by_sha)
+    dataset = _ImageDataset(items, item_loader(emb.preprocess, store, limits, previous))
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate, prefetch_factor=4 if workers > 0 else None,
         # no pin_memory: the batches are lists of dataclasses, which the loader cannot pin;
         # the embedder pins each stacked batch before its copy to the GPU instead
     )
-    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-    out = EmbedOutcome(shas=[None] * len(items), status=["pending"] * len(items))
-    buf_ids: list[str] = []
-    buf_shas: list[str] = []
-    buf_vecs: list[np.ndarray] = []
-    buffered: dict[str, np.ndarray] = {}       # sha256 -> [A, D] of rows not yet committed
-
-    def keep(pos: int, sha: str, vecs: np.ndarray) -> None:
-        buf_ids.append(items[pos].id)
-        buf_shas.append(sha)
-        buf_vecs.append(vecs)
-        buffered.setdefault(sha, vecs)
-
-    def flush() -> None:
-        if buf_ids:
-            store.write(buf_ids, buf_shas, np.stack(buf_vecs), attrs, dtype)
-            buf_ids.clear()
-            buf_shas.clear()
-            buf_vecs.clear()
-            buffered.clear()
-            if crash_after and store.written >= crash_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    def reject(pos: int, reason: str, detail: str) -> None:
-        out.status[pos] = "rejected"
-        out.shas[pos] = None
-        it = items[pos]
-        out.rejects.append(Reject(it.image, it.id, reason, detail))
-
+    col = Collector(items, store, list(emb.attribute_names), part_size, dtype)
     start = time.perf_counter()
     bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1,
                desc="embedding", dynamic_ncols=True)
     try:
         for batch in loader:
-            todo: list[_Loaded] = []
-            for rec in batch:
-                out.shas[rec.pos] = rec.sha
-                if rec.status == "rejected":
-                    reject(rec.pos, *rec.payload)
-                elif rec.status in ("new", "cached") and rec.sha in buffered:
-                    out.status[rec.pos] = "cached"
-                    keep(rec.pos, rec.sha, buffered[rec.sha])
-                elif rec.status == "cached":
-                    out.status[rec.pos] = "cached"
-                    keep(rec.pos, rec.sha, store.row_by_sha(rec.sha))
-                elif rec.status == "new":
-                    todo.append(rec)
-                else:                                   # unchanged, stored
-                    out.status[rec.pos] = "cached" if rec.status == "stored" else rec.status
+            todo = [rec for rec in batch if col.loaded(rec)]
             if todo:
-                ok, vecs, bad = _embed_batch(emb, [r.payload for r in todo])
+                ok, vecs, bad = embed_batch(emb, [r.payload for r in todo])
                 for i, err in bad:
-                    reject(todo[i].pos, "embed_error", err)
+                    col.reject(todo[i].pos, "embed_error", err)
                 for j, i in enumerate(ok):
-                    rec = todo[i]
-                    out.status[rec.pos] = "computed"
-                    keep(rec.pos, rec.sha, vecs[j])
-            if len(buf_ids) >= part_size:
-                flush()
+                    col.computed(todo[i].pos, todo[i].sha, vecs[j])
+            col.maybe_flush()
             bar.update(len(batch))
-            bar.set_postfix(rejected=len(out.rejects), refresh=False)
-        flush()
+            bar.set_postfix(rejected=len(col.out.rejects), refresh=False)
+        col.flush()
     finally:
         bar.close()
-    out.seconds = time.perf_counter() - start
-    return out
+    col.out.seconds = time.perf_counter() - start
+    return col.out
 
 
 def set_threads(threads: int | None) -> None:

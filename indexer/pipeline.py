@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 
 from indexer.build import BuildOptions, BuildResult, EmbedFacts, RejectRateError, run_build
 from indexer.catalog import load_catalog
-from indexer.embed import EmbedOptions, EmbedResult, Say, embed_into, job_key, load_embedder
+from indexer.embed import (
+    EmbedOptions,
+    EmbedResult,
+    Say,
+    embed_into,
+    engine_for,
+    job_key,
+    load_embedder,
+)
 from indexer.layout import IndexLayout
 from indexer.manifest import Manifest
 from indexer.reader import read_item_hashes
@@ -46,6 +55,7 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
                  say: Say | None = None) -> PipelineResult:
     """Embed the catalog (or its `shard` slice) and build INDEX_DIR from the result."""
     say = say or (lambda msg: print(msg, file=sys.stderr))
+    started = time.perf_counter()
     catalog = load_catalog(embed_opts.catalog)
     entries_total = len(catalog)
     if shard is not None:
@@ -53,17 +63,18 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
     if len(catalog) == 0:
         raise ValueError(f"catalog {embed_opts.catalog} has no items")
     layout = IndexLayout(build_opts.out)
-    with layout:
+    with layout, engine_for(embed_opts) as engine:
         emb = load_embedder(embed_opts)
         previous = _published_hashes(layout, emb) if build_opts.update else None
-        key = job_key(emb.checkpoint_sha256, emb.precision, list(emb.attribute_names),
-                      emb.device.type)
+        device = engine.device_type() if engine is not None else emb.device.type
+        key = job_key(emb.checkpoint_sha256, emb.precision, list(emb.attribute_names), device)
         if layout.work.exists():
             for other in layout.work.iterdir():
                 if other.name != key:
                     shutil.rmtree(other, ignore_errors=True)
         store = EmbeddingStore(layout.work / key)
-        embedded = embed_into(emb, catalog, store, embed_opts, previous=previous, say=say)
+        embedded = embed_into(emb, catalog, store, embed_opts, previous=previous,
+                              engine=engine, say=say)
         outcome = embedded.outcome
         if len(outcome.rejects) == len(catalog):
             raise RejectRateError(f"all {len(catalog)} catalog items were rejected; "
@@ -77,7 +88,8 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
                                              "params": dict(build_opts.index_params)}}
         opts = BuildOptions(**{**build_opts.__dict__, "embeddings": str(store.root)})
         built = run_build(opts, catalog=catalog, layout=layout,
-                          facts=EmbedFacts(unchanged, embedded.stats, shard_doc), say=say)
+                          facts=EmbedFacts(unchanged, embedded.stats, shard_doc, started),
+                          say=say)
         if not keep_work:
             store.remove()
             if layout.work.exists() and not any(layout.work.iterdir()):

@@ -286,3 +286,41 @@ def test_update_of_ivfpq_on_a_grown_catalog_keeps_its_parameters(tmp_path):
         assert idx.size("collar") == n + 400
     # build parameters of a type without stored vectors cannot change in an update
     assert build(emb_dir, catalog, out, "--update", "--nlist", "7") == EXIT_USAGE
+
+
+# -- Ray engine --------------------------------------------------------------------------------
+def _store_contents(emb_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    table = pq.read_table(sorted(emb_dir.glob("*.parquet")))
+    names = [c for c in table.column_names if c not in ("id", "sha256")]
+    vecs = {i: np.stack([np.asarray(table.column(n)[k].as_py(), np.float32) for n in names])
+            for k, i in enumerate(table.column("id").to_pylist())}
+    rejects = {r["id"]: r["reason"] for r in read_rows(emb_dir / "rejected.csv")}
+    return vecs, rejects
+
+
+def test_ray_engine_equals_the_local_engine(base, catalog, tmp_path):
+    d = catalog.parent / "bad"
+    d.mkdir()
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.jpg").write_text("this is not an image\n" * 20)
+    from PIL import Image
+    Image.new("RGB", (2000, 1500), (200, 10, 10)).save(d / "bomb.png")
+    rows = read_rows(catalog)
+    bad = {"bad-empty": "bad/empty.jpg", "bad-text": "bad/text.jpg", "bad-bomb": "bad/bomb.png",
+           "bad-missing": "bad/nope.jpg"}
+    with open(catalog, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writerows({**dict.fromkeys(rows[0], ""), "id": i, "image": p} for i, p in bad.items())
+    limits = ["--max-pixels", "1000000"]
+    assert embed(catalog, base["ckpt"], tmp_path / "local", *limits) == EXIT_OK
+    assert embed(catalog, base["ckpt"], tmp_path / "ray", *limits, "--engine", "ray",
+                 "--ray-actors", "1") == EXIT_OK
+    local_vecs, local_rej = _store_contents(tmp_path / "local")
+    ray_vecs, ray_rej = _store_contents(tmp_path / "ray")
+    assert sorted(ray_vecs) == sorted(local_vecs) == sorted(r["id"] for r in rows)
+    assert ray_rej == local_rej == {"bad-empty": "empty", "bad-text": "not_an_image",
+                                    "bad-bomb": "too_large", "bad-missing": "missing"}
+    for i, v in local_vecs.items():
+        np.testing.assert_allclose(ray_vecs[i], v, atol=1e-4)
+    meta = json.loads((tmp_path / "ray" / "store.json").read_text())
+    assert meta["last_run"]["engine"] == "ray" and meta["device"] == "cpu"

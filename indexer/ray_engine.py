@@ -1,0 +1,158 @@
+"""`--engine ray`: the embedding step on Ray Data, locally or on a cluster.
+
+The catalog becomes a Ray dataset; CPU tasks read, hash, decode and preprocess the images
+(the same :class:`ItemLoader` as the local engine); a pool of model actors (one per GPU,
+`num_gpus=1`, where the cluster has GPUs; else CPU actors) embeds them; the driver collects
+the results in catalog order and writes the Parquet store through the same
+:class:`Collector`, so both engines give the same ids, rejects and vectors, and a killed job
+resumes the same way. Without an address a local Ray is started (and stopped afterwards);
+with one (`ray://...` or `host:port`, or `auto`) the job joins that cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexer.catalog import CatalogItem
+from indexer.embedding_job import (
+    Collector,
+    EmbedOutcome,
+    ItemLoader,
+    Loaded,
+    embed_batch,
+    set_threads,
+)
+from indexer.store import EmbeddingStore
+
+DECODE_CPUS = 0.5
+
+
+def _decode_batch(batch: dict[str, np.ndarray], loader: ItemLoader) -> dict[str, np.ndarray]:
+    """CPU task: read, hash, decode and preprocess a batch of catalog rows."""
+    recs = [loader.load(int(p), str(i), str(img))
+            for p, i, img in zip(batch["pos"], batch["id"], batch["image"], strict=True)]
+    return _columns(recs)
+
+
+def _columns(recs: list[Loaded]) -> dict[str, np.ndarray]:
+    payload = np.empty(len(recs), dtype=object)
+    payload[:] = [r.payload for r in recs]
+    return {"pos": np.array([r.pos for r in recs], dtype=np.int64),
+            "sha": np.array([r.sha or "" for r in recs], dtype=object),
+            "status": np.array([r.status for r in recs], dtype=object),
+            "payload": payload}
+
+
+class EmbedActor:
+    """A model held by one Ray actor (one GPU each where the cluster has GPUs)."""
+
+    def __init__(self, checkpoint: str, device: str, precision: str,
+                 threads: int | None) -> None:
+        from model import load_model
+
+        set_threads(threads)
+        self.emb = load_model(checkpoint, device=device, precision=precision)
+        self.shape = (len(self.emb.attribute_names), int(self.emb.dim))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["pos"])
+        status = batch["status"].copy()
+        payload = batch["payload"].copy()
+        vecs = np.zeros((n, *self.shape), dtype=np.float32)
+        todo = [k for k in range(n) if status[k] == "new"]
+        if todo:
+            ok, got, bad = embed_batch(self.emb, [payload[k] for k in todo])
+            for j, i in enumerate(ok):
+                vecs[todo[i]] = got[j]
+                status[todo[i]] = "computed"
+            for i, err in bad:
+                status[todo[i]] = "rejected"
+                payload[todo[i]] = ("embed_error", err)
+            for k in todo:
+                if status[k] == "computed":
+                    payload[k] = None           # do not ship the pixels back
+        return {"pos": batch["pos"], "sha": batch["sha"], "status": status,
+                "payload": payload, "vecs": vecs}
+
+
+@dataclass
+class RayEngine:
+    """Where and how to run: cluster address (None: a local Ray), actor count, device."""
+
+    address: str | None = None
+    actors: int | None = None
+    device: str | None = None          # None: cuda when the cluster has GPUs
+    _started: bool = False
+
+    def __enter__(self) -> RayEngine:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+            self._started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        if self._started:
+            ray.shutdown()
+            self._started = False
+
+    @property
+    def gpus(self) -> int:
+        import ray
+
+        return int(ray.cluster_resources().get("GPU", 0))
+
+    def device_type(self) -> str:
+        """The device the actors embed on."""
+        if self.device:
+            return "cuda" if self.device.startswith("cuda") else "cpu"
+        return "cuda" if self.gpus > 0 else "cpu"
+
+    def embed(self, checkpoint: str, attributes: list[str], items: list[CatalogItem],
+              store: EmbeddingStore, loader: ItemLoader, *,
+              batch_size: int, part_size: int, dtype: str, precision: str,
+              threads: int | None, progress: bool) -> EmbedOutcome:
+        """Embed `items` into `store` on the cluster (call inside `with engine:`)."""
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True      # results in catalog order
+        ctx.enable_progress_bars = progress
+        device = self.device_type()
+        gpu = device == "cuda"
+        size = self.actors or (max(1, self.gpus) if gpu else 1)
+        rows = [{"pos": p, "id": it.id, "image": it.image} for p, it in enumerate(items)]
+        ds = ray.data.from_items(rows)
+        # decode tasks ask for less than the actors so Ray does not fuse the two stages into
+        # the actors: decoding runs in parallel CPU tasks and streams to the model actors
+        decoded = ds.map_batches(_decode_batch, fn_kwargs={"loader": loader},
+                                 batch_size=batch_size, num_cpus=DECODE_CPUS)
+        embedded = decoded.map_batches(
+            EmbedActor, batch_size=batch_size,
+            fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
+                                   "precision": precision, "threads": threads},
+            compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if gpu else 0,
+            num_cpus=1)
+        col = Collector(items, store, attributes, part_size, dtype)
+        start = time.perf_counter()
+        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            for k in range(len(batch["pos"])):
+                pos, sha = int(batch["pos"][k]), str(batch["sha"][k]) or None
+                status, payload = str(batch["status"][k]), batch["payload"][k]
+                if status == "computed":
+                    # an image seen earlier in this run is a copy, as in the local engine
+                    if col.loaded(Loaded(pos, sha, "new", None)):
+                        col.computed(pos, sha, batch["vecs"][k])
+                else:
+                    col.loaded(Loaded(pos, sha, status, payload))
+            col.maybe_flush()
+        col.flush()
+        col.out.seconds = time.perf_counter() - start
+        return col.out
