@@ -453,6 +453,28 @@ def test_compose_config():
         assert limits["cpus"] and limits["memory"]
 
 
+def test_compose_ray_profile():
+    """Profile "ray": a head and workers from the project image on the data volume; the
+    indexer can join them (same token settings)."""
+    plain = compose_config(COMPOSE)
+    assert "ray-head" not in plain["services"]                  # only with the profile
+    cfg = compose_config(COMPOSE, COMPOSE_GPU, COMPOSE_PROFILES="ray", ASEN_RAY_WORKERS="3",
+                         ASEN_RAY_AUTH_TOKEN="t0k3n")
+    head, worker, indexer = (cfg["services"][n] for n in ("ray-head", "ray-worker", "indexer"))
+    assert head["image"] == worker["image"] == indexer["image"]
+    assert head["command"][:3] == ["ray", "start", "--head"] and "--block" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert worker["deploy"]["replicas"] == 3
+    for svc in (head, worker, indexer):
+        assert svc["environment"]["RAY_AUTH_MODE"] == "token"
+        assert svc["environment"]["RAY_AUTH_TOKEN"] == "t0k3n"
+        assert any(v["target"] == "/data" for v in svc["volumes"])
+    assert not head.get("ports") and not worker.get("ports")
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and worker["environment"]["ASEN_DEVICE"] == "cuda"
+
+
 def test_compose_gpu_variant():
     cfg = compose_config(COMPOSE, COMPOSE_GPU)
     for name in ("indexer", "api"):
