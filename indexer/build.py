@@ -60,7 +60,6 @@ class EmbedFacts:
 
     unchanged: set[str]                     # ids skipped as identical to the published index
     stats: dict                             # the embedding run's counts and timings
-    shard: dict | None = None               # --shard I/N record
     started: float | None = None            # perf_counter() when the whole job started
 
 
@@ -210,11 +209,9 @@ def _updated_spec(opts: BuildOptions, old: IndexSpec, old_selection: dict | None
 
 
 def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
-                 attrs: list[str], shard: bool) -> dict[str, tuple[IndexSpec, dict | None]]:
-    """Spec per attribute: shards flat; an update keeps the published spec unless the flags
-    ask for another one (a type that keeps no vectors can only change search knobs)."""
-    if shard:       # shard outputs keep exact vectors so they can be merged
-        return {a: (IndexSpec("flat", {}), None) for a in attrs}
+                 attrs: list[str]) -> dict[str, tuple[IndexSpec, dict | None]]:
+    """Spec per attribute: an update keeps the published spec unless the flags ask for
+    another one (a type that keeps no vectors can only change search knobs)."""
     if prev is None:
         return dict.fromkeys(attrs, _requested_spec(opts, n, dim))
     out = {}
@@ -266,8 +263,7 @@ def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
         raise RejectRateError(
             f"{n_rej} of {len(catalog)} items rejected ({rate:.1%}) exceeds "
             f"--max-reject-rate {opts.max_reject_rate:.1%}; the previous index is kept")
-    specs = _index_specs(opts, prev, len(plan.rows), model.dim, attrs,
-                         shard=bool(facts and facts.shard))
+    specs = _index_specs(opts, prev, len(plan.rows), model.dim, attrs)
     version = new_version()
     staging = layout.staging(version)
     try:
@@ -359,8 +355,6 @@ def _finish(opts: BuildOptions, staging: Path, version: str, catalog: Catalog,
                            "added": len(plan.add) - changed, "changed": changed,
                            "removed": int(len(plan.remove) - changed),
                            "unchanged": len(plan.rows) - len(plan.add)}
-    if facts and facts.shard:
-        extra["shard"] = facts.shard
     manifest = make_manifest(
         version=version, model=model, attributes=entries,
         catalog=CatalogInfo(path=catalog.path, sha256=catalog.sha256, items=len(plan.rows),

@@ -38,25 +38,6 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.items)
 
-    def shard(self, index: int, count: int) -> Catalog:
-        """The `index`-th (0-based) of `count` contiguous slices, in catalog order."""
-        if count < 1 or not 0 <= index < count:
-            raise ValueError(f"bad shard {index}/{count}: need 0 <= I < N")
-        n = len(self.items)
-        lo, hi = index * n // count, (index + 1) * n // count
-        return Catalog(self.path, self.items[lo:hi], self.sha256)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse 'I/N' (0-based I) into (I, N)."""
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like I/N, got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= I < N")
-    return i, n
-
 
 def load_catalog(path: str | os.PathLike) -> Catalog:
     """Load a catalog file or folder; raises CatalogError on duplicate ids or bad format."""

@@ -3,7 +3,9 @@
     python -m indexer --catalog C --checkpoint K --out INDEX_DIR   embed + build (one shot)
     python -m indexer embed --catalog C --checkpoint K --out EMB_DIR
     python -m indexer build --embeddings EMB_DIR --catalog C --out INDEX_DIR
-    python -m indexer merge SHARD_DIR... --out INDEX_DIR          (outputs of --shard I/N)
+
+Scale-out is `--engine ray` (Ray Data, locally or on a cluster); it replaced `--shard I/N`
+and `merge`.
 """
 
 from __future__ import annotations
@@ -14,18 +16,17 @@ from collections import Counter
 
 from indexer.budget import BudgetError, parse_size
 from indexer.build import BuildOptions, BuildResult, RejectRateError, run_build
-from indexer.catalog import CatalogError, parse_shard
+from indexer.catalog import CatalogError
 from indexer.embed import EmbedOptions, EmbedResult, run_embed
 from indexer.embedding_job import DEFAULT_MAX_BYTES, EmbedLimits, default_workers
 from indexer.index_types import INDEX_TYPES, TYPES
 from indexer.layout import IndexLayout, IndexLockedError
-from indexer.merge import MergeError, merge_shards
 from indexer.pipeline import run_pipeline
 from indexer.store import StoreError
 from model.imageio import DEFAULT_MAX_PIXELS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
-COMMANDS = ("embed", "build", "merge")
+COMMANDS = ("embed", "build")
 
 
 def _rate(text: str) -> float:
@@ -116,13 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m indexer",
         description="Embed a catalog for every attribute and write one FAISS index per "
                     "attribute (embed + build in a row). Stages: `python -m indexer embed "
-                    "--help`, `... build --help`; `... merge --help` combines --shard outputs.")
+                    "--help`, `... build --help`.")
     p.add_argument("--catalog", required=True,
                    help="catalog CSV / JSON Lines (columns id, image, ...) or a folder of images")
     p.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
     p.add_argument("--out", required=True, help="INDEX_DIR (a symlink swapped atomically)")
-    p.add_argument("--shard", type=parse_shard, metavar="I/N",
-                   help="process the I-th (0-based) of N contiguous catalog slices")
     p.add_argument("--keep-work", action="store_true",
                    help="keep the embeddings store (.NAME.work/) afterwards")
     _add_build_args(p)
@@ -157,15 +156,6 @@ def build_stage_parser() -> argparse.ArgumentParser:
                    help="the model that made the vectors: recorded in the manifest so the "
                         "service can embed queries (needed for a store without store.json)")
     _add_build_args(p)
-    return p
-
-
-def merge_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m indexer merge",
-                                description="Merge the outputs of --shard I/N runs.")
-    p.add_argument("shards", nargs="+", help="the shards' INDEX_DIRs (any order)")
-    p.add_argument("--out", required=True, help="merged INDEX_DIR")
-    _add_index_args(p)
     return p
 
 
@@ -227,10 +217,6 @@ def _build_options(args: argparse.Namespace, embeddings: str,
 
 def _run(argv: list[str]) -> int:
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else None
-    if command == "merge":
-        args = merge_parser().parse_args(argv[1:])
-        merge_shards(args.shards, args.out, args.index_type, _index_params(args) or None)
-        return EXIT_OK
     if command == "embed":
         args = embed_parser().parse_args(argv[1:])
         print(embed_summary(run_embed(_embed_options(args, args.out))))
@@ -242,7 +228,7 @@ def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     work = str(IndexLayout(args.out).work)
     result = run_pipeline(_embed_options(args, work), _build_options(args, work, None),
-                          shard=args.shard, keep_work=args.keep_work)
+                          keep_work=args.keep_work)
     print(summary(result.built))
     return EXIT_OK
 
@@ -254,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except RejectRateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REJECTS
-    except (CatalogError, MergeError, StoreError, BudgetError, IndexLockedError,
+    except (CatalogError, StoreError, BudgetError, IndexLockedError,
             FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -31,7 +31,7 @@ from model.errors import ImageError
 from model.imageio import DEFAULT_MAX_PIXELS, open_image
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k shards
+CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k parts
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 

@@ -5,7 +5,7 @@ For `--out /data/idx`:
     /data/idx                     symlink -> .idx.versions/<version>   (what readers open)
     /data/.idx.versions/<version>/  complete, immutable index versions (current + previous)
     /data/.idx.versions/.staging-<version>/  a version being written
-    /data/.idx.work/<job-key>/    embedding shards of a running (or killed) job
+    /data/.idx.work/<job-key>/    the embeddings store of a running (or killed) job
     /data/.idx.lock               held by the one job allowed to write /data/idx
 
 A new version is written in a staging folder, renamed into place, and published by

@@ -1,9 +1,9 @@
 """The typed `manifest.json` of an index version (docs/ARCHITECTURE.md). Standard library only.
 
-One reader for everyone: the indexer (updates, merges), `indexer.reader.CatalogIndex`, the
-service and the freshness check all go through :meth:`Manifest.read`, so a key path exists
-in one place. Sections the readers do not interpret (`build`, `update`, `shard`,
-`embeddings`, ...) are kept as plain dicts in :attr:`Manifest.extra`.
+One reader for everyone: the indexer (updates), `indexer.reader.CatalogIndex`, the service
+and the freshness check all go through :meth:`Manifest.read`, so a key path exists in one
+place. Sections the readers do not interpret (`build`, `update`, `embeddings`, ...) are kept
+as plain dicts in :attr:`Manifest.extra`.
 """
 
 from __future__ import annotations

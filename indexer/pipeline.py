@@ -51,15 +51,11 @@ def _published_hashes(layout: IndexLayout, emb) -> dict[str, str] | None:
 
 
 def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
-                 shard: tuple[int, int] | None = None, keep_work: bool = False,
-                 say: Say | None = None) -> PipelineResult:
-    """Embed the catalog (or its `shard` slice) and build INDEX_DIR from the result."""
+                 keep_work: bool = False, say: Say | None = None) -> PipelineResult:
+    """Embed the catalog and build INDEX_DIR from the result."""
     say = say or (lambda msg: print(msg, file=sys.stderr))
     started = time.perf_counter()
     catalog = load_catalog(embed_opts.catalog)
-    entries_total = len(catalog)
-    if shard is not None:
-        catalog = catalog.shard(*shard)
     if len(catalog) == 0:
         raise ValueError(f"catalog {embed_opts.catalog} has no items")
     layout = IndexLayout(build_opts.out)
@@ -81,14 +77,9 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
                                   "nothing published")
         unchanged = {catalog.items[p].id for p, s in enumerate(outcome.status)
                      if s == "unchanged"}
-        shard_doc = None
-        if shard is not None:
-            shard_doc = {"index": shard[0], "count": shard[1], "catalog_entries": entries_total,
-                         "requested_index": {"type": build_opts.index_type or "flat",
-                                             "params": dict(build_opts.index_params)}}
         opts = BuildOptions(**{**build_opts.__dict__, "embeddings": str(store.root)})
         built = run_build(opts, catalog=catalog, layout=layout,
-                          facts=EmbedFacts(unchanged, embedded.stats, shard_doc, started),
+                          facts=EmbedFacts(unchanged, embedded.stats, started),
                           say=say)
         if not keep_work:
             store.remove()

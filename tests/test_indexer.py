@@ -1,4 +1,4 @@
-"""The batch indexer end to end (issue 4): build, bad files, resume, update, shards, swaps."""
+"""The batch indexer end to end (issue 4): build, bad files, resume, update, swaps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -313,33 +312,6 @@ def test_update_hnsw_rebuilds_and_keeps_rows(base, catalog, tmp_path):
     with CatalogIndex.open(out) as idx:
         assert idx.manifest.index_type == "hnsw"
         assert idx.size(idx.attributes[0]) == 25 and idx.get(rows[3]["id"]).row == 3
-
-
-# -- scale-out -------------------------------------------------------------------------------
-def test_shards_then_merge_equal_one_run(base, catalog, tmp_path):
-    single = tmp_path / "single"
-    assert run(catalog, base["ckpt"], single) == EXIT_OK
-    shard_dirs = []
-    for i in range(3):
-        d = tmp_path / f"shard{i}"
-        assert run(catalog, base["ckpt"], d, "--shard", f"{i}/3") == EXIT_OK
-        shard_dirs.append(str(d))
-    merged = tmp_path / "merged"
-    assert main(["merge", "--out", str(merged), *reversed(shard_dirs)]) == EXIT_OK
-    with CatalogIndex.open(single) as a, CatalogIndex.open(merged) as b:
-        assert len(a) == len(b) == 28
-        dump = "SELECT row, id, image, metadata, sha256 FROM items ORDER BY row"
-        assert (sqlite3.connect(a.root / "items.sqlite").execute(dump).fetchall()
-                == sqlite3.connect(b.root / "items.sqlite").execute(dump).fetchall())
-        for name in a.attributes:
-            ia, va = all_vectors(a, name)
-            ib, vb = all_vectors(b, name)
-            np.testing.assert_array_equal(ia, ib)
-            np.testing.assert_allclose(va, vb, atol=1e-6)
-            q = va[:6]
-            ra, rb = a.search(name, q, 5), b.search(name, q, 5)
-            assert [[h.id for h, _ in r] for r in ra] == [[h.id for h, _ in r] for r in rb]
-    assert main(["merge", "--out", str(tmp_path / "bad"), *shard_dirs[:2]]) == EXIT_USAGE
 
 
 # -- safe writes -------------------------------------------------------------------------------

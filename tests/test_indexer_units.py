@@ -1,5 +1,4 @@
-"""Indexer building blocks: catalogs, shard slicing, the embeddings store, index helpers,
-layout."""
+"""Indexer building blocks: catalogs, the embeddings store, index helpers, layout."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from indexer import faiss_index as fx
-from indexer.catalog import CatalogError, load_catalog, parse_shard
+from indexer.catalog import CatalogError, load_catalog
 from indexer.layout import IndexLayout
 from indexer.store import EmbeddingStore
 
@@ -55,18 +54,6 @@ def test_folder_catalog_ids_are_relative_paths(tmp_path):
     cat = load_catalog(tmp_path)
     assert [it.id for it in cat.items] == ["a/y.png", "a/b/x.JPG"]
     assert cat.items[1].image == str(tmp_path / "a" / "b" / "x.JPG")
-
-
-def test_shards_cover_the_catalog_once(tmp_path):
-    rows = "".join(f"i{k},{k}.jpg\n" for k in range(23))
-    (tmp_path / "c.csv").write_text("id,image\n" + rows)
-    cat = load_catalog(tmp_path / "c.csv")
-    parts = [cat.shard(i, 4) for i in range(4)]
-    assert [it.id for p in parts for it in p.items] == [it.id for it in cat.items]
-    assert parse_shard("2/4") == (2, 4)
-    for bad in ("4/4", "-1/3", "1", "a/b", "0/0"):
-        with pytest.raises(ValueError):
-            parse_shard(bad)
 
 
 def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
