@@ -168,6 +168,8 @@ def run_embed(opts: EmbedOptions, say: Say | None = None) -> EmbedResult:
     catalog = load_catalog(opts.catalog)
     if len(catalog) == 0:
         raise ValueError(f"catalog {opts.catalog} has no items")
-    emb = load_embedder(opts)
-    with engine_for(opts) as engine:
-        return embed_into(emb, catalog, EmbeddingStore(opts.out), opts, engine=engine, say=say)
+    with EmbeddingStore.writer_lock(opts.out):
+        emb = load_embedder(opts)
+        with engine_for(opts) as engine:
+            return embed_into(emb, catalog, EmbeddingStore(opts.out), opts, engine=engine,
+                              say=say)

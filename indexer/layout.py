@@ -52,6 +52,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class WriterLock:
+    """An exclusive, non-blocking `flock` on `lockfile`: one writer of `what` at a time."""
+
+    def __init__(self, lockfile: Path, what: str) -> None:
+        self.lockfile, self.what = Path(lockfile), what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise IndexLockedError."""
+        self.lockfile.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise IndexLockedError(f"another indexer job is writing {self.what}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class IndexLayout:
     """Paths of one INDEX_DIR and its siblings."""
 
@@ -62,25 +94,15 @@ class IndexLayout:
         self.versions = out.parent / f".{out.name}.versions"
         self.work = out.parent / f".{out.name}.work"
         self.lockfile = out.parent / f".{out.name}.lock"
-        self._lock_fd: int | None = None
+        self._lock = WriterLock(self.lockfile, str(self.out))
 
     # -- locking ---------------------------------------------------------------------------
     def lock(self) -> None:
         """Take the writer lock or raise IndexLockedError."""
-        self.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise IndexLockedError(f"another indexer job is writing {self.out}") from None
-        self._lock_fd = fd
+        self._lock.acquire()
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
     def __enter__(self) -> IndexLayout:
         self.lock()

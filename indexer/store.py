@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from indexer.layout import atomic_write_bytes
+from indexer.layout import WriterLock, atomic_write_bytes
 
 STORE_META = "store.json"
 STORE_REJECTS = "rejected.csv"
+STORE_LOCK = ".lock"
 STORE_FORMAT = "asen-embeddings/1"
 KEY_COLUMNS = ("id", "sha256")
 NORM_TOLERANCE = 1e-2
@@ -244,6 +245,11 @@ class EmbeddingStore:
         fresh = EmbeddingStore(self.root)
         self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_written"})
         return dropped
+
+    @staticmethod
+    def writer_lock(root: str | os.PathLike) -> WriterLock:
+        """The lock `embed` holds while it writes the store at `root` (one writer at a time)."""
+        return WriterLock(Path(root) / STORE_LOCK, str(root))
 
     # -- side files --------------------------------------------------------------------------
     def read_meta(self) -> dict:

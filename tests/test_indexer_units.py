@@ -10,8 +10,8 @@ import pytest
 
 from indexer import faiss_index as fx
 from indexer.catalog import CatalogError, load_catalog
-from indexer.layout import IndexLayout
-from indexer.store import EmbeddingStore
+from indexer.layout import IndexLayout, IndexLockedError
+from indexer.store import EmbeddingStore, StoreError
 
 
 def test_csv_catalog_paths_and_metadata(tmp_path):
@@ -78,6 +78,12 @@ def test_embedding_store_commits_supersedes_and_compacts(tmp_path):
     final = EmbeddingStore(tmp_path / "emb")
     assert sorted(final.where) == ["i0", "i1", "i2", "i9"] and final.sha("i1") == "s1b"
     np.testing.assert_allclose(final.vectors("collar", ["i1"]), v[:1, 1], atol=1e-3)
+    with EmbeddingStore.writer_lock(tmp_path / "emb"), pytest.raises(IndexLockedError):
+        EmbeddingStore.writer_lock(tmp_path / "emb").acquire()
+    v[0, 0] *= 2                                               # not unit-norm: refused
+    EmbeddingStore(tmp_path / "bad").write(["x"], ["s"], v[:1], attrs)
+    with pytest.raises(StoreError, match="norm"):
+        EmbeddingStore(tmp_path / "bad").vectors("collar", ["x"])
 
 
 def test_update_and_extract_keep_ids():
