@@ -64,6 +64,8 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nprobe", type=int, help="ivf types: lists probed per query")
     g.add_argument("--k-factor", dest="k_factor", type=int,
                    help=f"ivfpq_refine: re-rank k x this many candidates ({refine['k_factor']})")
+    g.add_argument("--opq", action="store_const", const=True, default=None,
+                   help="ivfpq_refine: rotate with OPQ before PQ (better codes, slow to train)")
     g.add_argument("--train-size", type=int,
                    help=f"ivf types: training sample ({ivf['train_size']})")
     g.add_argument("--hnsw-m", dest="M", type=int, help=f"hnsw: links per node ({hnsw['M']})")
@@ -73,8 +75,8 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _index_params(args: argparse.Namespace) -> dict:
-    keys = ("nlist", "m", "nbits", "nprobe", "k_factor", "train_size", "M", "efConstruction",
-            "efSearch")
+    keys = ("nlist", "m", "nbits", "nprobe", "k_factor", "opq", "train_size", "M",
+            "efConstruction", "efSearch")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 

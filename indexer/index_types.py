@@ -184,15 +184,13 @@ class IvfPqRefineType(IndexType):
     """
 
     name = "ivfpq_refine"
-    defaults = {"train_size": 65_536, "nbits": 4, "k_factor": 10}
+    defaults = {"train_size": 65_536, "nbits": 4, "k_factor": 10, "opq": False}
     update_rule = "re_add"
     read_flags = faiss.IO_FLAG_MMAP_IFC
     search_keys = frozenset({"nprobe", "k_factor"})
-    OPQ_FROM = 10_000      # training vectors needed before an OPQ rotation pays off
 
     def params(self, n: int, dim: int, overrides: dict) -> dict:
         train_size = int(overrides.get("train_size", self.defaults["train_size"]))
-        n_train = max(1, min(n, train_size))
         nlist = int(overrides.get("nlist", ivf_nlist(n, train_size)))
         nbits = int(overrides.get("nbits", self.defaults["nbits"]))
         if nbits not in (4, 8):
@@ -200,7 +198,9 @@ class IvfPqRefineType(IndexType):
         m = int(overrides.get("m", largest_divisor_at_most(dim, max(1, dim // 4))))
         if dim % m:
             raise ValueError(f"{self.name}: m={m} must divide the dimension {dim}")
-        opq = bool(overrides.get("opq", n_train >= self.OPQ_FROM))
+        # OPQ: better codes, but its training costs minutes on CPUs even at 20k vectors
+        # (docs/SCALING.md), so only on request
+        opq = bool(overrides.get("opq", False))
         nprobe = int(overrides.get("nprobe", min(nlist, max(16, nlist // 16))))
         k_factor = int(overrides.get("k_factor", self.defaults["k_factor"]))
         return {"nlist": nlist, "m": m, "nbits": nbits, "opq": opq, "nprobe": nprobe,
@@ -226,9 +226,13 @@ class IvfPqRefineType(IndexType):
         base = faiss.downcast_index(self._refine(index).base_index)
         if isinstance(base, faiss.IndexPreTransform):     # OPQ: fewer, cheaper iterations
             opq = faiss.downcast_VectorTransform(base.chain.at(0))
-            opq.niter = 20
+            opq.niter = 10
             opq.niter_pq = 4
             opq.max_train_points = min(opq.max_train_points, params["train_size"])
+            # train the rotation with the codes' own 4/8-bit PQ, not FAISS's default 8-bit
+            pq = faiss.ProductQuantizer(index.d, params["m"], params["nbits"])
+            opq.pq = pq
+            index.referenced_objects = [pq]      # SWIG keeps no reference of its own
 
     def tune(self, index: faiss.Index, params: dict) -> None:
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])

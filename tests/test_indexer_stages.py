@@ -209,7 +209,8 @@ def test_budget_selection_rules():
     assert budget.select(1000, 2048, 1 << 30).spec.type == "flat"
     big = budget.select(10**6, 2048, 512 << 20)       # flat would need ~8 GB
     assert big.spec.type == "ivfpq_refine" and big.memory_bytes <= 512 << 20
-    assert big.spec.params["opq"] and big.disk_bytes == 10**6 * 2048 * 2
+    assert not big.spec.params["opq"] and big.disk_bytes == 10**6 * 2048 * 2
+    assert budget.select(10**6, 2048, 512 << 20, {"opq": True}).spec.params["opq"]
     smaller = budget.select(10**6, 2048, 128 << 20)
     assert smaller.spec.params["m"] * smaller.spec.params["nbits"] < (
         big.spec.params["m"] * big.spec.params["nbits"])
