@@ -67,21 +67,20 @@ def select(n: int, dim: int, budget: int, overrides: dict | None = None) -> Choi
                       f"exact vectors fit: {format_size(need)} <= {format_size(budget)}")
     kind = TYPES["ivfpq_refine"]
     tried = []
-    for nbits in (4, 8) if "nbits" not in overrides else (int(overrides["nbits"]),):
-        for code in _CODE_BYTES:
-            m = code * 8 // nbits
-            if "m" in overrides:
-                m = int(overrides["m"])
-            if m > dim // 2 or dim % m:
-                continue
-            params = kind.params(n, dim, {**overrides, "m": m, "nbits": nbits})
-            mem = kind.memory_bytes(n, dim, params)
-            tried.append(mem)
-            if mem <= budget:
-                return Choice(IndexSpec(kind.name, params), mem, kind.disk_bytes(n, dim, params),
-                              f"flat needs {format_size(need)} > {format_size(budget)}; "
-                              f"{m}x{nbits}-bit PQ codes ({code} B/vector) fit in "
-                              f"{format_size(mem)}, float16 vectors memory-mapped for re-ranking")
+    bits = (4, 8) if "nbits" not in overrides else (int(overrides["nbits"]),)
+    # the largest code that fits, 4-bit fast-scan before 8-bit at equal size; m <= dim / 2
+    for code, nbits in ((c, b) for c in _CODE_BYTES for b in bits):
+        m = int(overrides["m"]) if "m" in overrides else code * 8 // nbits
+        if m > dim // 2 or dim % m or m * nbits // 8 != code:
+            continue
+        params = kind.params(n, dim, {**overrides, "m": m, "nbits": nbits})
+        mem = kind.memory_bytes(n, dim, params)
+        tried.append(mem)
+        if mem <= budget:
+            return Choice(IndexSpec(kind.name, params), mem, kind.disk_bytes(n, dim, params),
+                          f"flat needs {format_size(need)} > {format_size(budget)}; "
+                          f"{m}x{nbits}-bit PQ codes ({code} B/vector) fit in "
+                          f"{format_size(mem)}, float16 vectors memory-mapped for re-ranking")
     least = min(tried) if tried else need
     raise BudgetError(f"no index of {n} vectors x {dim} fits --max-memory {format_size(budget)}"
                       f" (the smallest needs {format_size(least)})")

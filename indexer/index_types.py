@@ -217,9 +217,11 @@ class IvfPqRefineType(IndexType):
         return faiss.downcast_index(faiss.downcast_index(index).index)
 
     def configure(self, index: faiss.Index, params: dict) -> None:
-        ivf = faiss.extract_index_ivf(index)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        if isinstance(ivf, faiss.IndexIVFPQ):   # 8-bit codes: no polysemous training (slow)
+            ivf.do_polysemous_training = False
         cps = [ivf.cp]
-        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        pq = getattr(ivf, "pq", None)
         if pq is not None:
             cps.append(pq.cp)
         _bounded_kmeans(cps)
