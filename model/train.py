@@ -93,8 +93,8 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
     # checkpoint and docs/RESULTS.md. Minutes on two CPU cores.
     "cpu": TrainConfig(
         model="cpu",
-        stage1=StageConfig(epochs=6, lr=1e-3, step=2, gamma=0.8),
-        stage2=StageConfig(epochs=3, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
+        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
         triplets_per_epoch=10_000,
         batch_size=32,
         backbone_weights="imagenet",
@@ -274,8 +274,9 @@ def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
     """The loss of each triplet of ``batch`` ([n]; the training loss is its mean)."""
     n = len(batch)
     ids = [t[i] for i in range(3) for t in batch]            # anchors, positives, negatives
-    prepared = [images[i] for i in ids]
     attr = torch.tensor([t[3] for t in batch] * 3, device=device)
+    # the images themselves: for the trunk, or for the local branch's crops
+    prepared = [images[i] for i in ids] if trunk_cache is None or stage == 2 else None
     if trunk_cache is not None:      # frozen trunk: its outputs are cached, no pixels needed
         pixels, feats = None, trunk_cache.features(ids)
     else:
