@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from indexer import build as build_mod
 from indexer import embedding_job as ej
 from indexer import faiss_index as fx
 from model import build_model
@@ -194,9 +193,11 @@ def test_default_workers_follow_the_container_limit(monkeypatch):
 # -- 6. device in the job key, IEEE fp32 on CUDA -------------------------------------------
 
 def test_job_key_depends_on_the_device():
+    from indexer.embed import job_key
+
     args = ("sha", "fp32", ["a", "b"])
-    assert build_mod._job_key(*args, "cpu") != build_mod._job_key(*args, "cuda")
-    assert build_mod._job_key(*args, "cpu") == build_mod._job_key(*args, "cpu")
+    assert job_key(*args, "cpu") != job_key(*args, "cuda")
+    assert job_key(*args, "cpu") == job_key(*args, "cpu")
 
 
 @pytest.fixture

@@ -255,7 +255,7 @@ def test_bad_checkpoint_files(tmp_path, tiny_ckpt, kind):
 
 def test_configs_are_data():
     cfg = CONFIGS["cpu"]
-    assert cfg.global_branch.backbone == "mobilenet_v2"
+    assert cfg.global_branch.backbone == "mobilenet_v2_os8" and cfg.center_embeddings
     assert CONFIGS["paper"].global_only().local_branch is None
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
 
