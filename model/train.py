@@ -106,7 +106,7 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
     "small": TrainConfig(
         model="small",
         stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
-        stage2=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
         triplets_per_epoch=2_000,
         batch_size=32,
         valid_limit=100,
