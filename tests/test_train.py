@@ -61,7 +61,8 @@ def test_two_stage_run_and_evaluate(dataset, tmp_path):
 @pytest.mark.parametrize("cfg", [
     CFG,
     replace(CFG, attribute_sampling="loss", model_overrides={"center_embeddings": True}),
-], ids=["paper-recipe", "loss-sampling-centred"])
+    replace(CFG, starts=2, attribute_sampling="loss", model_overrides={"center_embeddings": True}),
+], ids=["paper-recipe", "loss-sampling-centred", "random-restarts"])
 def test_resume_continues_exactly(dataset, tmp_path, cfg):
     straight = run(dataset, tmp_path / "a", cfg, log=lambda m: None)
 
@@ -82,6 +83,25 @@ def test_resume_continues_exactly(dataset, tmp_path, cfg):
         assert torch.equal(value, b["state_dict"][key]), key
     assert straight.name == resumed.name == "best.pt"
     assert a["train_state"]["attr_loss"] == b["train_state"]["attr_loss"]
+
+
+def test_random_restarts_keep_the_start_whose_weakest_attribute_is_best(dataset, tmp_path):
+    cfg = replace(CFG, starts=3, model_overrides={"center_embeddings": True},
+                  stage2=replace(CFG.stage2, epochs=0))
+    logs: list[str] = []
+    run(dataset, tmp_path / "r", cfg, log=logs.append)
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    starts = [h for h in history if "start" in h]
+    assert [h["start"] for h in starts] == [0, 1, 2]
+    assert len({h["loss"] for h in starts}) == 3, "the starts did not start apart"
+    chosen = max(starts, key=lambda h: h["valid_weakest"])
+    going_on = [m for m in logs if m.startswith("stage 1: going on")]
+    assert going_on == [f"stage 1: going on from the start with weakest attribute at "
+                        f"{chosen['valid_weakest']:.2f}%"]
+    later = [h for h in history if "start" not in h]
+    assert [(h["stage"], h["epoch"]) for h in later] == [(1, 2)]
+    with pytest.raises(ValueError, match="starts"):
+        replace(CFG, starts=0)
 
 
 def test_agnostic_baseline_gives_one_embedding_for_all_attributes(dataset, tmp_path):
