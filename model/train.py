@@ -63,10 +63,11 @@ class TrainConfig:
     # triplet loss, so the ones the model has not learnt yet get more of each epoch.
     attribute_sampling: str = "uniform"
     # Random restarts of stage 1: this many independently initialised attention heads each
-    # train one epoch on the same triplets, and the one whose weakest attribute has the best
-    # validation MAP goes on (whether the attention finds a small detail depends on its
-    # initialisation; docs/RESULTS.md). 1: the paper's single start.
+    # train the first ``start_epochs`` epochs on the same triplets, and the one whose weakest
+    # attribute has the best validation MAP goes on (whether the attention finds a small
+    # detail depends on its initialisation; docs/RESULTS.md). 1: the paper's single start.
     starts: int = 1
+    start_epochs: int = 1
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace
     valid_limit: int | None = None   # queries/candidates per attribute for validation MAP
     seed: int = 0
@@ -77,6 +78,9 @@ class TrainConfig:
                              f"not {self.attribute_sampling!r}")
         if self.starts < 1:
             raise ValueError(f"starts must be at least 1, not {self.starts}")
+        if not 1 <= self.start_epochs <= self.stage1.epochs:
+            raise ValueError(f"start_epochs must be 1 to stage1.epochs ({self.stage1.epochs}), "
+                             f"not {self.start_epochs}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +112,7 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
         freeze_backbones=True,
         attribute_sampling="loss",
         starts=4,
+        start_epochs=2,
         valid_limit=100,
     ),
     # A small network trained from scratch (every weight), for CPU experiments.
@@ -301,16 +306,19 @@ def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
 
 
 def validation_report(net: ASENPlusPlus, data: Path, cfg: TrainConfig,
-                      device: torch.device) -> dict:
-    """MAP on the validation split (:func:`model.evaluate.evaluate_split`'s report)."""
+                      device: torch.device, stage: int) -> dict:
+    """MAP on the validation split (:func:`model.evaluate.evaluate_split`'s report); in stage 1
+    by the global block alone, since the local branch is not trained yet."""
     emb = Embedder(net, device=device)
-    report = evaluate_split(emb, data, "valid", limit=cfg.valid_limit, loc_limit=0)
+    report = evaluate_split(emb, data, "valid", limit=cfg.valid_limit, loc_limit=0,
+                            part="global" if stage == 1 else "full")
     set_train_mode(net, cfg.freeze_backbones)
     return report
 
 
-def validate(net: ASENPlusPlus, data: Path, cfg: TrainConfig, device: torch.device) -> float:
-    return float(validation_report(net, data, cfg, device)["overall"])
+def validate(net: ASENPlusPlus, data: Path, cfg: TrainConfig, device: torch.device,
+             stage: int) -> float:
+    return float(validation_report(net, data, cfg, device, stage)["overall"])
 
 
 def _rng_state() -> dict:
@@ -471,10 +479,11 @@ class _Start:
 
 def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
                   state: RunState, log) -> dict:
-    """Random restarts (``cfg.starts``): each start trains stage 1's first epoch from its own
-    initialisation of the heads (start 0: the run's own), on the same triplets; the start whose
-    weakest attribute has the best validation MAP is kept, and ``state`` continues from it.
-    Returns its optimizer states. A run stopped during the starts begins again.
+    """Random restarts (``cfg.starts``): each start trains stage 1's first ``cfg.start_epochs``
+    epochs from its own initialisation of the heads (start 0: the run's own), on the same
+    triplets; the start whose weakest attribute has the best validation MAP is kept, and
+    ``state`` continues from it. Returns its optimizer states. A run stopped during the starts
+    begins again.
     """
     initial = {k: v.clone() for k, v in setup.net.state_dict().items()}
     rng0 = _rng_state()
@@ -488,16 +497,20 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
         set_train_mode(setup.net, cfg.freeze_backbones)
         opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
         trial = RunState(history=state.history)
-        loss, attr_loss = _train_epoch(setup, cfg, trial, 1, cfg.stage1.epochs, opt, log)
-        sched.step()
-        _update_attr_loss(trial, cfg, attr_loss)
-        report = validation_report(setup.net, data_dir, cfg, setup.device)
+        while trial.epoch < cfg.start_epochs:
+            loss, attr_loss = _train_epoch(setup, cfg, trial, 1, cfg.stage1.epochs, opt, log)
+            sched.step()
+            _update_attr_loss(trial, cfg, attr_loss)
+            trial.epoch += 1
+        report = validation_report(setup.net, data_dir, cfg, setup.device, stage=1)
         weakest = min(report["per_attribute"].values())
-        state.history.append({"stage": 1, "epoch": 1, "start": j, "loss": loss,
+        state.history.append({"stage": 1, "epoch": trial.epoch, "start": j, "loss": loss,
                               "valid_map": report["overall"], "valid_weakest": weakest,
+                              "valid_per_attribute": report["per_attribute"],
                               "seconds": round(time.perf_counter() - t0, 1)})
+        per_attr = " ".join(f"{k} {v:.1f}" for k, v in report["per_attribute"].items())
         log(f"stage 1 start {j + 1}/{cfg.starts}: loss {loss:.4f} valid MAP "
-            f"{report['overall']:.2f}%, weakest attribute {weakest:.2f}%")
+            f"{report['overall']:.2f}%, weakest attribute {weakest:.2f}% ({per_attr})")
         if best is None or weakest > best.weakest:
             best = _Start(weakest, float(report["overall"]),
                           {k: v.clone() for k, v in setup.net.state_dict().items()},
@@ -508,7 +521,7 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
     assert best is not None
     setup.net.load_state_dict(best.weights)
     _set_rng_state(best.rng)
-    state.epoch, state.attr_loss = 1, best.attr_loss
+    state.epoch, state.attr_loss = cfg.start_epochs, best.attr_loss
     log(f"stage 1: going on from the start with weakest attribute at {best.weakest:.2f}%")
     opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
     opt.load_state_dict(best.opt_states["optimizer"])
@@ -532,7 +545,7 @@ def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig
         if setup.trunk_cache is not None:
             setup.trunk_cache.save()
         _update_attr_loss(state, cfg, attr_loss)
-        valid_map = validate(setup.net, data_dir, cfg, setup.device)
+        valid_map = validate(setup.net, data_dir, cfg, setup.device, stage)
         state.epoch += 1
         state.history.append({"stage": stage, "epoch": state.epoch, "loss": loss,
                               "valid_map": valid_map,

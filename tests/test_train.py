@@ -48,6 +48,11 @@ def test_two_stage_run_and_evaluate(dataset, tmp_path):
     assert stage1.dim == 64 and full.dim == 128
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["stage"] for h in history] == [1, 1, 2]
+    # stage 1 is validated by what it trains, the global block (the local branch is untrained)
+    best1 = max((h for h in history if h["stage"] == 1), key=lambda h: h["valid_map"])
+    from model.evaluate import evaluate_split
+    again = evaluate_split(stage1, dataset, "valid", limit=CFG.valid_limit, loc_limit=0)
+    assert again["overall"] == pytest.approx(best1["valid_map"], abs=1e-6)
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "model.evaluate", "--data", str(dataset),
                            "--checkpoint", str(best), "--split", "test", "--json", str(out)],
@@ -86,22 +91,24 @@ def test_resume_continues_exactly(dataset, tmp_path, cfg):
 
 
 def test_random_restarts_keep_the_start_whose_weakest_attribute_is_best(dataset, tmp_path):
-    cfg = replace(CFG, starts=3, model_overrides={"center_embeddings": True},
-                  stage2=replace(CFG.stage2, epochs=0))
+    cfg = replace(CFG, starts=3, start_epochs=2, model_overrides={"center_embeddings": True},
+                  stage1=replace(CFG.stage1, epochs=3), stage2=replace(CFG.stage2, epochs=0))
     logs: list[str] = []
     run(dataset, tmp_path / "r", cfg, log=logs.append)
     history = json.loads((tmp_path / "r" / "history.json").read_text())
     starts = [h for h in history if "start" in h]
-    assert [h["start"] for h in starts] == [0, 1, 2]
+    assert [(h["start"], h["epoch"]) for h in starts] == [(0, 2), (1, 2), (2, 2)]
     assert len({h["loss"] for h in starts}) == 3, "the starts did not start apart"
     chosen = max(starts, key=lambda h: h["valid_weakest"])
     going_on = [m for m in logs if m.startswith("stage 1: going on")]
     assert going_on == [f"stage 1: going on from the start with weakest attribute at "
                         f"{chosen['valid_weakest']:.2f}%"]
     later = [h for h in history if "start" not in h]
-    assert [(h["stage"], h["epoch"]) for h in later] == [(1, 2)]
+    assert [(h["stage"], h["epoch"]) for h in later] == [(1, 3)]
     with pytest.raises(ValueError, match="starts"):
         replace(CFG, starts=0)
+    with pytest.raises(ValueError, match="start_epochs"):
+        replace(CFG, start_epochs=3)
 
 
 def test_agnostic_baseline_gives_one_embedding_for_all_attributes(dataset, tmp_path):
