@@ -10,7 +10,9 @@ then starts `python -m service` on a loopback port twice, with micro-batching of
 fixed time each (bounded by --max-requests). Then, on each server, it compares the
 single-query latency over HTTP with the bare model forward (`Embedder.embed` on the same
 decoded image and attribute, in this process, server idle), interleaved in rounds so both see
-the same machine load. With --url it measures that server only (no comparison).
+the same machine load, and the latency of a query on --multi-attributes attributes
+(POST /v1/search/multi, one trunk pass for all of them) against a 1-attribute query, also
+interleaved. With --url it measures that server only (no bare-forward comparison).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from service.testing import ServerProcess, run_indexer  # noqa: E402
+from testkit import ServerProcess, run_indexer  # noqa: E402
 
 
 @dataclass
@@ -207,6 +210,50 @@ def single_query(url: str, emb, image: bytes, attribute: str, rounds: int, per_r
     return out
 
 
+def attribute_scaling(url: str, image: bytes, attribute: str, n_attributes: int, rounds: int,
+                      per_round: int, headers: dict[str, str]) -> dict:
+    """Sequential latency of an ``n_attributes``-attribute query (/v1/search/multi, equal
+    weights, ``attribute`` first) against a 1-attribute query (/v1/search), interleaved in
+    rounds so both see the same machine load; p50 over HTTP and inside the service."""
+    with httpx.Client(base_url=url, timeout=60.0, headers=headers) as client:
+        names = [a["name"] for a in client.get("/v1/attributes").raise_for_status()
+                 .json()["attributes"]]
+        chosen = [attribute] + [a for a in names if a != attribute][:n_attributes - 1]
+        weights = json.dumps({a: 1.0 for a in chosen})
+        files = {"image": ("q.jpg", image, "image/jpeg")}
+
+        def one() -> httpx.Response:
+            return client.post("/v1/search", files=files, data={"attribute": attribute,
+                                                                "k": "10"})
+
+        def many() -> httpx.Response:
+            return client.post("/v1/search/multi", files=files, data={"weights": weights,
+                                                                      "k": "10"})
+
+        samples: dict[str, dict[str, list[float]]] = {
+            "one": {"http": [], "inside": [], "embed": []},
+            "many": {"http": [], "inside": [], "embed": []}}
+        for _ in range(3):   # warm-up
+            one()
+            many()
+        for _ in range(rounds):
+            for key, fn in (("one", one), ("many", many)):
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    resp = fn().raise_for_status()
+                    samples[key]["http"].append((time.perf_counter() - t0) * 1000.0)
+                    t = resp.json()["timings"]
+                    samples[key]["inside"].append(t["total_ms"])
+                    samples[key]["embed"].append(t["embed_ms"])
+    out: dict = {"attributes": chosen, "n": rounds * per_round}
+    for key in ("one", "many"):
+        for what, values in samples[key].items():
+            out[f"{key}_{what}_p50_ms"] = round(percentile(values, 50), 2)
+    for what in ("http", "inside", "embed"):
+        out[f"ratio_{what}"] = round(out[f"many_{what}_p50_ms"] / out[f"one_{what}_p50_ms"], 3)
+    return out
+
+
 def build_setup(work: Path, config: str, checkpoint: Path | None, n_items: int) -> dict:
     """Synthetic catalog + checkpoint + index (built by the real indexer CLI)."""
     from model import build_model, save_checkpoint
@@ -226,7 +273,8 @@ def build_setup(work: Path, config: str, checkpoint: Path | None, n_items: int) 
     return {"index_dir": index_dir, "checkpoint": checkpoint, "image": query.read_bytes()}
 
 
-def markdown(results: list[LevelResult], single: dict[str, dict]) -> str:
+def markdown(results: list[LevelResult], single: dict[str, dict],
+             scaling: dict[str, dict] | None = None) -> str:
     """The results as Markdown tables."""
     lines = [
         "| batching | concurrency | requests | errors | throughput (req/s) | p50 ms | p95 ms "
@@ -248,6 +296,14 @@ def markdown(results: list[LevelResult], single: dict[str, dict]) -> str:
                          f"{s['bare_embed_p50_ms']} | {s['bare_decode_embed_p50_ms']} | "
                          f"{s['service_vs_bare']:.2f}x | {s.get('server_cpu_ms_per_query')} | "
                          f"{s['bare_cpu_ms_per_query']} | {s.get('cpu_service_vs_bare')}x |")
+    if scaling:
+        lines += ["", "| batching | attributes | 1-attr p50 ms (HTTP) | multi p50 ms (HTTP) "
+                  "| ratio HTTP | ratio inside | ratio embed |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for mode, s in scaling.items():
+            lines.append(f"| {mode} | {', '.join(s['attributes'])} | {s['one_http_p50_ms']} | "
+                         f"{s['many_http_p50_ms']} | {s['ratio_http']:.2f}x | "
+                         f"{s['ratio_inside']:.2f}x | {s['ratio_embed']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -266,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-max-wait-ms", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=10, help="single-query rounds (10)")
     p.add_argument("--per-round", type=int, default=10, help="queries per round (10)")
+    p.add_argument("--multi-attributes", type=int, default=3, metavar="N",
+                   help="compare an N-attribute query with a 1-attribute one (3; 0: skip)")
     p.add_argument("--api-key", default=os.environ.get("ASEN_API_KEY"))
     p.add_argument("--json", type=Path, help="write all numbers here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
@@ -277,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[LevelResult] = []
     single: dict[str, dict] = {}
+    scaling: dict[str, dict] = {}
     info = {"python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load_avg_before": os.getloadavg()}
     if args.url:
@@ -288,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                               args.duration, args.max_requests, headers)
             print(json.dumps(asdict(r)), flush=True)
             results.append(r)
+        if args.multi_attributes > 1:
+            scaling["as-configured"] = attribute_scaling(
+                args.url.rstrip("/"), image, args.attribute, args.multi_attributes,
+                args.rounds, args.per_round, headers)
+            print(json.dumps({"attribute_scaling": "as-configured",
+                              **scaling["as-configured"]}), flush=True)
     else:
         with tempfile.TemporaryDirectory(prefix="asen-load-") as tmp:
             print("building catalog, checkpoint and index ...", flush=True)
@@ -313,13 +378,20 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.rounds, args.per_round, headers,
                                                 server_pid=srv.proc.pid if srv.proc else None)
                     print(json.dumps({"single_query": mode, **single[mode]}), flush=True)
+                    if args.multi_attributes > 1:
+                        scaling[mode] = attribute_scaling(
+                            srv.url, image, args.attribute, args.multi_attributes,
+                            args.rounds, args.per_round, headers)
+                        print(json.dumps({"attribute_scaling": mode, **scaling[mode]}),
+                              flush=True)
     info["load_avg_after"] = os.getloadavg()
-    table = markdown(results, single)
+    table = markdown(results, single, scaling)
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "args": {
             k: str(v) for k, v in vars(args).items() if k != "api_key"},
-            "levels": [asdict(r) for r in results], "single_query": single}, indent=2))
+            "levels": [asdict(r) for r in results], "single_query": single,
+            "attribute_scaling": scaling}, indent=2))
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0 if all(r.errors == 0 for r in results) else 1

@@ -24,6 +24,7 @@ import numpy as np
 from indexer import budget
 from indexer import faiss_index as fx
 from indexer.catalog import Catalog, CatalogError, load_catalog
+from indexer.fold import Fold, prepare_fold
 from indexer.index_types import IndexSpec
 from indexer.layout import IndexLayout, new_version
 from indexer.manifest import AttributeEntry, CatalogInfo, IndexInfo, Manifest, ModelInfo
@@ -228,10 +229,13 @@ def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
 
 def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
               facts: EmbedFacts | None = None, layout: IndexLayout | None = None,
-              say: Say | None = None) -> BuildResult:
+              say: Say | None = None, live: Fold | None = None) -> BuildResult:
     """Build INDEX_DIR from a store; raises CatalogError before any work on bad inputs.
 
     `layout`: the INDEX_DIR layout when the caller already holds its writer lock.
+    `live`: the live changes this build folds, `catalog` being the layered catalog
+    (indexer/fold.py); without it, an INDEX_DIR with live changes is refused (their images
+    are not in the store), and the new version carries the journal position over.
     """
     say = say or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
@@ -244,14 +248,30 @@ def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
     check_store_ids(store, catalog)
     model, attr_docs = _store_model(store, opts.checkpoint)
     if layout is not None:
-        return _build_locked(opts, catalog, store, model, attr_docs, layout, facts, say, t0)
+        return _build_locked(opts, catalog, store, model, attr_docs, layout, facts, say, t0,
+                             live)
     with IndexLayout(opts.out) as held:
-        return _build_locked(opts, catalog, store, model, attr_docs, held, facts, say, t0)
+        return _build_locked(opts, catalog, store, model, attr_docs, held, facts, say, t0,
+                             live)
+
+
+def _no_live_changes(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
+    """The (empty) fold of a build from a store alone; ValueError when INDEX_DIR has live
+    changes, which only the one-shot command can fold (it embeds their stored images)."""
+    live = prepare_fold(layout, catalog, say)
+    if live.has_changes:
+        raise ValueError(f"{layout.out} has live catalog changes ({len(live.layer)} in the "
+                         f"published layer, {live.changes} in the journal {live.journal.db}); "
+                         "`build` cannot embed their images: run the one-shot `python -m "
+                         "indexer --catalog ... --checkpoint ... --update`, which folds them")
+    return live
 
 
 def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
                   model: ModelInfo, attr_docs: list[dict], layout: IndexLayout,
-                  facts: EmbedFacts | None, say: Say, t0: float) -> BuildResult:
+                  facts: EmbedFacts | None, say: Say, t0: float,
+                  live: Fold | None) -> BuildResult:
+    live = live if live is not None else _no_live_changes(layout, catalog, say)
     attrs = [a["name"] for a in attr_docs]
     prev = _load_previous(layout, model, attrs, say) if opts.update else None
     plan = _plan(catalog, store, prev, facts)
@@ -270,11 +290,12 @@ def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
         entries = [_attribute_entry(staging, doc, specs[doc["name"]], store, catalog, plan,
                                     prev, model.dim) for doc in attr_docs]
         manifest = _finish(opts, staging, version, catalog, store, model, entries, plan,
-                           prev, facts, t0)
+                           prev, facts, t0, live)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     final = layout.publish(staging, version)
+    live.commit({r.id for r in plan.rejects}, say)
     return BuildResult(layout.out, final, manifest, plan.rejects)
 
 
@@ -327,12 +348,13 @@ def _attribute_entry(staging: Path, doc: dict, chosen: tuple[IndexSpec, dict | N
 def _finish(opts: BuildOptions, staging: Path, version: str, catalog: Catalog,
             store: EmbeddingStore, model: ModelInfo, entries: list[AttributeEntry],
             plan: _Plan, prev: _Previous | None, facts: EmbedFacts | None,
-            t0: float) -> Manifest:
-    """items.sqlite, rejected.csv and the manifest of the new version."""
+            t0: float, live: Fold) -> Manifest:
+    """items.sqlite, rejected.csv, live.jsonl and the manifest of the new version."""
     write_items(staging, ((plan.rows[p], catalog.items[p].id, catalog.items[p].image,
                            catalog.items[p].metadata, plan.shas[p])
                           for p in sorted(plan.rows, key=plan.rows.get)))
     write_rejected(staging, plan.rejects)
+    live.write(staging)
     embed_stats = facts.stats if facts else dict(store.read_meta().get("last_run") or {})
     build = {
         "mode": "update" if prev else "full",
@@ -347,7 +369,8 @@ def _finish(opts: BuildOptions, staging: Path, version: str, catalog: Catalog,
         "workers": embed_stats.get("workers"), "batch_size": embed_stats.get("batch_size"),
     }
     extra: dict = {"embeddings": {"path": str(Path(opts.embeddings).resolve()),
-                                  "parts": store.part_count, "items": len(store)}}
+                                  "parts": store.part_count, "items": len(store)},
+                  "live": live.manifest_section()}
     if prev is not None:
         add_rows = [plan.rows[p] for p in plan.add]
         changed = len(np.intersect1d(plan.remove, add_rows))

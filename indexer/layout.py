@@ -7,6 +7,7 @@ For `--out /data/idx`:
     /data/.idx.versions/.staging-<version>/  a version being written
     /data/.idx.work/<job-key>/    the embeddings store of a running (or killed) job
     /data/.idx.lock               held by the one job allowed to write /data/idx
+    /data/.idx.journal/           live catalog changes between builds (indexer/journal.py)
 
 A new version is written in a staging folder, renamed into place, and published by
 `os.replace` of a fresh symlink over `/data/idx`, which is atomic on POSIX: a reader sees
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -94,7 +96,18 @@ class IndexLayout:
         self.versions = out.parent / f".{out.name}.versions"
         self.work = out.parent / f".{out.name}.work"
         self.lockfile = out.parent / f".{out.name}.lock"
+        self.journal = out.parent / f".{out.name}.journal"
         self._lock = WriterLock(self.lockfile, str(self.out))
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike) -> IndexLayout:
+        """The layout a folder belongs to: INDEX_DIR itself (the symlink or a plain folder)
+        or one of its versions, `.NAME.versions/<version>` (what readers open)."""
+        path = Path(os.path.abspath(folder))
+        match = re.fullmatch(r"\.(.+)\.versions", path.parent.name)
+        if match and not path.is_symlink():
+            return cls(path.parent.parent / match.group(1))
+        return cls(path)
 
     # -- locking ---------------------------------------------------------------------------
     def lock(self) -> None:

@@ -200,3 +200,9 @@ class Manifest:
     @property
     def build(self) -> dict:
         return dict(self.extra.get("build") or {})
+
+    @property
+    def live_folded_seq(self) -> int:
+        """The last journal seq this version contains (live changes after it are read from
+        the journal; 0: none folded)."""
+        return int((self.extra.get("live") or {}).get("folded_seq", 0))

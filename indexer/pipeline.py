@@ -3,7 +3,8 @@ build, with the embeddings store kept beside INDEX_DIR (`.NAME.work/<job key>/`)
 version is published, so a killed job resumes where it stopped.
 
 With `--update` the embedding step skips items whose image hash equals the published
-index's (their vectors stay in the index), and the build step updates that index.
+index's (their vectors stay in the index), and the build step updates that index. Either way
+the live changes of the journal beside INDEX_DIR are folded in (indexer/fold.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from indexer.embed import (
     job_key,
     load_embedder,
 )
+from indexer.fold import prepare_fold
 from indexer.layout import IndexLayout
 from indexer.manifest import Manifest
 from indexer.reader import read_item_hashes
@@ -60,6 +62,8 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
         raise ValueError(f"catalog {embed_opts.catalog} has no items")
     layout = IndexLayout(build_opts.out)
     with layout, engine_for(embed_opts) as engine:
+        live = prepare_fold(layout, catalog, say)     # the journal up to now, over the catalog
+        catalog = live.apply(catalog)
         emb = load_embedder(embed_opts)
         previous = _published_hashes(layout, emb) if build_opts.update else None
         device = engine.device_type() if engine is not None else emb.device.type
@@ -80,7 +84,7 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
         opts = BuildOptions(**{**build_opts.__dict__, "embeddings": str(store.root)})
         built = run_build(opts, catalog=catalog, layout=layout,
                           facts=EmbedFacts(unchanged, embedded.stats, started),
-                          say=say)
+                          say=say, live=live)
         if not keep_work:
             store.remove()
             if layout.work.exists() and not any(layout.work.iterdir()):

@@ -147,6 +147,36 @@ class Embedder:
                 len(chunk), n_attr, self.dim)
         return out
 
+    def embed_each_prepared(self, prepared: Sequence[PreparedImage],
+                            attributes: Sequence[Sequence[str | int]]) -> list[np.ndarray]:
+        """Image i for each attribute of ``attributes[i]``: a [len(attributes[i]), dim]
+        array per image. Every image goes through the global trunk once, however many
+        attributes it has; passes hold up to ``batch_size`` rows (an image with more
+        attributes than that gets a pass of its own)."""
+        if len(prepared) != len(attributes):
+            raise ValueError(f"{len(prepared)} images but {len(attributes)} attribute lists")
+        attr = [[self.attribute_index(a) for a in attrs] for attrs in attributes]
+        out = [np.empty((len(a), self.dim), dtype=np.float32) for a in attr]
+        start = 0
+        while start < len(prepared):
+            end, rows = start + 1, len(attr[start])
+            while end < len(prepared) and rows + len(attr[end]) <= self.batch_size:
+                rows += len(attr[end])
+                end += 1
+            with_rows = [i for i in range(start, end) if attr[i]]
+            if with_rows:
+                chunk = [prepared[i] for i in with_rows]
+                rows_img = [j for j, i in enumerate(with_rows) for _ in attr[i]]
+                rows_attr = [a for i in with_rows for a in attr[i]]
+                emb = self.forward_prepared(chunk, rows_attr, rows_img).embedding
+                emb = emb.float().cpu().numpy()
+                pos = 0
+                for i in with_rows:
+                    out[i][:] = emb[pos:pos + len(attr[i])]
+                    pos += len(attr[i])
+            start = end
+        return out
+
     # -- public API (SPEC section 7) -------------------------------------------------------
     def embed(self, images: Sequence[Image.Image], attributes: Sequence[str | int]) -> np.ndarray:
         """[N, dim] float32 unit-norm rows: image i embedded for attribute i."""
@@ -163,7 +193,10 @@ class Embedder:
 
     def explain(self, image: Image.Image, attribute: str | int) -> Explanation:
         """Attention map and the RoI box the local branch used, for one image."""
-        prep = self.preprocess(image)
+        return self.explain_prepared(self.preprocess(image), attribute)
+
+    def explain_prepared(self, prep: PreparedImage, attribute: str | int) -> Explanation:
+        """:meth:`explain` of an image already preprocessed (e.g. on another thread)."""
         res = self.forward_prepared([prep], [self.attribute_index(attribute)])
         attn = res.attention[0].float().cpu().numpy().astype(np.float32)
         box = input_box = None
@@ -171,8 +204,9 @@ class Embedder:
             input_box = tuple(float(v) for v in res.boxes[0].tolist())
             x0, y0, x1, y1 = prep.geometry.to_original(input_box)
             box = (int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1)))
-        return Explanation(attn, box, res.embedding[0].float().cpu().numpy(),
-                           (image.width, image.height), input_box, prep.geometry.crop_box())
+        size = (int(prep.geometry.width), int(prep.geometry.height))
+        return Explanation(attn, box, res.embedding[0].float().cpu().numpy(), size, input_box,
+                           prep.geometry.crop_box())
 
 
 def use_ieee_fp32(device: torch.device, precision: str) -> bool:

@@ -8,16 +8,18 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
+from .deps import require_api_key
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
-from .routers import admin, attributes, explain, health, items, search
+from .protocols import CatalogIndexLike, EmbedderLike
+from .routers import admin, attributes, compose, explain, health, items, live, rerank, search
 from .settings import Settings, get_settings
 from .state import ServiceState, load_embedder, open_catalog_index
 
@@ -43,8 +45,8 @@ inner product of unit vectors.
 def create_app(
     settings: Settings | None = None,
     *,
-    open_index: Callable[[Path], Any] = open_catalog_index,
-    load_model: Callable[[Path, Settings], Any] = load_embedder,
+    open_index: Callable[[Path], CatalogIndexLike] = open_catalog_index,
+    load_model: Callable[[Path, Settings], EmbedderLike] = load_embedder,
 ) -> FastAPI:
     """Build the app; the model and index load in the background after startup."""
     settings = settings or get_settings()
@@ -70,7 +72,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.service = state
     install_error_handlers(app)
-    for module in (search, explain, attributes, items, admin, health):
+    app.include_router(api_v1())
+    for module in (admin, live, health):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)
@@ -93,6 +96,14 @@ def create_app(
     _document_auth_truthfully(app, settings)
     _configure_logging(settings)
     return app
+
+
+def api_v1() -> APIRouter:
+    """Every /v1 endpoint but the admin ones, behind ASEN_API_KEY (when set) in one place."""
+    v1 = APIRouter(dependencies=[Depends(require_api_key)])
+    for module in (search, compose, rerank, explain, attributes, items):
+        v1.include_router(module.router)
+    return v1
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -2,10 +2,12 @@
 
 Requests first take a slot (:meth:`MicroBatcher.slot`); when ``queue_max`` slots are taken
 the request is shed with :class:`Overloaded` (503 + Retry-After) before any work is done.
-Embedding jobs go to one worker coroutine that runs forward passes, one at a time, on a
-dedicated inference thread. While the model is busy, new jobs pile up and the next pass takes
-up to ``max_size`` of them at once; when the model is idle a job starts immediately, waiting
-up to ``max_wait_ms`` for company only when other admitted requests are about to submit.
+Embedding jobs (one preprocessed image and the attributes wanted for it) go to one worker
+coroutine that runs forward passes, one at a time, on a dedicated inference thread; each
+image goes through the model's global trunk once for all of its attributes. While the
+model is busy, new jobs pile up and the next pass takes up to ``max_size`` of them at once;
+when the model is idle a job starts immediately, waiting up to ``max_wait_ms`` for company
+only when other admitted requests are about to submit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .protocols import EmbedderLike
+
 
 class Overloaded(Exception):
     """Every admission slot is taken."""
@@ -31,9 +35,9 @@ class BatcherClosed(Exception):
 
 @dataclass
 class EmbedResult:
-    """One job's embedding and what it cost."""
+    """One job's embeddings ([attributes, dim], in the job's attribute order) and their cost."""
 
-    vector: np.ndarray
+    vectors: np.ndarray
     queue_ms: float
     embed_ms: float
     batch_size: int
@@ -41,9 +45,9 @@ class EmbedResult:
 
 @dataclass
 class _Job:
-    image: Any
-    attribute: str
-    embedder: Any
+    image: Any                      # a preprocessed image (the embedder's PreparedImage)
+    attributes: tuple[str, ...]
+    embedder: EmbedderLike
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -130,13 +134,14 @@ class MicroBatcher:
 
     # ------------------------------------------------------------ jobs
     async def embed(
-        self, slot: Slot, embedder: Any, items: Sequence[tuple[Any, str]]
+        self, slot: Slot, embedder: EmbedderLike, items: Sequence[tuple[Any, Sequence[str]]]
     ) -> list[EmbedResult]:
-        """Embed ``(image, attribute)`` pairs with ``embedder`` in shared forward passes."""
+        """Embed ``(prepared image, attributes)`` jobs with ``embedder`` in shared forward
+        passes (``embedder.embed_each_prepared``: one trunk pass per image)."""
         if self._queue is None or self._worker is None:
             raise BatcherClosed("batcher is not running")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(img, attr, embedder, loop.create_future()) for img, attr in items]
+        jobs = [_Job(img, tuple(attrs), embedder, loop.create_future()) for img, attrs in items]
         for job in jobs:
             self._queue.put_nowait(job)
         slot.submitted()
@@ -183,10 +188,11 @@ class MicroBatcher:
     async def _forward(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         embedder = jobs[0].embedder
         images = [job.image for job in jobs]
-        attrs = [job.attribute for job in jobs]
+        attrs = [list(job.attributes) for job in jobs]
         start = time.perf_counter()
         try:
-            vectors = await loop.run_in_executor(self.executor, embedder.embed, images, attrs)
+            vectors = await loop.run_in_executor(self.executor, embedder.embed_each_prepared,
+                                                 images, attrs)
         except asyncio.CancelledError:
             for job in jobs:
                 if not job.future.done():
@@ -200,8 +206,10 @@ class MicroBatcher:
             if not jobs[0].future.done():
                 jobs[0].future.set_exception(exc)
             return
-        if len(vectors) != len(jobs):  # never let a misbehaving model kill the worker
-            err = RuntimeError(f"model returned {len(vectors)} embeddings for {len(jobs)} images")
+        shapes_ok = len(vectors) == len(jobs) and all(
+            len(v) == len(job.attributes) for v, job in zip(vectors, jobs, strict=False))
+        if not shapes_ok:  # never let a misbehaving model kill the worker
+            err = RuntimeError(f"model returned {len(vectors)} results for {len(jobs)} images")
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(err)
@@ -213,7 +221,7 @@ class MicroBatcher:
         for job, vec in zip(jobs, vectors, strict=True):
             if not job.future.done():
                 job.future.set_result(EmbedResult(
-                    vector=np.asarray(vec, dtype=np.float32),
+                    vectors=np.asarray(vec, dtype=np.float32),
                     queue_ms=(start - job.enqueued) * 1000.0,
                     embed_ms=embed_ms,
                     batch_size=len(jobs),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +28,12 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StateDep = Annotated[ServiceState, Depends(get_state)]
+HeaderKey = Annotated[str | None, Security(_api_key_header)]
+BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
 def _presented_key(header: str | None, bearer: HTTPAuthorizationCredentials | None) -> str | None:
     if header:
         return header
@@ -41,11 +48,7 @@ def _matches(presented: str | None, expected: str) -> bool:
     return secrets.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
 
 
-async def require_api_key(
-    settings: Settings = Depends(get_settings),
-    header: str | None = Security(_api_key_header),
-    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
-) -> None:
+async def require_api_key(settings: SettingsDep, header: HeaderKey, bearer: BearerKey) -> None:
     """Check the search API key when ASEN_API_KEY is set (the admin key is accepted too)."""
     if settings.api_key is None:
         return
@@ -59,11 +62,7 @@ async def require_api_key(
                        headers={"WWW-Authenticate": "Bearer"})
 
 
-async def require_admin_key(
-    settings: Settings = Depends(get_settings),
-    header: str | None = Security(_api_key_header),
-    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
-) -> None:
+async def require_admin_key(settings: SettingsDep, header: HeaderKey, bearer: BearerKey) -> None:
     """Admin endpoints always need ASEN_ADMIN_API_KEY; they are off when it is unset."""
     if settings.admin_api_key is None:
         raise ApiError(403, "admin_disabled",

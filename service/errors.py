@@ -47,7 +47,7 @@ def error_json(
     request_id = getattr(request.state, "request_id", None) if request is not None else None
     metrics = getattr(request.app.state, "metrics", None) if request is not None else None
     if metrics is not None:
-        metrics.rejects.labels(code).inc()
+        metrics.record_reject(code)
     body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details),
                          request_id=request_id)
     return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
@@ -61,7 +61,7 @@ _HTTP_CODES = {
 }
 
 
-def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep only JSON-safe parts of pydantic's errors (inputs may be raw bytes)."""
     out = []
     for err in errors:
@@ -82,7 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _clean_validation_errors(list(exc.errors()))
+        details = clean_validation_errors(list(exc.errors()))
         parts = [f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in details[:5]]
         message = "invalid request: " + "; ".join(parts) if parts else "invalid request"
         return error_json(request, 422, "validation_error", message, details)

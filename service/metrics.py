@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,7 +22,14 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """Requests, per-stage latency, batch sizes, queue depth, index sizes and rejects."""
+    """Requests, per-stage latency, batch sizes, queue depth, index sizes and rejects.
+
+    Every metric is recorded through the ``record_*`` / ``set_*`` methods here: a request's
+    route, status, latency and stage timings by :class:`~service.middleware.
+    RequestContextMiddleware` once it is answered (routes only hand over their timings), error
+    codes by the error renderer, forward passes and the queue depth by the batcher's
+    callbacks, index loads by the reloader.
+    """
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -62,6 +71,31 @@ class Metrics:
             "asen_index_info", "Currently served index and model versions (value 1).",
             ["index_version", "model_version"], registry=r,
         )
+
+    def record_request(self, method: str, route: str, status: int, seconds: float,
+                       stages: Mapping[str, float | None] | None = None) -> None:
+        """One answered request: count, latency, and its stages (milliseconds)."""
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_latency.labels(method, route).observe(seconds)
+        for stage, ms in (stages or {}).items():
+            self.observe_stage(stage, ms)
+
+    def record_reject(self, code: str) -> None:
+        """An error response, by its error code."""
+        self.rejects.labels(code).inc()
+
+    def record_forward(self, size: int, ms: float) -> None:
+        """One model forward pass of ``size`` images."""
+        self.batch_size.observe(size)
+        self.observe_stage("forward", ms)
+
+    def record_reload(self, success: bool) -> None:
+        """An index load attempt."""
+        self.reloads.labels("success" if success else "failure").inc()
+
+    def set_queue_depth(self, depth: int) -> None:
+        """Queries admitted and not finished."""
+        self.queue_depth.set(depth)
 
     def observe_stage(self, stage: str, ms: float | None) -> None:
         """Record a stage duration given in milliseconds."""

@@ -24,7 +24,8 @@ def _route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Give every request an id, cap its body, and record its latency and status."""
+    """Give every request an id, cap its body, and record its metrics (status, latency and
+    the stage timings a route left in ``request.state.stages``) when it is answered."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
         self.app = app
@@ -60,11 +61,9 @@ class RequestContextMiddleware:
                 return
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
-            route = _route_template(scope)
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status["code"])).inc()
-            self.metrics.request_latency.labels(method, route).observe(
-                time.perf_counter() - started)
+            self.metrics.record_request(scope.get("method", ""), _route_template(scope),
+                                        status["code"], time.perf_counter() - started,
+                                        scope["state"].get("stages"))
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
@@ -84,7 +83,7 @@ class RequestContextMiddleware:
         return f"upload too large: the limit is {self.max_upload} bytes (ASEN_MAX_UPLOAD_BYTES)"
 
     async def _too_large(self, send: Send, request_id: str) -> None:
-        self.metrics.rejects.labels("payload_too_large").inc()
+        self.metrics.record_reject("payload_too_large")
         body = json.dumps({
             "error": {"code": "payload_too_large", "message": self._message(),
                       "details": {"limit_bytes": self.max_upload}},

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 
 from .batching import Overloaded, Slot
 from .errors import ApiError, unavailable
+from .ranking import Ranked
 from .schemas import ResultItem, Timings
 from .settings import Settings
 from .state import ServiceState, Snapshot, require_attribute
-from .uploads import decode_image, read_upload
+from .uploads import prepare_image, read_upload
 
 
 def ms_since(start: float) -> float:
@@ -53,10 +55,11 @@ def normalise_weights(raw: dict[str, Any], snap: Snapshot) -> dict[str, float]:
                                      "type": "weight_invalid"}])
         if value > 0:
             weights[str(name)] = float(value)
-    total = sum(weights.values())
-    if total <= 0:
+    top = max(weights.values(), default=0.0)
+    if top <= 0:
         raise ApiError(422, "validation_error", "weights: at least one weight must be > 0")
-    return {name: w / total for name, w in weights.items()}
+    total = math.fsum(w / top for w in weights.values())   # scaled first: no overflow
+    return {name: w / top / total for name, w in weights.items()}
 
 
 @contextlib.asynccontextmanager
@@ -70,62 +73,90 @@ async def admitted(state: ServiceState) -> AsyncIterator[Slot]:
                           state.settings.retry_after_s, code="overloaded") from exc
 
 
-def image_url(root_path: str, item_id: str) -> str:
-    """Relative URL of an item's image."""
-    return f"{root_path}/v1/items/{quote(item_id, safe='')}/image"
+def image_url(request: Request, item_id: str) -> str:
+    """Relative URL of an item's image (behind ASEN_ROOT_PATH too), from its route's name."""
+    path = request.app.url_path_for("get_item_image", item_id=quote(item_id, safe=""))
+    return f"{request.scope.get('root_path', '')}{path}"
 
 
-def ranked(
-    hits: list[tuple[Any, float]] | list[tuple[Any, float, dict[str, float]]],
-    k: int,
-    root_path: str,
-    exclude_id: str | None = None,
-) -> list[ResultItem]:
-    """Result items from (Item, score[, per-attribute scores]) hits, ranked from 1."""
+def result_items(hits: Ranked, request: Request) -> list[ResultItem]:
+    """Result items from ranked hits ((Item, score[, per-attribute scores]), group value)."""
     out: list[ResultItem] = []
-    for hit in hits:
+    for hit, group in hits:
         item, score = hit[0], hit[1]
-        if exclude_id is not None and item.id == exclude_id:
-            continue
         per_attr = hit[2] if len(hit) > 2 else None
         out.append(ResultItem(
             rank=len(out) + 1, id=item.id, score=float(score),
             scores={a: float(v) for a, v in per_attr.items()} if per_attr is not None else None,
-            metadata=dict(item.metadata or {}), image_url=image_url(root_path, item.id),
+            metadata=dict(item.metadata or {}), image_url=image_url(request, item.id),
+            group=group,
         ))
-        if len(out) == k:
-            break
     return out
 
 
 @dataclass
-class EmbeddedUpload:
-    """An uploaded image embedded for some attributes, with the stage timings so far."""
+class EmbedCost:
+    """What embedding the uploads of a request cost."""
 
-    vectors: dict[str, np.ndarray]
     decode_ms: float
     queue_ms: float
     embed_ms: float
     batch_size: int
 
-    def timings(self, search_ms: float, start: float, state: ServiceState) -> Timings:
-        """The request's timings (also observed in the per-stage metrics)."""
-        t = Timings(decode_ms=self.decode_ms, queue_ms=round(self.queue_ms, 3),
-                    embed_ms=round(self.embed_ms, 3), search_ms=search_ms,
-                    total_ms=ms_since(start), batch_size=self.batch_size)
-        for stage in ("decode", "queue", "embed", "search"):
-            state.metrics.observe_stage(stage, getattr(t, f"{stage}_ms"))
-        return t
+    def timings(self, search_ms: float, start: float) -> Timings:
+        """The request's timings, these stages and the search."""
+        return Timings(decode_ms=self.decode_ms, queue_ms=round(self.queue_ms, 3),
+                       embed_ms=round(self.embed_ms, 3), search_ms=search_ms,
+                       total_ms=ms_since(start), batch_size=self.batch_size)
+
+
+def record(request: Request, timings: Timings, **stages: float | None) -> Timings:
+    """Hand a request's stage timings to the metrics: RequestContextMiddleware observes
+    them when the request is answered (``stages`` adds or overrides stages)."""
+    request.state.stages = {"decode": timings.decode_ms, "queue": timings.queue_ms,
+                            "embed": timings.embed_ms, "search": timings.search_ms, **stages}
+    return timings
+
+
+@dataclass
+class EmbeddedUploads(EmbedCost):
+    """Uploaded images embedded for their attributes: per upload, attribute -> vector."""
+
+    vectors: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class EmbeddedUpload(EmbedCost):
+    """One uploaded image embedded for some attributes: attribute -> vector."""
+
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+async def _prepared(upload: UploadFile, settings: Settings, snap: Snapshot) -> Any:
+    return await prepare_image(await read_upload(upload, settings), settings,
+                               snap.embedder.preprocess)
+
+
+async def embed_uploads(state: ServiceState, snap: Snapshot, slot: Slot,
+                        uploads: Sequence[UploadFile], attributes: Sequence[Sequence[str]],
+                        settings: Settings) -> EmbeddedUploads:
+    """Read, decode and preprocess the uploads (in the decode pool), then embed each one for
+    its attributes through the micro-batcher: one global-trunk pass per image."""
+    t = time.perf_counter()
+    prepared = await asyncio.gather(*(_prepared(u, settings, snap) for u in uploads))
+    decode_ms = ms_since(t)
+    results = await state.batcher.embed(slot, snap.embedder,
+                                        list(zip(prepared, attributes, strict=True)))
+    return EmbeddedUploads(
+        vectors=[dict(zip(attrs, r.vectors, strict=True))
+                 for attrs, r in zip(attributes, results, strict=True)],
+        decode_ms=decode_ms, queue_ms=max(r.queue_ms for r in results),
+        embed_ms=max(r.embed_ms for r in results), batch_size=max(r.batch_size for r in results))
 
 
 async def embed_upload(state: ServiceState, snap: Snapshot, slot: Slot, upload: UploadFile,
                        settings: Settings, attributes: list[str]) -> EmbeddedUpload:
-    """Read, decode and embed an upload for ``attributes`` through the micro-batcher."""
-    t = time.perf_counter()
-    image = await decode_image(await read_upload(upload, settings), settings)
-    decode_ms = ms_since(t)
-    results = await state.batcher.embed(slot, snap.embedder, [(image, a) for a in attributes])
-    return EmbeddedUpload(
-        vectors={a: r.vector for a, r in zip(attributes, results, strict=True)},
-        decode_ms=decode_ms, queue_ms=max(r.queue_ms for r in results),
-        embed_ms=max(r.embed_ms for r in results), batch_size=max(r.batch_size for r in results))
+    """Read, decode and embed one upload for ``attributes`` (one trunk pass)."""
+    up = await embed_uploads(state, snap, slot, [upload], [attributes], settings)
+    return EmbeddedUpload(vectors=up.vectors[0], decode_ms=up.decode_ms, queue_ms=up.queue_ms,
+                          embed_ms=up.embed_ms, batch_size=up.batch_size)

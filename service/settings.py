@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     )
     default_k: int = Field(10, ge=1, le=K_CEILING, description="k when a query gives none.")
     max_k: int = Field(100, ge=1, le=K_CEILING, description="Largest k a client may ask for.")
+    group_max_depth: int = Field(
+        2000, ge=1, description="Most ranked items one group_by query scans for its groups.")
 
     # micro-batching and load shedding
     batch_max_size: int = Field(16, ge=1, le=1024, description="Images per forward pass; 1 = off.")

@@ -28,6 +28,7 @@ from indexer.manifest import AttributeEntry, Manifest
 from .batching import MicroBatcher
 from .errors import ApiError, unavailable
 from .metrics import Metrics
+from .protocols import CatalogIndexLike, EmbedderLike
 from .schemas import ModelInfo, ReloadResponse
 from .settings import Settings
 
@@ -41,14 +42,14 @@ class NotLoadable(Exception):
     """The index folder or its checkpoint cannot be served (message says why)."""
 
 
-def open_catalog_index(path: Path) -> Any:
+def open_catalog_index(path: Path) -> CatalogIndexLike:
     """Default index opener: :class:`indexer.reader.CatalogIndex`."""
     from indexer.reader import CatalogIndex
 
     return CatalogIndex.open(path)
 
 
-def load_embedder(path: Path, settings: Settings) -> Any:
+def load_embedder(path: Path, settings: Settings) -> EmbedderLike:
     """Default model loader: :func:`model.load_model`."""
     from model import load_model
 
@@ -69,8 +70,8 @@ def read_manifest(index_dir: Path) -> Manifest:
 class Snapshot:
     """One servable (index, embedder) pair. Use it only inside :meth:`ServiceState.lease`."""
 
-    index: Any
-    embedder: Any
+    index: CatalogIndexLike
+    embedder: EmbedderLike
     path: Path
     version: str
     manifest: Manifest
@@ -110,7 +111,7 @@ class Snapshot:
         self.executor.shutdown(wait=False)
 
 
-def _model_info(embedder: Any, checkpoint: Path, settings: Settings) -> ModelInfo:
+def _model_info(embedder: EmbedderLike, checkpoint: Path, settings: Settings) -> ModelInfo:
     sha = getattr(embedder, "checkpoint_sha256", None)
     config = getattr(embedder, "config", None)
     return ModelInfo(
@@ -130,15 +131,15 @@ class ServiceState:
         self,
         settings: Settings,
         metrics: Metrics,
-        open_index: Callable[[Path], Any] = open_catalog_index,
-        load_model: Callable[[Path, Settings], Any] = load_embedder,
+        open_index: Callable[[Path], CatalogIndexLike] = open_catalog_index,
+        load_model: Callable[[Path, Settings], EmbedderLike] = load_embedder,
     ):
         self.settings = settings
         self.metrics = metrics
         self._open_index = open_index
         self._load_model = load_model
         self._snapshot: Snapshot | None = None
-        self._embedder: tuple[tuple, Any] | None = None  # (checkpoint key, embedder)
+        self._embedder: tuple[tuple, EmbedderLike] | None = None  # (checkpoint key, model)
         self._reload_lock: asyncio.Lock | None = None
         self._watch_task: asyncio.Task | None = None
         self._failed_version: str | None = None
@@ -151,12 +152,11 @@ class ServiceState:
             max_wait_ms=settings.batch_max_wait_ms,
             queue_max=settings.queue_max,
             on_batch=self._on_batch,
-            on_depth=metrics.queue_depth.set,
+            on_depth=metrics.set_queue_depth,
         )
 
     def _on_batch(self, size: int, embed_ms: float) -> None:
-        self.metrics.batch_size.observe(size)
-        self.metrics.observe_stage("forward", embed_ms)
+        self.metrics.record_forward(size, embed_ms)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -258,7 +258,7 @@ class ServiceState:
                 elif message != self.last_error:
                     log.warning("index not loaded: %s", message)
                 if version is not None or message != self.last_error:
-                    self.metrics.reloads.labels("failure").inc()
+                    self.metrics.record_reload(success=False)
                 self.last_error = message
                 self._failed_version = version
                 return ReloadResponse(reloaded=False, index_version=previous,
@@ -266,7 +266,7 @@ class ServiceState:
             old, self._snapshot = self._snapshot, snap
             self.last_error = None
             self._failed_version = None
-            self.metrics.reloads.labels("success").inc()
+            self.metrics.record_reload(success=True)
             self.metrics.set_index({a: int(snap.index.size(a)) for a in snap.attributes},
                                    snap.version, snap.model.version)
             if old is not None:
@@ -293,7 +293,7 @@ class ServiceState:
             raise NotLoadable(f"checkpoint {path} not found (set ASEN_CHECKPOINT)")
         return path.resolve()
 
-    def _get_embedder(self, path: Path) -> Any:
+    def _get_embedder(self, path: Path) -> EmbedderLike:
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         if self._embedder is not None and self._embedder[0] == key:
@@ -301,7 +301,8 @@ class ServiceState:
         embedder = self._load_model(path, self.settings)
         names = list(embedder.attribute_names)
         if names:  # warm up: the first real query should not pay for lazy initialisation
-            embedder.embed([Image.new("RGB", (96, 128), (128, 128, 128))], [names[0]])
+            warm = embedder.preprocess(Image.new("RGB", (96, 128), (128, 128, 128)))
+            embedder.embed_each_prepared([warm], [names[:1]])
         self._embedder = (key, embedder)
         return embedder
 
@@ -336,7 +337,8 @@ class ServiceState:
         return snap
 
     @staticmethod
-    def _validate(index: Any, embedder: Any, manifest: Manifest, ckpt: Path) -> None:
+    def _validate(index: CatalogIndexLike, embedder: EmbedderLike, manifest: Manifest,
+                  ckpt: Path) -> None:
         model = manifest.model
         missing = [a for a in index.attributes if a not in embedder.attribute_names]
         if missing:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from .errors import ApiError
+from .protocols import ItemLike
 from .settings import Settings
+
+Prepared = TypeVar("Prepared")
 
 SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
@@ -64,16 +68,45 @@ async def decode_image(source: bytes | Path, settings: Settings) -> Image.Image:
     return await run_in_threadpool(_decode, source, settings.max_image_pixels)
 
 
+def _decode_and_prepare(source: bytes | Path, max_pixels: int,
+                        prepare: Callable[[Image.Image], Prepared]) -> Prepared:
+    return prepare(_decode(source, max_pixels))
+
+
+async def prepare_image(source: bytes | Path, settings: Settings,
+                        prepare: Callable[[Image.Image], Prepared]) -> Prepared:
+    """Decode and preprocess (``prepare``: the embedder's preprocessor) in the decode pool,
+    so the inference thread only runs the network; client errors become ApiError."""
+    return await run_in_threadpool(_decode_and_prepare, source, settings.max_image_pixels,
+                                   prepare)
+
+
+def _parse_json(raw: str, field: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ApiError(422, "validation_error", f"{field}: not valid JSON ({exc})",
+                       details=[{"loc": ["body", field], "msg": "invalid JSON",
+                                 "type": "json_invalid"}]) from exc
+
+
+def parse_json_list(raw: str | None, field: str) -> list[Any]:
+    """Parse a JSON-array form field ('' or None: empty); 422 when it is not one."""
+    if raw is None or not raw.strip():
+        return []
+    value = _parse_json(raw, field)
+    if not isinstance(value, list):
+        raise ApiError(422, "validation_error", f"{field}: must be a JSON array",
+                       details=[{"loc": ["body", field], "msg": "must be a JSON array",
+                                 "type": "list_type"}])
+    return value
+
+
 def parse_json_object(raw: str | None, field: str) -> dict[str, Any]:
     """Parse a JSON-object form field ('' or None: empty); 422 when it is not one."""
     if raw is None or not raw.strip():
         return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(422, "validation_error", f"{field}: not valid JSON ({exc})",
-                       details=[{"loc": ["body", field], "msg": "invalid JSON",
-                                 "type": "json_invalid"}]) from exc
+    value = _parse_json(raw, field)
     if not isinstance(value, dict):
         raise ApiError(422, "validation_error", f"{field}: must be a JSON object",
                        details=[{"loc": ["body", field], "msg": "must be a JSON object",
@@ -97,7 +130,7 @@ def parse_filters(raw: dict[str, Any] | str | None) -> dict[str, str]:
     return out
 
 
-async def item_image(item: Any, settings: Settings) -> Image.Image:
+async def item_image(item: ItemLike, settings: Settings) -> Image.Image:
     """Decode an indexed item's image; 404 when the server-side file is unusable."""
     try:
         return await decode_image(Path(item.image), settings)

@@ -10,26 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.testing import ServerProcess, build_fixture
-
 ADMIN_KEY = "admin-test-key"
 
 
 @pytest.fixture(scope="module")
-def fx():
-    return build_fixture()
-
-
-@pytest.fixture(scope="module")
-def server(fx):
-    srv = ServerProcess({
+def server_env(fx):
+    return {
         "ASEN_INDEX_DIR": str(fx.index_dir),
         "ASEN_ADMIN_API_KEY": ADMIN_KEY,
         "ASEN_RELOAD_INTERVAL_S": "0",
-    })
-    with srv:
-        srv.wait("/readyz")
-        yield srv
+    }
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +148,8 @@ def test_search_by_upload(client, fx):
         assert t[stage] >= 0
     assert t["total_ms"] >= t["embed_ms"] and t["batch_size"] >= 1
     assert body["query"] == {"source": "upload", "item_id": None, "attribute": "neckline",
-                             "weights": None, "k": 5, "filters": {}}
+                             "weights": None, "k": 5, "filters": {}, "group_by": None,
+                             "references": None}
     manifest = json.loads((fx.index_dir / "manifest.json").read_text())
     assert body["index_version"] == manifest["index_version"]
     assert body["model"]["version"] == manifest["model"]["sha256"][:12]

@@ -11,15 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from service.testing import ServerProcess, build_fixture, run_indexer, subset_catalog
+from testkit import run_indexer, subset_catalog
 
 ADMIN = {"X-API-Key": "reload-admin"}
-
-
-@pytest.fixture(scope="module")
-def fx():
-    return build_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +22,17 @@ def index_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(index_dir):
-    srv = ServerProcess({
+def server_env(index_dir):
+    return {
         "ASEN_INDEX_DIR": str(index_dir),
         "ASEN_RELOAD_INTERVAL_S": "0.3",
         "ASEN_ADMIN_API_KEY": ADMIN["X-API-Key"],
-    })
-    with srv:
-        srv.wait("/healthz")
-        yield srv
+    }
+
+
+@pytest.fixture(scope="module")
+def server_ready_path():
+    return "/healthz"  # it starts without an index
 
 
 def manifest_version(index_dir: Path) -> str:

@@ -9,22 +9,15 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.testing import ServerProcess, build_fixture
-
 API_KEY = "search-key-123"
 ORIGIN = "https://shop.example"
 LIMIT = 300_000
 
 
 @pytest.fixture(scope="module")
-def fx():
-    return build_fixture()
-
-
-@pytest.fixture(scope="module")
-def server(fx, tmp_path_factory):
+def server_env(fx, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("not-the-images")
-    srv = ServerProcess({
+    return {
         "ASEN_INDEX_DIR": str(fx.index_dir),
         "ASEN_API_KEY": API_KEY,
         "ASEN_CORS_ORIGINS": f"{ORIGIN},https://admin.example",
@@ -33,10 +26,7 @@ def server(fx, tmp_path_factory):
         "ASEN_RETRY_AFTER_S": "3",
         "ASEN_IMAGE_ROOTS": str(elsewhere),
         "ASEN_RELOAD_INTERVAL_S": "0",
-    })
-    with srv:
-        srv.wait("/readyz")
-        yield srv
+    }
 
 
 AUTH = {"X-API-Key": API_KEY}

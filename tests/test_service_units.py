@@ -20,20 +20,21 @@ from service.uploads import parse_filters, parse_json_object
 
 
 class FakeEmbedder:
-    """Records batch sizes; each row is [image id, attribute id] padded to dim 4."""
+    """Records batch sizes (images); each row is [image id, len(attribute name)] padded to
+    dim 4. (The batcher's own logic under test; the real model's path is tested in
+    test_search_features.py.)"""
 
     def __init__(self, delay: float = 0.02):
         self.delay = delay
         self.batches: list[int] = []
         self.lock = threading.Lock()
 
-    def embed(self, images, attributes):
+    def embed_each_prepared(self, images, attributes):
         with self.lock:
             self.batches.append(len(images))
         time.sleep(self.delay)
-        return np.array([[img, len(attr), 0, 0] for img, attr in zip(images, attributes,
-                                                                        strict=True)],
-                        dtype=np.float32)
+        return [np.array([[img, len(a), 0, 0] for a in attrs], dtype=np.float32)
+                for img, attrs in zip(images, attributes, strict=True)]
 
 
 def test_settings_from_environment(monkeypatch):
@@ -70,7 +71,7 @@ def test_batcher_gathers_concurrent_requests():
 
         async def one(i):
             async with batcher.slot() as slot:
-                (res,) = await batcher.embed(slot, emb, [(i, "a" * (i % 3 + 1))])
+                (res,) = await batcher.embed(slot, emb, [(i, ["a" * (i % 3 + 1)])])
                 return i, res
 
         out = await asyncio.gather(*(one(i) for i in range(20)))
@@ -80,7 +81,7 @@ def test_batcher_gathers_concurrent_requests():
 
     emb, out = asyncio.run(scenario())
     for i, res in out:  # every caller got its own row back
-        assert res.vector[0] == i and res.vector[1] == i % 3 + 1
+        assert res.vectors[0, 0] == i and res.vectors[0, 1] == i % 3 + 1
         assert 1 <= res.batch_size <= 8
     assert sum(emb.batches) == 20
     assert max(emb.batches) > 1, emb.batches
@@ -95,7 +96,7 @@ def test_batcher_single_request_does_not_wait():
         batcher.start()
         t = time.perf_counter()
         async with batcher.slot() as slot:
-            await batcher.embed(slot, emb, [(1, "a")])
+            await batcher.embed(slot, emb, [(1, ["a"])])
         elapsed = time.perf_counter() - t
         await batcher.stop()
         pool.shutdown()
@@ -123,7 +124,7 @@ def test_batcher_sheds_load_and_recovers():
 
 def test_batcher_model_error_reaches_every_caller():
     class Broken:
-        def embed(self, images, attributes):
+        def embed_each_prepared(self, images, attributes):
             raise RuntimeError("boom")
 
     async def scenario():
@@ -132,18 +133,18 @@ def test_batcher_model_error_reaches_every_caller():
 
         async def one():
             async with batcher.slot() as slot:
-                return await batcher.embed(slot, Broken(), [(0, "a")])
+                return await batcher.embed(slot, Broken(), [(0, ["a"])])
 
         results = await asyncio.gather(one(), one(), return_exceptions=True)
         # the worker survives a failing model
         async with batcher.slot() as slot:
-            ok = await batcher.embed(slot, FakeEmbedder(0), [(7, "a")])
+            ok = await batcher.embed(slot, FakeEmbedder(0), [(7, ["a", "bb"])])
         await batcher.stop()
         return results, ok
 
     results, ok = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) for r in results)
-    assert ok[0].vector[0] == 7
+    assert ok[0].vectors[:, 0].tolist() == [7, 7] and ok[0].vectors[:, 1].tolist() == [1, 2]
 
 
 def test_overlay_png_has_image_size_and_box():
@@ -177,10 +178,10 @@ def test_json_field_parsing():
 
 def test_one_failing_image_does_not_fail_its_batch_mates():
     class Picky(FakeEmbedder):
-        def embed(self, images, attributes):
+        def embed_each_prepared(self, images, attributes):
             if -1 in images:
                 raise ValueError("cannot embed image -1")
-            return super().embed(images, attributes)
+            return super().embed_each_prepared(images, attributes)
 
     async def scenario():
         emb = Picky(delay=0.01)
@@ -189,7 +190,7 @@ def test_one_failing_image_does_not_fail_its_batch_mates():
 
         async def one(i):
             async with batcher.slot() as slot:
-                return (await batcher.embed(slot, emb, [(i, "a")]))[0]
+                return (await batcher.embed(slot, emb, [(i, ["a"])]))[0]
 
         out = await asyncio.gather(*(one(i) for i in (1, -1, 2, 3)), return_exceptions=True)
         await batcher.stop()
@@ -197,4 +198,4 @@ def test_one_failing_image_does_not_fail_its_batch_mates():
 
     out = asyncio.run(scenario())
     assert isinstance(out[1], ValueError)
-    assert [out[i].vector[0] for i in (0, 2, 3)] == [1, 2, 3]
+    assert [out[i].vectors[0, 0] for i in (0, 2, 3)] == [1, 2, 3]

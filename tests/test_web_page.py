@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
-
-from service.testing import REPO_ROOT, ServerProcess, build_fixture
+from testkit import REPO_ROOT, build_fixture
 
 CHROMIUM = Path(os.environ.get("ASEN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -27,14 +28,6 @@ def fx():
     if DEMO_CHECKPOINT.is_file():
         return build_fixture(n_train=40, n_test=8, size=192, checkpoint=DEMO_CHECKPOINT)
     return build_fixture()
-
-
-@pytest.fixture(scope="module")
-def server(fx):
-    srv = ServerProcess({"ASEN_INDEX_DIR": str(fx.index_dir), "ASEN_RELOAD_INTERVAL_S": "0"})
-    with srv:
-        srv.wait("/readyz")
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -112,4 +105,57 @@ def test_pick_catalog_item_and_errors_are_shown(server, page):
     pg.click("#search")
     pg.wait_for_selector("#status.error")
     assert "not a supported image" in pg.inner_text("#status")
+    assert not errors, errors
+
+
+def test_composed_query_with_a_catalog_item_as_second_reference(server, fx, page):
+    """Neckline from an upload, colour from a catalog item, one result per category: the
+    page sends a composed query and shows exactly what the API answers for it."""
+    pg, errors = page
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#attribute option", state="attached")
+    pg.wait_for_selector("#group-by option[value=category]", state="attached")
+    pg.set_input_files("#file", str(fx.image("test-000003")))
+    pg.select_option("#attribute", "neckline")
+    pg.fill("#k", "3")
+    pg.select_option("#group-by", "category")
+
+    assert pg.locator("#compose-body").is_hidden()
+    pg.check("#compose-on")
+    pg.select_option("#attribute2", "colour")
+    pg.check("#ref2-item")
+    assert pg.locator("#search").is_disabled()          # the second reference is missing
+    pg.wait_for_selector("#item-ids option", state="attached")
+    pg.fill("#item2", "train-000005")
+    pg.locator("#item2").dispatch_event("change")
+    pg.locator("#weight2").evaluate(
+        "el => { el.value = '0.4'; el.dispatchEvent(new Event('input')); }")
+    assert pg.inner_text("#weight2-value") == "0.40"
+    pg.wait_for_selector("#ref2-img:not([hidden])")
+
+    with pg.expect_response(lambda r: r.url.endswith("/v1/search/compose")) as answer:
+        pg.click("#search")
+    assert answer.value.status == 200
+    understood = answer.value.json()["query"]
+    assert understood["group_by"] == "category"
+    assert [(r["attribute"], r["image"], r["item_id"]) for r in understood["references"]] == [
+        ("neckline", 0, None), ("colour", None, "train-000005")]
+    assert [r["weight"] for r in understood["references"]] == pytest.approx([0.6, 0.4])
+    pg.wait_for_selector(".result-card")
+    cards = pg.locator(".result-card")
+    shown = cards.evaluate_all("els => els.map(e => e.dataset.id)")
+    groups = pg.locator(".result-card .group").all_inner_texts()
+    assert len(shown) == 3 and len(set(groups)) == 3
+    assert "neckline + colour" in pg.inner_text("#status")
+    assert pg.locator(".result-card .scores").first.inner_text().startswith("neckline")
+
+    refs = [{"attribute": "neckline", "weight": 0.6, "image": 0},
+            {"attribute": "colour", "weight": 0.4, "item_id": "train-000005"}]
+    api = httpx.post(server.url + "/v1/search/compose", timeout=60,
+                     files=[("images", ("q.jpg", fx.image("test-000003").read_bytes(),
+                                        "image/jpeg"))],
+                     data={"references": json.dumps(refs), "k": "3", "group_by": "category"})
+    assert api.status_code == 200, api.text
+    assert shown == [r["id"] for r in api.json()["results"]]
+    assert groups == [r["group"] for r in api.json()["results"]]
     assert not errors, errors

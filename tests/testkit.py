@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: a tiny synthetic index and a real server process."""
+"""Helpers for tests and benchmarks (not part of the installed package): a tiny synthetic
+index and a real ``python -m service`` process."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # tests/ is one level below the root
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def subset_catalog(catalog: Path, out: Path, n: int) -> Path:
     return out
 
 
-_CACHE: dict[tuple, Fixture] = {}
+_CACHE: dict[tuple, Fixture | ProductFixture] = {}
 
 
 def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int = 0,
@@ -72,6 +73,8 @@ def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int
     key = (n_train, n_test, size, seed, str(checkpoint))
     if key in _CACHE:
         return _CACHE[key]
+    import torch
+
     from model import build_model, save_checkpoint
     from model.data import read_attributes
     from model.synth import generate
@@ -82,12 +85,74 @@ def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int
     generate(data, seed=seed, n_train=n_train, n_valid=2, n_test=n_test, size=size, workers=1)
     if checkpoint is None:
         checkpoint = root / "tiny.pt"
-        save_checkpoint(build_model("tiny", read_attributes(data)), checkpoint)
+        with torch.random.fork_rng():   # the same random model on every run
+            torch.manual_seed(seed)
+            net = build_model("tiny", read_attributes(data))
+        save_checkpoint(net, checkpoint)
     index_dir = root / "index"
     run_indexer(data / "catalog.csv", checkpoint, index_dir)
     fixture = Fixture(root, data / "catalog.csv", checkpoint, index_dir)
     _CACHE[key] = fixture
     return fixture
+
+
+def run_indexer_stage(stage: str, *args: str) -> str:
+    """``python -m indexer embed|build ...`` as a subprocess (raises on failure)."""
+    cmd = [sys.executable, "-m", "indexer", stage, *args]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"indexer {stage} failed ({proc.returncode}):\n{proc.stdout}\n"
+                           f"{proc.stderr}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class ProductFixture:
+    """The tiny fixture's catalog with a ``product_id`` column (3 consecutive items per
+    product) and an ``edition`` column ("limited" for the last item only, "regular" for the
+    rest), its embeddings store and a flat index built from that store."""
+
+    base: Fixture
+    catalog: Path
+    embeddings: Path
+    index_dir: Path
+
+    def build(self, out: Path, *extra: str) -> Path:
+        """Another index of the same store (e.g. ``--index-type hnsw``)."""
+        run_indexer_stage("build", "--embeddings", str(self.embeddings), "--catalog",
+                          str(self.catalog), "--checkpoint", str(self.base.checkpoint),
+                          "--out", str(out), *extra)
+        return out
+
+
+def product_id(position: int, group_size: int = 3) -> str:
+    """The product of the catalog row at ``position``."""
+    return f"p{position // group_size:03d}"
+
+
+def build_product_fixture(fixture: Fixture | None = None) -> ProductFixture:
+    """Build (once per process) the product catalog, its store and its flat index."""
+    fixture = fixture or build_fixture()
+    key = ("products", str(fixture.root))
+    if key in _CACHE:
+        return _CACHE[key]  # type: ignore[return-value]
+    with open(fixture.catalog, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    catalog = fixture.catalog.with_name("catalog-products.csv")
+    with open(catalog, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0], "product_id", "edition"])
+        writer.writeheader()
+        writer.writerows({**row, "product_id": product_id(i),
+                          "edition": "limited" if i == len(rows) - 1 else "regular"}
+                         for i, row in enumerate(rows))
+    embeddings = fixture.root / "products-emb"
+    run_indexer_stage("embed", "--catalog", str(catalog), "--checkpoint",
+                      str(fixture.checkpoint), "--out", str(embeddings), "--workers", "0",
+                      "--no-progress")
+    products = ProductFixture(fixture, catalog, embeddings, fixture.root / "products-flat")
+    products.build(products.index_dir, "--index-type", "flat")
+    _CACHE[key] = products  # type: ignore[assignment]
+    return products
 
 
 def free_port() -> int:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..deps import get_settings, get_state, require_admin_key
+from ..deps import SettingsDep, StateDep, require_admin_key
 from ..errors import error_responses
-from ..schemas import AdminStatus, ReloadResponse
-from ..settings import Settings
-from ..state import ServiceState
+from ..schemas import AdminStatus, LiveStatus, ReloadResponse
+from ..state import Snapshot
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"],
                    dependencies=[Depends(require_admin_key)],
@@ -16,16 +15,14 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"],
 
 
 @router.post("/reload", response_model=ReloadResponse, summary="Reload the index now")
-async def reload_index(state: ServiceState = Depends(get_state)) -> ReloadResponse:
+async def reload_index(state: StateDep) -> ReloadResponse:
     """Open the index now in ASEN_INDEX_DIR and switch to it if its version is new (also
     retries a version that failed before). Requests in flight finish on the old one."""
     return await state.reload(force=True)
 
 
 @router.get("/status", response_model=AdminStatus, summary="Runtime status")
-async def status(
-    settings: Settings = Depends(get_settings), state: ServiceState = Depends(get_state)
-) -> AdminStatus:
+async def status(settings: SettingsDep, state: StateDep) -> AdminStatus:
     """What is served, the last load error and the batching configuration."""
     snap = state.snapshot
     return AdminStatus(
@@ -40,4 +37,10 @@ async def status(
         batch_max_size=settings.batch_max_size,
         batch_max_wait_ms=settings.batch_max_wait_ms,
         queue_max=settings.queue_max,
+        live=await _live_status(snap),
     )
+
+
+async def _live_status(snap: Snapshot | None) -> LiveStatus | None:
+    status = getattr(snap.index, "live_status", None) if snap is not None else None
+    return None if status is None else LiveStatus(**await snap.call(status))

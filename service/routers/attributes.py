@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from ..deps import get_state, require_api_key
+from ..deps import StateDep
 from ..errors import error_responses
 from ..schemas import AttributeInfo, AttributesResponse
-from ..state import ServiceState
+from . import V1
 
-router = APIRouter(prefix="/v1", tags=["attributes"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=V1, tags=["attributes"])
 
 
 @router.get("/attributes", response_model=AttributesResponse, summary="List attributes",
             responses=error_responses(401, 503))
-async def list_attributes(state: ServiceState = Depends(get_state)) -> AttributesResponse:
-    """Attribute names, their numbers of values and the sizes of their indexes."""
+async def list_attributes(state: StateDep) -> AttributesResponse:
+    """Attribute names, their numbers of values and the sizes of their indexes, and the
+    items' metadata columns (what `filters` and `group_by` can name)."""
     async with state.lease() as snap:
         out = []
         for name in snap.attributes:
@@ -26,4 +27,6 @@ async def list_attributes(state: ServiceState = Depends(get_state)) -> Attribute
                 index_size=int(snap.index.size(name)),
                 index_type=entry.index.type if entry else None,
             ))
-        return AttributesResponse(attributes=out, index_version=snap.version, model=snap.model)
+        columns = await snap.call(snap.index.metadata_columns)
+        return AttributesResponse(attributes=out, metadata_columns=sorted(columns),
+                                  index_version=snap.version, model=snap.model)

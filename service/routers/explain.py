@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Form, Query
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import get_settings, get_state, require_api_key
+from ..deps import SettingsDep, StateDep
 from ..errors import ApiError, error_responses
 from ..overlay import centre_crop_region, render_overlay
-from ..query import admitted, ms_since
+from ..protocols import EmbedderLike
+from ..query import admitted, ms_since, record
 from ..schemas import Box, ExplainForm, ExplainResponse, Timings
-from ..settings import Settings
-from ..state import ServiceState, require_attribute
-from ..uploads import decode_image, item_image, read_upload
+from ..state import require_attribute
+from ..uploads import item_image, prepare_image, read_upload
+from . import V1
 
-router = APIRouter(prefix="/v1", tags=["explain"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=V1, tags=["explain"])
+
+
+def _with_input(embedder: EmbedderLike) -> Callable[[Image.Image], tuple[Image.Image, Any]]:
+    """Decoded image -> (it, its model input): the overlay needs both."""
+    return lambda image: (image, embedder.preprocess(image))
 
 
 def _box(rect: tuple | None) -> Box | None:
@@ -41,10 +49,12 @@ def _box(rect: tuple | None) -> Box | None:
     },
 )
 async def explain(
+    request: Request,
     form: Annotated[ExplainForm, Form(media_type="multipart/form-data")],
-    format: Literal["json", "png"] = Query("json", description="json, or png for the overlay"),
-    settings: Settings = Depends(get_settings),
-    state: ServiceState = Depends(get_state),
+    settings: SettingsDep,
+    state: StateDep,
+    format: Annotated[Literal["json", "png"], Query(
+        description="json, or png for the overlay")] = "json",
 ) -> ExplainResponse | Response:
     """The attribute-aware spatial attention of the global branch over the image (as data
     and as a PNG overlay) and the box the local branch zoomed into."""
@@ -58,16 +68,18 @@ async def explain(
             slot.submitted()  # explain does not join a micro-batch: nobody should wait for it
             t = time.perf_counter()
             if form.image is not None:
-                image = await decode_image(await read_upload(form.image, settings), settings)
+                image, prep = await prepare_image(await read_upload(form.image, settings),
+                                                  settings, _with_input(snap.embedder))
             else:
                 item = await snap.call(snap.index.get, form.item_id)
                 if item is None:
                     raise ApiError(404, "item_not_found", f"no item with id {form.item_id!r}",
                                    details={"item_id": form.item_id})
                 image = await item_image(item, settings)
+                prep = await run_in_threadpool(snap.embedder.preprocess, image)
             decode_ms = ms_since(t)
             t = time.perf_counter()
-            expl = await state.batcher.run(snap.embedder.explain, image, attribute)
+            expl = await state.batcher.run(snap.embedder.explain_prepared, prep, attribute)
             embed_ms = ms_since(t)
         region = getattr(expl, "crop_box", None) or centre_crop_region(*image.size)
         region_box = _box(region)
@@ -78,8 +90,9 @@ async def explain(
             (region_box.x0, region_box.y0, region_box.x1, region_box.y1),
             None if box is None else (box.x0, box.y0, box.x1, box.y1),
         )
-        state.metrics.observe_stage("decode", decode_ms)
-        state.metrics.observe_stage("explain", embed_ms)
+        timings = record(request, Timings(decode_ms=decode_ms, embed_ms=embed_ms,
+                                          total_ms=ms_since(start), batch_size=1),
+                         embed=None, explain=embed_ms)
         if format == "png":
             headers = {"Cache-Control": "no-store", "X-Index-Version": snap.version}
             if box is not None:
@@ -91,7 +104,6 @@ async def explain(
             attention=[[round(float(v), 6) for v in row] for row in attention],
             attention_region=region_box, box=box,
             overlay_png=base64.b64encode(png).decode("ascii"),
-            timings=Timings(decode_ms=decode_ms, embed_ms=embed_ms, total_ms=ms_since(start),
-                            batch_size=1),
+            timings=timings,
             model=snap.model, index_version=snap.version,
         )

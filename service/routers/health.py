@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..deps import get_state
+from ..deps import StateDep
 from ..errors import error_responses
 from ..metrics import CONTENT_TYPE
 from ..schemas import HealthResponse, ReadyResponse
-from ..state import ServiceState
 
 router = APIRouter(tags=["health"])
 
@@ -22,7 +21,7 @@ async def healthz() -> HealthResponse:
 
 @router.get("/readyz", response_model=ReadyResponse, summary="Readiness",
             responses=error_responses(503))
-async def readyz(state: ServiceState = Depends(get_state)) -> ReadyResponse:
+async def readyz(state: StateDep) -> ReadyResponse:
     """200 once a model and an index are loaded; 503 (with the reason) before."""
     async with state.lease() as snap:
         return ReadyResponse(index_version=snap.version, model_version=snap.model.version,

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import get_settings, get_state, require_api_key
+from ..deps import SettingsDep, StateDep
 from ..errors import ApiError, error_responses
 from ..query import image_url
 from ..schemas import ItemResponse, ItemsPage
-from ..settings import Settings
-from ..state import ServiceState, Snapshot
+from ..state import Snapshot
 from ..uploads import item_image
+from . import V1
 
-router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=f"{V1}/items", tags=["items"])
 
 _CACHE = "private, max-age=300"
 
@@ -49,6 +50,12 @@ def _image_file(raw: str, roots: list[Path]) -> tuple[Path, str]:
     return path, mime
 
 
+def _image_roots(roots: list[Path], snap: Snapshot) -> list[Path]:
+    """ASEN_IMAGE_ROOTS plus the folders where the index keeps images itself (the live
+    changes' uploads); no restriction when ASEN_IMAGE_ROOTS is unset."""
+    return [*roots, *getattr(snap.index, "image_dirs", [])] if roots else []
+
+
 def _thumbnail(img: Image.Image, max_side: int) -> bytes:
     img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     out = io.BytesIO()
@@ -60,31 +67,28 @@ def _thumbnail(img: Image.Image, max_side: int) -> bytes:
             responses=error_responses(401, 422, 503))
 async def list_items(
     request: Request,
-    offset: int = Query(0, ge=0, le=10**9),
-    limit: int = Query(24, ge=1, le=200),
-    state: ServiceState = Depends(get_state),
+    state: StateDep,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 24,
 ) -> ItemsPage:
     """A page of indexed items in index order (for pickers and browsing)."""
-    root = request.scope.get("root_path", "")
     async with state.lease() as snap:
         total, items = await snap.call(snap.index.list_items, offset, limit)
         return ItemsPage(
             items=[ItemResponse(id=it.id, metadata=dict(it.metadata or {}),
-                                image_url=image_url(root, it.id)) for it in items],
+                                image_url=image_url(request, it.id)) for it in items],
             total=total, offset=offset, limit=limit, index_version=snap.version,
         )
 
 
 @router.get("/{item_id}", response_model=ItemResponse, summary="Get an item",
             responses=error_responses(401, 404, 503))
-async def get_item(
-    request: Request, item_id: str, state: ServiceState = Depends(get_state)
-) -> ItemResponse:
+async def get_item(request: Request, item_id: str, state: StateDep) -> ItemResponse:
     """An indexed item's metadata."""
     async with state.lease() as snap:
         item = await _get_item(snap, item_id)
         return ItemResponse(id=item.id, metadata=dict(item.metadata or {}),
-                            image_url=image_url(request.scope.get("root_path", ""), item.id))
+                            image_url=image_url(request, item.id))
 
 
 @router.get(
@@ -96,17 +100,18 @@ async def get_item(
 )
 async def get_item_image(
     item_id: str,
-    max_side: int | None = Query(None, ge=16, le=2048,
-                                 description="Downscale to fit this size (JPEG thumbnail)."),
-    settings: Settings = Depends(get_settings),
-    state: ServiceState = Depends(get_state),
+    settings: SettingsDep,
+    state: StateDep,
+    max_side: Annotated[int | None, Query(
+        ge=16, le=2048, description="Downscale to fit this size (JPEG thumbnail).")] = None,
 ) -> Response:
     """The item's catalog image, or a JPEG thumbnail with `max_side`."""
     async with state.lease() as snap:
         item = await _get_item(snap, item_id)
         headers = {"Cache-Control": _CACHE, "X-Index-Version": snap.version}
         try:
-            path, mime = await run_in_threadpool(_image_file, item.image, settings.image_roots)
+            path, mime = await run_in_threadpool(_image_file, item.image,
+                                                 _image_roots(settings.image_roots, snap))
         except (OSError, ValueError, RuntimeError) as exc:
             raise ApiError(404, "image_unavailable",
                            f"the image of item {item_id!r} is not available",

@@ -5,11 +5,20 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 
-from ..deps import get_settings, get_state, require_api_key
+from ..deps import SettingsDep, StateDep
 from ..errors import ApiError, error_responses
-from ..query import admitted, check_k, embed_upload, ms_since, normalise_weights, ranked
+from ..query import (
+    admitted,
+    check_k,
+    embed_upload,
+    ms_since,
+    normalise_weights,
+    record,
+    result_items,
+)
+from ..ranking import index_limit, single_fetch, top_hits, weighted_fetch
 from ..schemas import (
     ImageSearchForm,
     ItemSearchRequest,
@@ -18,13 +27,13 @@ from ..schemas import (
     SearchResponse,
     Timings,
 )
-from ..settings import Settings
-from ..state import ServiceState, require_attribute
+from ..state import require_attribute
 from ..uploads import parse_filters, parse_json_object
+from . import V1
 
-router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=f"{V1}/search", tags=["search"])
 
-_MULTIPART = Form(media_type="multipart/form-data")
+MULTIPART = Form(media_type="multipart/form-data")
 
 
 @router.post(
@@ -35,12 +44,13 @@ _MULTIPART = Form(media_type="multipart/form-data")
 )
 async def search_by_image(
     request: Request,
-    form: Annotated[ImageSearchForm, _MULTIPART],
-    settings: Settings = Depends(get_settings),
-    state: ServiceState = Depends(get_state),
+    form: Annotated[ImageSearchForm, MULTIPART],
+    settings: SettingsDep,
+    state: StateDep,
 ) -> SearchResponse:
     """Catalog items whose `attribute` looks most like the uploaded image's."""
     start = time.perf_counter()
+    group_by = form.group_by or None  # an empty field: no grouping
     k = check_k(form.k, settings)
     filters = parse_filters(form.filters)
     async with state.lease() as snap:
@@ -48,12 +58,16 @@ async def search_by_image(
         async with admitted(state) as slot:
             up = await embed_upload(state, snap, slot, form.image, settings, [attribute])
             t = time.perf_counter()
-            hits = await snap.call(snap.index.search, attribute, up.vectors[attribute][None, :],
-                                   k, filters or None)
-            timings = up.timings(ms_since(t), start, state)
+            fetch = single_fetch(snap.index, attribute, up.vectors[attribute], filters or None)
+            hits = await snap.call(
+                lambda: top_hits(snap.index, fetch, k, group_by=group_by,
+                                 limit=snap.index.size(attribute),
+                                 max_depth=settings.group_max_depth))
+            timings = record(request, up.timings(ms_since(t), start))
         return SearchResponse(
-            query=QueryInfo(source="upload", attribute=attribute, k=k, filters=filters),
-            results=ranked(hits[0], k, request.scope.get("root_path", "")),
+            query=QueryInfo(source="upload", attribute=attribute, k=k, filters=filters,
+                            group_by=group_by),
+            results=result_items(hits, request),
             timings=timings, model=snap.model, index_version=snap.version,
         )
 
@@ -66,12 +80,14 @@ async def search_by_image(
 )
 async def search_multi(
     request: Request,
-    form: Annotated[MultiSearchForm, _MULTIPART],
-    settings: Settings = Depends(get_settings),
-    state: ServiceState = Depends(get_state),
+    form: Annotated[MultiSearchForm, MULTIPART],
+    settings: SettingsDep,
+    state: StateDep,
 ) -> SearchResponse:
-    """Rank by the weighted sum of per-attribute similarities (weights normalised to sum 1)."""
+    """Rank by the weighted sum of per-attribute similarities (weights normalised to sum 1).
+    The image goes through the model's global trunk once for all its attributes."""
     start = time.perf_counter()
+    group_by = form.group_by or None  # an empty field: no grouping
     k = check_k(form.k, settings)
     filters = parse_filters(form.filters)
     raw_weights = parse_json_object(form.weights, "weights")
@@ -80,12 +96,16 @@ async def search_multi(
         async with admitted(state) as slot:
             up = await embed_upload(state, snap, slot, form.image, settings, list(weights))
             t = time.perf_counter()
-            hits = await snap.call(snap.index.search_many, weights, up.vectors, k,
-                                   filters or None)
-            timings = up.timings(ms_since(t), start, state)
+            fetch = weighted_fetch(snap.index, weights, up.vectors, filters or None, k)
+            hits = await snap.call(
+                lambda: top_hits(snap.index, fetch, k, group_by=group_by,
+                                 limit=index_limit(snap.index, list(weights)),
+                                 max_depth=settings.group_max_depth))
+            timings = record(request, up.timings(ms_since(t), start))
         return SearchResponse(
-            query=QueryInfo(source="upload", weights=weights, k=k, filters=filters),
-            results=ranked(hits, k, request.scope.get("root_path", "")),
+            query=QueryInfo(source="upload", weights=weights, k=k, filters=filters,
+                            group_by=group_by),
+            results=result_items(hits, request),
             timings=timings, model=snap.model, index_version=snap.version,
         )
 
@@ -99,12 +119,13 @@ async def search_multi(
 async def search_by_item(
     request: Request,
     body: ItemSearchRequest,
-    settings: Settings = Depends(get_settings),
-    state: ServiceState = Depends(get_state),
+    settings: SettingsDep,
+    state: StateDep,
 ) -> SearchResponse:
     """No upload: the item's embedding from the index is the query. Give `attribute` or
     `weights`; the item itself is left out of the results unless `include_self`."""
     start = time.perf_counter()
+    group_by = body.group_by or None  # an empty field: no grouping
     k = check_k(body.k, settings)
     filters = parse_filters(body.filters or {})
     if (body.attribute is None) == (body.weights is None):
@@ -117,32 +138,26 @@ async def search_by_item(
             weights = normalise_weights(dict(body.weights or {}), snap)
             attributes = list(weights)
         t = time.perf_counter()
-        item = await snap.call(snap.index.get, body.item_id)
-        if item is None:
+        items, stored = await snap.call(snap.index.embeddings, [body.item_id], attributes)
+        if not items:
             raise ApiError(404, "item_not_found", f"no item with id {body.item_id!r}",
                            details={"item_id": body.item_id})
-        vectors = {}
-        for attribute in attributes:
-            vec = await snap.call(snap.index.embedding, body.item_id, attribute)
-            if vec is None:
-                raise ApiError(404, "item_not_found",
-                               f"item {body.item_id!r} has no {attribute} embedding")
-            vectors[attribute] = vec
-        extra = 0 if body.include_self else 1
-        exclude = None if body.include_self else body.item_id
+        vectors = {a: stored[a][0] for a in attributes}
         if weights is None:
-            attribute = attributes[0]
-            hits = (await snap.call(snap.index.search, attribute, vectors[attribute][None, :],
-                                    k + extra, filters or None))[0]
+            fetch = single_fetch(snap.index, attributes[0], vectors[attributes[0]],
+                                 filters or None)
         else:
-            hits = await snap.call(snap.index.search_many, weights, vectors, k + extra,
-                                   filters or None)
+            fetch = weighted_fetch(snap.index, weights, vectors, filters or None, k)
+        exclude = None if body.include_self else body.item_id
+        hits = await snap.call(
+            lambda: top_hits(snap.index, fetch, k, group_by=group_by,
+                             limit=index_limit(snap.index, attributes),
+                             max_depth=settings.group_max_depth, exclude_id=exclude))
         search_ms = ms_since(t)
-        state.metrics.observe_stage("search", search_ms)
         return SearchResponse(
             query=QueryInfo(source="item", item_id=body.item_id, attribute=body.attribute,
-                            weights=weights, k=k, filters=filters),
-            results=ranked(hits, k, request.scope.get("root_path", ""), exclude_id=exclude),
-            timings=Timings(search_ms=search_ms, total_ms=ms_since(start)),
+                            weights=weights, k=k, filters=filters, group_by=group_by),
+            results=result_items(hits, request),
+            timings=record(request, Timings(search_ms=search_ms, total_ms=ms_since(start))),
             model=snap.model, index_version=snap.version,
         )

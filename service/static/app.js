@@ -1,10 +1,15 @@
-// ASEN++ search page: upload or pick an item, choose an attribute, see results + attention.
+// ASEN++ search page: upload or pick an item, choose an attribute, see results + attention;
+// optionally take another attribute from a second reference (a composed query) and keep one
+// result per group (e.g. per product).
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const PAGE_SIZE = 24;
-  const state = { mode: "upload", file: null, itemId: null, offset: 0, total: 0, blobs: [] };
+  const state = {
+    mode: "upload", file: null, itemId: null, offset: 0, total: 0, blobs: [],
+    ref2: { on: false, source: "upload", file: null, itemId: null },
+  };
 
   // ---------------------------------------------------------------- HTTP helpers
   function apiKey() { return $("api-key").value.trim(); }
@@ -48,13 +53,24 @@
   async function loadAttributes() {
     try {
       const data = await api("v1/attributes");
-      const select = $("attribute");
-      select.innerHTML = "";
-      for (const a of data.attributes) {
+      for (const id of ["attribute", "attribute2"]) {
+        const select = $(id);
+        select.innerHTML = "";
+        for (const a of data.attributes) {
+          const opt = document.createElement("option");
+          opt.value = a.name;
+          opt.textContent = `${a.name.replace(/_/g, " ")} (${a.index_size})`;
+          select.appendChild(opt);
+        }
+      }
+      if (data.attributes.length > 1) $("attribute2").value = data.attributes[1].name;
+      const group = $("group-by");
+      group.length = 1;  // keep "no grouping"
+      for (const column of data.metadata_columns || []) {
         const opt = document.createElement("option");
-        opt.value = a.name;
-        opt.textContent = `${a.name.replace(/_/g, " ")} (${a.index_size})`;
-        select.appendChild(opt);
+        opt.value = column;
+        opt.textContent = column.replace(/_/g, " ");
+        group.appendChild(opt);
       }
       $("version").textContent = `index ${data.index_version} · model ${data.model.version}`;
       updateButton();
@@ -95,9 +111,65 @@
     }
   }
 
+  function hasSecondReference() {
+    const r = state.ref2;
+    return !r.on || (r.source === "upload" ? !!r.file : !!r.itemId);
+  }
+
   function updateButton() {
     const hasQuery = state.mode === "upload" ? !!state.file : !!state.itemId;
-    $("search").disabled = !(hasQuery && $("attribute").value);
+    $("search").disabled = !(hasQuery && $("attribute").value && hasSecondReference());
+  }
+
+  // ---------------------------------------------------------------- second reference
+  async function loadItemIds() {
+    try {
+      const page = await api("v1/items?offset=0&limit=200");
+      const list = $("item-ids");
+      list.innerHTML = "";
+      for (const item of page.items) {
+        const opt = document.createElement("option");
+        opt.value = item.id;
+        list.appendChild(opt);
+      }
+    } catch (e) {
+      setStatus(`Cannot list the catalog: ${e.message}`, true);
+    }
+  }
+
+  function toggleCompose(on) {
+    state.ref2.on = on;
+    $("compose-body").classList.toggle("hidden", !on);
+    if (on && !$("item-ids").children.length) loadItemIds();
+    updateButton();
+  }
+
+  function setRef2Source(source) {
+    state.ref2.source = source;
+    $("file2").classList.toggle("hidden", source !== "upload");
+    $("item2").classList.toggle("hidden", source !== "item");
+    showRef2();
+    updateButton();
+  }
+
+  function showRef2() {
+    const img = $("ref2-img");
+    const r = state.ref2;
+    if (r.source === "upload" && r.file) {
+      img.src = URL.createObjectURL(r.file);
+      img.hidden = false;
+    } else if (r.source === "item" && r.itemId) {
+      setImage(img, `v1/items/${encodeURIComponent(r.itemId)}/image?max_side=160`);
+      img.hidden = false;
+    } else {
+      img.hidden = true;
+    }
+  }
+
+  function pickRef2Item(preview) {
+    state.ref2.itemId = $("item2").value.trim() || null;
+    if (preview) showRef2();
+    updateButton();
   }
 
   function switchTab(mode) {
@@ -140,7 +212,7 @@
   // ---------------------------------------------------------------- search
   function fmt(ms) { return ms == null ? "–" : `${ms.toFixed(1)} ms`; }
 
-  function renderResults(data, attribute) {
+  function renderResults(data, attributes) {
     for (const u of state.blobs.splice(0)) URL.revokeObjectURL(u);
     const grid = $("results");
     grid.innerHTML = "";
@@ -185,10 +257,25 @@
         if (key === "image" || key === "split") continue;
         const line = document.createElement("div");
         line.textContent = `${key.replace(/_/g, " ")}: ${value}`;
-        if (key === attribute) line.className = "hl";
+        if (attributes.includes(key)) line.className = "hl";
         meta.appendChild(line);
       }
-      body.append(id, bar, score, meta);
+      body.append(id, bar, score);
+      if (r.scores && Object.keys(r.scores).length > 1) {
+        const per = document.createElement("div");
+        per.className = "scores";
+        per.textContent = Object.entries(r.scores)
+          .map(([a, v]) => `${a.replace(/_/g, " ")} ${v.toFixed(3)}`).join(" · ");
+        body.appendChild(per);
+      }
+      if (r.group != null) {
+        const group = document.createElement("span");
+        group.className = "group";
+        group.textContent = r.group;
+        group.title = `best item of its ${$("group-by").value.replace(/_/g, " ")}`;
+        body.appendChild(group);
+      }
+      body.appendChild(meta);
       card.append(thumb, body);
       grid.appendChild(card);
     }
@@ -210,28 +297,64 @@
     $("overlay-attr").textContent = attribute.replace(/_/g, " ");
   }
 
+  // Both references of a composed query: the main one (upload or picked item) for the main
+  // attribute, the second for its own attribute; weights sum to 1.
+  function composeForm(attribute, k, groupBy) {
+    const form = new FormData();
+    const refs = [];
+    const w2 = parseFloat($("weight2").value);
+    const ref = (attr, weight, source, file, itemId) => {
+      if (source === "upload") {
+        form.append("images", file);
+        refs.push({ attribute: attr, weight, image: refs.filter((r) => "image" in r).length });
+      } else {
+        refs.push({ attribute: attr, weight, item_id: itemId });
+      }
+    };
+    ref(attribute, 1 - w2, state.mode, state.file, state.itemId);
+    const r2 = state.ref2;
+    ref($("attribute2").value, w2, r2.source === "upload" ? "upload" : "catalog", r2.file,
+      r2.itemId);
+    form.append("references", JSON.stringify(refs));
+    form.append("k", String(k));
+    if (groupBy) form.append("group_by", groupBy);
+    return form;
+  }
+
   async function search() {
     const attribute = $("attribute").value;
     const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 12));
+    const groupBy = $("group-by").value;
+    const composed = state.ref2.on;
+    const attributes = composed ? [attribute, $("attribute2").value] : [attribute];
     $("search").disabled = true;
     setStatus("Searching…");
     try {
       let data;
-      if (state.mode === "upload") {
+      if (composed) {
+        data = await api("v1/search/compose", {
+          method: "POST", body: composeForm(attribute, k, groupBy),
+        });
+      } else if (state.mode === "upload") {
         const form = new FormData();
         form.append("image", state.file);
         form.append("attribute", attribute);
         form.append("k", String(k));
+        if (groupBy) form.append("group_by", groupBy);
         data = await api("v1/search", { method: "POST", body: form });
       } else {
+        const body = { item_id: state.itemId, attribute, k };
+        if (groupBy) body.group_by = groupBy;
         data = await api("v1/search/by-item", {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ item_id: state.itemId, attribute, k }),
+          body: JSON.stringify(body),
         });
       }
-      renderResults(data, attribute);
-      setStatus(`${data.results.length} results for ${attribute.replace(/_/g, " ")}`);
+      renderResults(data, attributes);
+      const names = attributes.map((a) => a.replace(/_/g, " ")).join(" + ");
+      const per = groupBy ? ` (one per ${groupBy.replace(/_/g, " ")})` : "";
+      setStatus(`${data.results.length} results for ${names}${per}`);
       await explain(attribute);
     } catch (e) {
       setStatus(e.message, true);
@@ -262,6 +385,21 @@
       pickFile(e.dataTransfer.files[0]);
     });
     $("attribute").addEventListener("change", updateButton);
+    $("compose-on").addEventListener("change", (e) => toggleCompose(e.target.checked));
+    for (const radio of document.querySelectorAll("input[name=ref2-source]")) {
+      radio.addEventListener("change", () => { if (radio.checked) setRef2Source(radio.value); });
+    }
+    $("file2").addEventListener("change", (e) => {
+      state.ref2.file = e.target.files[0] || null;
+      showRef2();
+      updateButton();
+    });
+    $("item2").addEventListener("input", () => pickRef2Item(false));
+    $("item2").addEventListener("change", () => pickRef2Item(true));
+    $("ref2-img").addEventListener("error", () => { $("ref2-img").hidden = true; });
+    $("weight2").addEventListener("input", () => {
+      $("weight2-value").textContent = parseFloat($("weight2").value).toFixed(2);
+    });
     $("search").addEventListener("click", search);
     $("prev-page").addEventListener("click", () => {
       state.offset = Math.max(0, state.offset - PAGE_SIZE);
