@@ -111,8 +111,6 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
         backbone_weights="imagenet",
         freeze_backbones=True,
         attribute_sampling="loss",
-        starts=4,
-        start_epochs=2,
         valid_limit=100,
     ),
     # A small network trained from scratch (every weight), for CPU experiments.

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,14 @@ def test_config_file_overrides(tmp_path):
     cfg = get_train_config(str(path))
     assert cfg.model == "small" and cfg.batch_size == 8 and cfg.stage2.epochs == 1
     assert cfg.stage1 == TRAIN_CONFIGS["small"].stage1
+
+
+def test_every_ablation_config_file_parses():
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "ablation").glob("*.json"))
+    assert files
+    configs = {f.name: get_train_config(str(f)) for f in files}
+    assert configs["e-restarts.json"].starts == 4
+    assert configs["e-restarts.json"].start_epochs == 2
 
 
 def test_frozen_backbones_train_heads_only(dataset, tmp_path):
