@@ -168,28 +168,36 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     root = args.data
     attrs = read_attributes(root)
-    names = [x.name for x in attrs]
     net = global_net(attrs, args.backbone)
     head = net.choices["global"]
     if args.temperature != 1.0:
         head.attnnet.spatial_attention = scaled_attention(head.attnnet, args.temperature)
     train_feats = torch.load(args.features / "train.pt")["feats"].float()
-    test_feats = torch.load(args.features / "test.pt")
-    sampler = TripletSampler(load_split(root, "train").labels, len(attrs))
+    fit(net, Centring(len(attrs), args.center), root, train_feats, args.features, args.epochs,
+        args.lr, args.sampling, args.seed)
+
+
+def fit(net, centre: Centring, root: Path, train_feats: torch.Tensor, features: Path,
+        epochs: int, lr: float, sampling: str, seed: int) -> None:
+    """Train the global head on ``train_feats`` (trunk outputs by image id) and print the test
+    score after every epoch; ``centre`` centres the embeddings unless the model does."""
+    names = [x.name for x in read_attributes(root)]
+    n_attrs = len(names)
+    head = net.choices["global"]
+    test_feats = torch.load(features / "test.pt")
+    sampler = TripletSampler(load_split(root, "train").labels, n_attrs)
     test = load_split(root, "test")
     head.basenet.requires_grad_(False)
     params = [p for n, p in head.named_parameters() if not n.startswith("basenet")]
-    opt = torch.optim.Adam(params, lr=args.lr)
+    opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.8)
-    n_attrs = len(attrs)
     attr_loss = np.full(n_attrs, 0.2)
-    centre = Centring(n_attrs, args.center)
     t0 = time.time()
     net.train()
     head.basenet.eval()
-    for epoch in range(args.epochs):
-        rng = np.random.default_rng([args.seed, 1, epoch])
-        triplets = sample_epoch(sampler, 10_000, n_attrs, attr_loss, args.sampling, rng)
+    for epoch in range(epochs):
+        rng = np.random.default_rng([seed, 1, epoch])
+        triplets = sample_epoch(sampler, 10_000, n_attrs, attr_loss, sampling, rng)
         loss_sum, loss_n = np.zeros(n_attrs), np.zeros(n_attrs)
         for s in range(0, len(triplets), 32):
             b = torch.from_numpy(triplets[s:s + 32])
