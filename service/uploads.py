@@ -90,28 +90,26 @@ def _parse_json(raw: str, field: str) -> Any:
                                  "type": "json_invalid"}]) from exc
 
 
+def _parse_json_of(raw: str | None, field: str, kind: type, name: str, error_type: str) -> Any:
+    """A JSON form field of one ``kind`` ('' or None: an empty one); 422 when it is not one."""
+    if raw is None or not raw.strip():
+        return kind()
+    value = _parse_json(raw, field)
+    if not isinstance(value, kind):
+        raise ApiError(422, "validation_error", f"{field}: must be a JSON {name}",
+                       details=[{"loc": ["body", field], "msg": f"must be a JSON {name}",
+                                 "type": error_type}])
+    return value
+
+
 def parse_json_list(raw: str | None, field: str) -> list[Any]:
     """Parse a JSON-array form field ('' or None: empty); 422 when it is not one."""
-    if raw is None or not raw.strip():
-        return []
-    value = _parse_json(raw, field)
-    if not isinstance(value, list):
-        raise ApiError(422, "validation_error", f"{field}: must be a JSON array",
-                       details=[{"loc": ["body", field], "msg": "must be a JSON array",
-                                 "type": "list_type"}])
-    return value
+    return _parse_json_of(raw, field, list, "array", "list_type")
 
 
 def parse_json_object(raw: str | None, field: str) -> dict[str, Any]:
     """Parse a JSON-object form field ('' or None: empty); 422 when it is not one."""
-    if raw is None or not raw.strip():
-        return {}
-    value = _parse_json(raw, field)
-    if not isinstance(value, dict):
-        raise ApiError(422, "validation_error", f"{field}: must be a JSON object",
-                       details=[{"loc": ["body", field], "msg": "must be a JSON object",
-                                 "type": "dict_type"}])
-    return value
+    return _parse_json_of(raw, field, dict, "object", "dict_type")
 
 
 def parse_filters(raw: dict[str, Any] | str | None) -> dict[str, str]:
