@@ -15,6 +15,7 @@ from .attributes import AttributesLike, AttributeSpec
 from .checkpoint import file_sha256, load_network
 from .errors import UnknownAttributeError
 from .fusion import fuse_conv_bn
+from .memory import keep_freed_memory
 from .network import ASENPlusPlus
 from .preprocess import PreparedImage, Preprocessor
 
@@ -228,8 +229,10 @@ def load_model(path: str | Path, attributes: AttributesLike | None = None,
                batch_size: int | None = None) -> Embedder:
     """Load a project or published checkpoint into a ready :class:`Embedder`.
 
-    fp32 on CUDA means IEEE fp32 (TF32 off, see :func:`use_ieee_fp32`).
+    fp32 on CUDA means IEEE fp32 (TF32 off, see :func:`use_ieee_fp32`). The process keeps
+    freed heap memory for the next pass (:func:`model.memory.keep_freed_memory`).
     """
+    keep_freed_memory()
     net = load_network(path, attributes)
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
                    checkpoint=str(path), fuse=True)
