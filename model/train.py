@@ -64,9 +64,10 @@ class TrainConfig:
     # triplet loss, so the ones the model has not learnt yet get more of each epoch.
     attribute_sampling: str = "uniform"
     # Random restarts of stage 1: this many independently initialised attention heads each
-    # train the first ``start_epochs`` epochs on the same triplets, and the one whose weakest
-    # attribute has the best validation MAP goes on (whether the attention finds a small
-    # detail depends on its initialisation; docs/RESULTS.md). 1: the paper's single start.
+    # train the first ``start_epochs`` epochs on triplets of their own, and the one whose
+    # weakest attribute has the best validation MAP goes on (whether the attention finds a
+    # small detail depends on the draw of the first epochs' triplets; docs/RESULTS.md).
+    # 1: the paper's single start.
     starts: int = 1
     start_epochs: int = 1
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace
@@ -103,15 +104,19 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
     ),
     # Frozen ImageNet MobileNetV2 trunks (offline weights), attention heads trained: the demo
     # checkpoint and docs/RESULTS.md. Minutes on two CPU cores.
+    # Four random starts of two epochs each: the draw of the first triplets decides whether
+    # the attention finds the button (docs/RESULTS.md).
     "cpu": TrainConfig(
         model="cpu",
-        stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
-        stage2=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        stage1=StageConfig(epochs=8, lr=1e-3, step=2, gamma=0.8),
+        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
         triplets_per_epoch=10_000,
         batch_size=32,
         backbone_weights="imagenet",
         freeze_backbones=True,
         attribute_sampling="loss",
+        starts=4,
+        start_epochs=2,
         valid_limit=100,
     ),
     # A small network trained from scratch (every weight), for CPU experiments.
@@ -243,6 +248,7 @@ class RunState:
     best_map: float = -1.0
     history: list[dict] = field(default_factory=list)
     attr_loss: list[float] | None = None  # running loss per attribute ("loss" sampling)
+    start: int = 0                      # which random start of stage 1 (its own triplets)
 
 
 @dataclass
@@ -391,7 +397,9 @@ def _start_stage2(net: ASENPlusPlus, out: Path, log) -> None:
 
 def _epoch_triplets(setup: TrainingSetup, cfg: TrainConfig, state: RunState,
                     stage: int) -> list[list[int]]:
-    rng = np.random.default_rng([cfg.seed, stage, state.epoch])
+    # start 0 (the run itself) keeps the stream of a run without restarts
+    key = [cfg.seed, stage, state.epoch] + ([state.start] if state.start else [])
+    rng = np.random.default_rng(key)
     weights = state.attr_loss if cfg.attribute_sampling == "loss" else None
     return setup.sampler.sample(cfg.triplets_per_epoch, rng, weights).tolist()
 
@@ -479,8 +487,8 @@ class _Start:
 def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
                   state: RunState, log) -> dict:
     """Random restarts (``cfg.starts``): each start trains stage 1's first ``cfg.start_epochs``
-    epochs from its own initialisation of the heads (start 0: the run's own), on the same
-    triplets; the start whose weakest attribute has the best validation MAP is kept, and
+    epochs from its own initialisation of the heads and on its own draw of triplets (start 0:
+    the run's own); the start whose weakest attribute has the best validation MAP is kept, and
     ``state`` continues from it. Returns its optimizer states. A run stopped during the starts
     begins again.
     """
@@ -495,7 +503,7 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
             reinit_heads(setup.net, seed=1_000_003 * cfg.seed + j)
         set_train_mode(setup.net, cfg.freeze_backbones)
         opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
-        trial = RunState(history=state.history)
+        trial = RunState(history=state.history, start=j)
         while trial.epoch < cfg.start_epochs:
             loss, attr_loss = _train_epoch(setup, cfg, trial, 1, cfg.stage1.epochs, opt, log)
             sched.step()
