@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=5000, help="cap per level (5000)")
     p.add_argument("--batch-max-size", type=int, default=16)
     p.add_argument("--batch-max-wait-ms", type=float, default=5.0)
-    p.add_argument("--rounds", type=int, default=10, help="single-query rounds (10)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="single-query and multi-attribute rounds (10; 0: skip both)")
     p.add_argument("--per-round", type=int, default=10, help="queries per round (10)")
     p.add_argument("--multi-attributes", type=int, default=3, metavar="N",
                    help="compare an N-attribute query with a 1-attribute one (3; 0: skip)")
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.duration, args.max_requests, headers)
             print(json.dumps(asdict(r)), flush=True)
             results.append(r)
-        if args.multi_attributes > 1:
+        if args.multi_attributes > 1 and args.rounds > 0:
             scaling["as-configured"] = attribute_scaling(
                 args.url.rstrip("/"), image, args.attribute, args.multi_attributes,
                 args.rounds, args.per_round, headers)
@@ -374,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
                                           args.duration, args.max_requests, headers)
                         print(json.dumps(asdict(r)), flush=True)
                         results.append(r)
-                    single[mode] = single_query(srv.url, emb, image, args.attribute,
-                                                args.rounds, args.per_round, headers,
-                                                server_pid=srv.proc.pid if srv.proc else None)
-                    print(json.dumps({"single_query": mode, **single[mode]}), flush=True)
-                    if args.multi_attributes > 1:
+                    if args.rounds > 0:
+                        single[mode] = single_query(srv.url, emb, image, args.attribute,
+                                                    args.rounds, args.per_round, headers,
+                                                    server_pid=srv.proc.pid if srv.proc else None)
+                        print(json.dumps({"single_query": mode, **single[mode]}), flush=True)
+                    if args.multi_attributes > 1 and args.rounds > 0:
                         scaling[mode] = attribute_scaling(
                             srv.url, image, args.attribute, args.multi_attributes,
                             args.rounds, args.per_round, headers)
