@@ -5,7 +5,7 @@
 Each round starts two fresh processes, one with the tuning and one without (the order
 alternates), and each measures on the `cpu` configuration with random weights:
 (a) a stage-1 training step as `model.train` runs it on a frozen trunk's cached outputs
-    (32 triplets: 96 feature maps of 320 x 28 x 28, forward and backward of the global head);
+    (32 triplets: 96 trunk outputs of 96 x 28 x 28, forward and backward of the global head);
 (b) `Embedder.embed_each_prepared` on a batch of 8 images (one attribute each), on a worker
     thread as the service runs it, and on 1 image.
 Wall and system time per step or image, medians over rounds, and the ratios default/tuned.
@@ -47,7 +47,9 @@ def child(tuned: bool, steps: int) -> dict:
     head = net.choices["global"]
     head.basenet.requires_grad_(False)
     opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=1e-3)
-    feats = torch.randn(96, 320, 28, 28)
+    with torch.no_grad():                     # the frozen trunk's output shape, cached in training
+        shape = net.trunk(torch.zeros(1, 3, 224, 224)).shape[1:]
+    feats = torch.randn(96, *shape)
     attr = torch.arange(96) % len(attrs)
 
     def step() -> None:

@@ -1,9 +1,24 @@
-"""Index size, build time, recall and latency of `build` with and without `--max-memory`.
+"""Index size, build time, recall, latency and resident memory of `build --max-memory`.
 
-Synthetic clustered unit vectors written as an embeddings store (no model, no images), then
-`python -m indexer build` for each budget. Prints one JSON line per build:
+Synthetic unit vectors written as an embeddings store (no model, no images), then `python
+-m indexer build` for each budget, then a fresh process opens the index with
+`CatalogIndex` and measures what serving costs. Prints one JSON line per build:
 
     python bench/scaling.py --n 20000 --dim 256 --budgets none 4M 2M
+    python bench/scaling.py --n 1000000 --dim 2048 --budgets none 512M --generator structured
+
+Generators: `clusters` (cluster centres plus isotropic noise: every direction carries the
+same variance) and `structured` (the clusters live in a 256-dimensional subspace with a
+power-law spectrum, projected into D dimensions plus a little isotropic noise: most of the
+variance in few directions, as in a network's embeddings). Vectors are generated in chunks
+from per-chunk seeds, stored as float16, and the exact top 10 is computed chunk by chunk on
+the stored values, so 1M x 2048 needs no 8 GB array in this process.
+
+Measured per budget: build time (the whole `indexer build` command), the resident anonymous
+memory the serving process gains by opening the index and answering the queries
+(`RssAnon` of /proc/self/status, so memory-mapped vectors in the page cache do not count),
+the p50 and p95 latency of one query through `CatalogIndex.search`, and recall@10 against
+exact inner product.
 """
 
 from __future__ import annotations
@@ -11,7 +26,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,72 +37,168 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from indexer.cli import main as indexer  # noqa: E402
-from indexer.reader import CatalogIndex  # noqa: E402
-from indexer.store import EmbeddingStore  # noqa: E402
-
-
-def vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(max(2, n // 100), dim))
-    x = centers[rng.integers(0, len(centers), n)] + 0.4 * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+CHUNK = 50_000
+LATENT = 256
 
 
-def run(n: int, dim: int, budgets: list[str], queries: int, root: Path) -> list[dict]:
-    x = vectors(n, dim)
-    ids = [f"i{k}" for k in range(n)]
+def _chunk(generator: str, start: int, n: int, dim: int, seed: int) -> np.ndarray:
+    """Rows ``start .. start + n`` of the dataset (float16-rounded, unit-norm, float32)."""
+    shared = np.random.default_rng([seed, 0])            # the same centres for every chunk
+    rng = np.random.default_rng([seed, 1, start])
+    n_centres = 1000
+    if generator == "clusters":
+        centres = shared.standard_normal((n_centres, dim), dtype=np.float32)
+        x = centres[rng.integers(0, n_centres, n)]
+        x += 0.4 * rng.standard_normal((n, dim), dtype=np.float32)
+    elif generator == "structured":
+        spectrum = (np.arange(1, LATENT + 1, dtype=np.float32) ** -0.75)
+        basis = shared.standard_normal((LATENT, dim), dtype=np.float32) / np.sqrt(LATENT)
+        centres = shared.standard_normal((n_centres, LATENT), dtype=np.float32)
+        z = centres[rng.integers(0, n_centres, n)]
+        z += 0.5 * rng.standard_normal((n, LATENT), dtype=np.float32)
+        x = (z * spectrum) @ basis
+        x += 0.02 * rng.standard_normal((n, dim), dtype=np.float32)
+    else:
+        raise ValueError(f"unknown generator {generator!r}")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float16).astype(np.float32)
+
+
+def write_dataset(root: Path, generator: str, n: int, dim: int, queries: int,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Store and catalog under ``root``; returns the queries and their exact top 10."""
+    from indexer.store import EmbeddingStore
+
     store = EmbeddingStore(root / "emb")
-    for s in range(0, n, 50_000):
-        store.write(ids[s:s + 50_000], ids[s:s + 50_000], x[s:s + 50_000, None, :], ["a"])
+    qpos = np.sort(np.random.default_rng([seed, 2]).choice(n, queries, replace=False))
+    q = np.zeros((queries, dim), np.float32)
+    best_s = np.full((queries, 10), -np.inf, np.float32)
+    best_i = np.zeros((queries, 10), np.int64)
+    for s in range(0, n, CHUNK):
+        x = _chunk(generator, s, min(CHUNK, n - s), dim, seed)
+        ids = [f"i{k}" for k in range(s, s + len(x))]
+        store.write(ids, ids, x[:, None, :], ["a"], dtype="float16")
+        inside = (qpos >= s) & (qpos < s + len(x))
+        q[inside] = x[qpos[inside] - s]
+        del x
+    for s in range(0, n, CHUNK):       # the queries are known only once every chunk is seen
+        x = _chunk(generator, s, min(CHUNK, n - s), dim, seed)
+        scores = q @ x.T
+        cand_s = np.concatenate([best_s, scores], axis=1)
+        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(x)),
+                                                         scores.shape)], axis=1)
+        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
+        best_s = np.take_along_axis(cand_s, top, 1)
+        best_i = np.take_along_axis(cand_i, top, 1)
     with open(root / "catalog.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "image"])
-        w.writerows([i, f"{i}.jpg"] for i in ids)
-    q = x[np.random.default_rng(1).choice(n, queries, replace=False)]
-    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+        w.writerows([f"i{k}", f"i{k}.jpg"] for k in range(n))
+    return q, best_i
+
+
+def rss_anon() -> int:
+    """Resident anonymous memory of this process, bytes (not file-backed pages)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def serve_measure(index_dir: Path, queries: Path, truth: Path) -> dict:
+    """In a fresh process: open, answer every query once, report memory, latency, recall."""
+    from indexer.reader import CatalogIndex
+
+    q, top = np.load(queries), np.load(truth)
+    before = rss_anon()
+    lat, recall = [], []
+    with CatalogIndex.open(index_dir) as idx:
+        opened = rss_anon()
+        info = idx.manifest.attributes[0].index
+        idx.search("a", q[:1], 10)                                 # first-touch costs apart
+        for i in range(len(q)):
+            t = time.perf_counter()
+            hits = idx.search("a", q[i:i + 1], 10)[0]
+            lat.append(time.perf_counter() - t)
+            got = {int(h.id[1:]) for h, _ in hits}
+            recall.append(len(got & set(top[i].tolist())) / 10)
+        after = rss_anon()
+        n = int(info.ntotal)
+        gained = after - before
+        return {"type": info.type, "params": info.params,
+                "memory_formula_bytes": info.memory_bytes,
+                "rss_anon_open_bytes": opened - before, "rss_anon_bytes": gained,
+                "bytes_per_vector": round(gained / n, 1),
+                "index_file_bytes": (index_dir / info.file).stat().st_size,
+                "recall_at_10": round(float(np.mean(recall)), 4),
+                "p50_ms": round(statistics.median(lat) * 1000, 3),
+                "p95_ms": round(float(np.percentile(lat, 95)) * 1000, 3)}
+
+
+def run(generator: str, n: int, dim: int, budgets: list[str], queries: int,
+        root: Path) -> list[dict]:
+    t0 = time.perf_counter()
+    q, top = write_dataset(root, generator, n, dim, queries)
+    np.save(root / "q.npy", q)
+    np.save(root / "top.npy", top)
+    prepare_s = time.perf_counter() - t0
     out = []
     for b in budgets:
         idx_dir = root / f"idx-{b}"
         extra = [] if b == "none" else ["--max-memory", b]
         t0 = time.perf_counter()
-        rc = indexer(["build", "--embeddings", str(root / "emb"), "--catalog",
-                      str(root / "catalog.csv"), "--out", str(idx_dir), *extra])
+        rc = subprocess.run([sys.executable, "-m", "indexer", "build", "--embeddings",
+                             str(root / "emb"), "--catalog", str(root / "catalog.csv"),
+                             "--out", str(idx_dir), *extra], cwd=REPO,
+                            stdout=subprocess.DEVNULL).returncode
         seconds = time.perf_counter() - t0
+        row = {"generator": generator, "n": n, "dim": dim, "budget": b,
+               "prepare_s": round(prepare_s, 1)}
         if rc != 0:
-            out.append({"budget": b, "exit": rc})
+            out.append({**row, "exit": rc})
+            print(json.dumps(out[-1]), flush=True)
             continue
-        with CatalogIndex.open(idx_dir) as idx:
-            info = idx.manifest.attributes[0].index
-            lat, recall = [], []
-            for i in range(queries):
-                t = time.perf_counter()
-                hits = idx.search("a", q[i:i + 1], 10)[0]
-                lat.append(time.perf_counter() - t)
-                got = {int(h.id[1:]) for h, _ in hits}
-                recall.append(len(got & set(truth[i].tolist())) / 10)
-        out.append({"n": n, "dim": dim, "budget": b, "type": info.type, "params": info.params,
-                    "memory_bytes": info.memory_bytes,
-                    "file_bytes": (idx_dir / info.file).stat().st_size,
-                    "build_s": round(seconds, 2), "recall_at_10": round(float(np.mean(recall)), 4),
-                    "p50_ms": round(statistics.median(lat) * 1000, 3)})
+        child = subprocess.run([sys.executable, __file__, "--serve-measure", str(idx_dir),
+                                str(root / "q.npy"), str(root / "top.npy")], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+        out.append({**row, "build_s": round(seconds, 1), **json.loads(child.stdout)})
+        print(json.dumps(out[-1]), flush=True)
+        _remove_versions(idx_dir)              # disk: a 1M x 2048 flat index is 8 GB
     return out
 
 
-def main() -> None:
+def _remove_versions(index_dir: Path) -> None:
+    import shutil
+
+    for p in index_dir.parent.glob(f".{index_dir.name}.*"):
+        shutil.rmtree(p, ignore_errors=True)
+    index_dir.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--budgets", nargs="+", default=["none", "4M", "2M"])
+    p.add_argument("--generator", nargs="+", choices=["clusters", "structured"],
+                   default=["clusters"])
     p.add_argument("--queries", type=int, default=200)
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
-        for b in args.budgets:
-            for row in run(args.n, args.dim, [b], args.queries, Path(tmp) / b):
-                print(json.dumps(row), flush=True)
+    p.add_argument("--tmp", type=Path, help="scratch folder (default: the system's)")
+    p.add_argument("--serve-measure", nargs=3, type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_measure:
+        print(json.dumps(serve_measure(*args.serve_measure)))
+        return 0
+    print(json.dumps({"machine": platform.processor() or platform.machine(),
+                      "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}), flush=True)
+    for gen in args.generator:
+        with tempfile.TemporaryDirectory(prefix="bench_scaling_", dir=args.tmp) as tmp:
+            run(gen, args.n, args.dim, args.budgets, args.queries, Path(tmp))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

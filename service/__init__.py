@@ -8,4 +8,10 @@ import os
 # set before torch loads; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Freed activations stay in one heap for the next batch, before any thread allocates
+# (model/memory.py).
+from model.memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
+
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         5.0, ge=0, description="Longest a query waits for others to join its batch."
     )
+    decode_concurrency: int = Field(
+        max(1, os.cpu_count() or 1), ge=1,
+        description="Uploads decoded and preprocessed at once (default: the CPU count); more "
+                    "wait, so that decoding does not crowd out the model.")
     queue_max: int = Field(
         64, ge=1, description="Queries admitted at once (waiting + running); more get 503."
     )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import UploadFile
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from .errors import ApiError
 from .protocols import ItemLike
@@ -63,9 +67,25 @@ def _decode(source: bytes | Path, max_pixels: int) -> Image.Image:
                        details={"reason": type(exc).__name__}) from exc
 
 
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = \
+    weakref.WeakKeyDictionary()
+
+
+async def in_decode_pool(settings: Settings, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` on a worker thread, at most ``settings.decode_concurrency`` at once.
+
+    Unbounded, 16 concurrent uploads decode and preprocess on 16 threads at once and crowd
+    the inference thread off a small machine's cores (docs/BENCHMARKS.md, micro-batching)."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None or limiter.total_tokens != settings.decode_concurrency:
+        limiter = _limiters[loop] = CapacityLimiter(settings.decode_concurrency)
+    return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+
+
 async def decode_image(source: bytes | Path, settings: Settings) -> Image.Image:
     """Decode bytes or a file into RGB off the event loop; client errors become ApiError."""
-    return await run_in_threadpool(_decode, source, settings.max_image_pixels)
+    return await in_decode_pool(settings, _decode, source, settings.max_image_pixels)
 
 
 def _decode_and_prepare(source: bytes | Path, max_pixels: int,
@@ -77,8 +97,8 @@ async def prepare_image(source: bytes | Path, settings: Settings,
                         prepare: Callable[[Image.Image], Prepared]) -> Prepared:
     """Decode and preprocess (``prepare``: the embedder's preprocessor) in the decode pool,
     so the inference thread only runs the network; client errors become ApiError."""
-    return await run_in_threadpool(_decode_and_prepare, source, settings.max_image_pixels,
-                                   prepare)
+    return await in_decode_pool(settings, _decode_and_prepare, source,
+                                settings.max_image_pixels, prepare)
 
 
 def _parse_json(raw: str, field: str) -> Any:

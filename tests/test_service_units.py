@@ -16,7 +16,7 @@ from service.batching import MicroBatcher, Overloaded
 from service.errors import ApiError
 from service.overlay import centre_crop_region, render_overlay
 from service.settings import Settings
-from service.uploads import parse_filters, parse_json_object
+from service.uploads import in_decode_pool, parse_filters, parse_json_object
 
 
 class FakeEmbedder:
@@ -60,6 +60,28 @@ def test_settings_defaults(monkeypatch):
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.max_upload_bytes == 10 * 1024 * 1024
     assert s.batching and s.checkpoint is None
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+def test_decode_pool_runs_at_most_its_limit_at_once(limit):
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def decode(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return i
+
+    async def scenario():
+        settings = Settings(decode_concurrency=limit)
+        return await asyncio.gather(*(in_decode_pool(settings, decode, i) for i in range(12)))
+
+    assert asyncio.run(scenario()) == list(range(12))   # every call ran, results in order
+    assert peak == limit
 
 
 def test_batcher_gathers_concurrent_requests():

@@ -59,7 +59,7 @@ def test_upload_search_shows_results_and_overlay(server, fx, page):
     assert "neckline" in options and "colour" in options
 
     pg.set_input_files("#file", str(fx.image("test-000001")))
-    pg.select_option("#attribute", "neckline")   # a small detail: the screenshot shows it
+    pg.select_option("#attribute", "button")   # the smallest detail: the screenshot shows it
     pg.fill("#k", "8")
     pg.click("#search")
 
@@ -69,7 +69,7 @@ def test_upload_search_shows_results_and_overlay(server, fx, page):
     assert cards.count() == 8
     assert cards.first.get_attribute("data-id") == "test-000001"  # the query itself is indexed
     assert "score" in cards.first.inner_text()
-    assert pg.locator(".result-card .meta .hl").first.inner_text().startswith("neckline")
+    assert pg.locator(".result-card .meta .hl").first.inner_text().startswith("button")
     overlay = pg.locator("#overlay-img").get_attribute("src")
     assert overlay.startswith("data:image/png;base64,")
     assert "total" in pg.inner_text("#timings")
