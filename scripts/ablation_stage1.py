@@ -121,6 +121,13 @@ def sample_epoch(sampler: TripletSampler, n: int, n_attrs: int, attr_loss: np.nd
     return out
 
 
+def epoch_triplets(sampler: TripletSampler, n_attrs: int, attr_loss: np.ndarray,
+                   sampling: str, seed: int, epoch: int) -> np.ndarray:
+    """This script's draw of one epoch's 10,000 triplets (its own generator per epoch)."""
+    rng = np.random.default_rng([seed, 1, epoch])
+    return sample_epoch(sampler, 10_000, n_attrs, attr_loss, sampling, rng)
+
+
 @torch.no_grad()
 def score(net, centre: Centring, root: Path, test, feats: dict, names: list[str]) -> str:
     net.eval()
@@ -196,8 +203,7 @@ def fit(net, centre: Centring, root: Path, train_feats: torch.Tensor, features: 
     net.train()
     head.basenet.eval()
     for epoch in range(epochs):
-        rng = np.random.default_rng([seed, 1, epoch])
-        triplets = sample_epoch(sampler, 10_000, n_attrs, attr_loss, sampling, rng)
+        triplets = epoch_triplets(sampler, n_attrs, attr_loss, sampling, seed, epoch)
         loss_sum, loss_n = np.zeros(n_attrs), np.zeros(n_attrs)
         for s in range(0, len(triplets), 32):
             b = torch.from_numpy(triplets[s:s + 32])

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ablation_stage1 import Centring, sample_epoch, score  # noqa: E402
+from ablation_stage1 import Centring, epoch_triplets, score  # noqa: E402
 
 import model.train as mt  # noqa: E402
 from model.data import load_split, read_attributes  # noqa: E402
@@ -36,13 +36,11 @@ from model.embedder import pick_device  # noqa: E402
 
 
 def ablation_triplets(n_attrs: int, seed: int):
-    """The ablation script's draw: its own generator per epoch, loss-weighted attributes."""
+    """The ablation script's draw (loss-weighted attributes), fed model.train's running loss."""
     def draw(setup: mt.TrainingSetup, cfg: mt.TrainConfig, state: mt.RunState, stage: int):
-        rng = np.random.default_rng([seed, 1, state.epoch])
         loss = (np.full(n_attrs, cfg.margin) if state.attr_loss is None
                 else np.asarray(state.attr_loss))
-        return sample_epoch(setup.sampler, cfg.triplets_per_epoch, n_attrs, loss, "loss",
-                            rng).tolist()
+        return epoch_triplets(setup.sampler, n_attrs, loss, "loss", seed, state.epoch).tolist()
     return draw
 
 
