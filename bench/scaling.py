@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,8 +172,6 @@ def run(generator: str, n: int, dim: int, budgets: list[str], queries: int,
 
 
 def _remove_versions(index_dir: Path) -> None:
-    import shutil
-
     for p in index_dir.parent.glob(f".{index_dir.name}.*"):
         shutil.rmtree(p, ignore_errors=True)
     index_dir.unlink(missing_ok=True)
