@@ -223,8 +223,8 @@ class EmbeddingStore:
     @staticmethod
     def _write_table(table: pa.Table, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        # dictionary encoding only where values repeat: on the vector columns parquet would
-        # try it for every part and give up (writes 2.5x and reads 4x slower, bench/scaling.py)
+        # dictionary encoding only for the id columns: on the vector columns parquet tries it
+        # on every part and gives up, which made writing and reading a part several times slower
         pq.write_table(table, tmp, use_dictionary=[c for c in ("id", "sha256")
                                                    if c in table.column_names])
         with open(tmp, "rb") as f:
