@@ -6,6 +6,7 @@ Synthetic unit vectors written as an embeddings store (no model, no images), the
 
     python bench/scaling.py --n 20000 --dim 256 --budgets none 4M 2M
     python bench/scaling.py --n 1000000 --dim 2048 --budgets none 512M --generator structured
+    python bench/scaling.py --n 100000 --dim 2048 --budgets none 48M --k-factors 10 20 50
 
 Generators: `clusters` (cluster centres plus isotropic noise: every direction carries the
 same variance) and `structured` (the clusters live in a 256-dimensional subspace with a
@@ -18,7 +19,8 @@ Measured per budget: build time (the whole `indexer build` command), the residen
 memory the serving process gains by opening the index and answering the queries
 (`RssAnon` of /proc/self/status, so memory-mapped vectors in the page cache do not count),
 the p50 and p95 latency of one query through `CatalogIndex.search`, and recall@10 against
-exact inner product.
+exact inner product; with `--k-factors`, latency and recall again at each of those re-rank
+depths of the compressed index (`CatalogIndex.set_search_params`, no rebuild).
 """
 
 from __future__ import annotations
@@ -109,38 +111,52 @@ def rss_anon() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
-def serve_measure(index_dir: Path, queries: Path, truth: Path) -> dict:
-    """In a fresh process: open, answer every query once, report memory, latency, recall."""
+def _answer_all(idx, q: np.ndarray, top: np.ndarray) -> dict:
+    """Recall@10 and p50/p95 latency of one query at a time through `CatalogIndex.search`."""
+    lat, recall = [], []
+    idx.search("a", q[:1], 10)                                     # first-touch costs apart
+    for i in range(len(q)):
+        t = time.perf_counter()
+        hits = idx.search("a", q[i:i + 1], 10)[0]
+        lat.append(time.perf_counter() - t)
+        got = {int(h.id[1:]) for h, _ in hits}
+        recall.append(len(got & set(top[i].tolist())) / 10)
+    return {"recall_at_10": round(float(np.mean(recall)), 4),
+            "p50_ms": round(statistics.median(lat) * 1000, 3),
+            "p95_ms": round(float(np.percentile(lat, 95)) * 1000, 3)}
+
+
+def serve_measure(index_dir: Path, queries: Path, truth: Path,
+                  k_factors: list[int] | None = None) -> dict:
+    """In a fresh process: open, answer every query once, report memory, latency, recall;
+    then the same at each other re-rank depth in `k_factors` (a search-time knob)."""
     from indexer.reader import CatalogIndex
 
     q, top = np.load(queries), np.load(truth)
     before = rss_anon()
-    lat, recall = [], []
     with CatalogIndex.open(index_dir) as idx:
         opened = rss_anon()
         info = idx.manifest.attributes[0].index
-        idx.search("a", q[:1], 10)                                 # first-touch costs apart
-        for i in range(len(q)):
-            t = time.perf_counter()
-            hits = idx.search("a", q[i:i + 1], 10)[0]
-            lat.append(time.perf_counter() - t)
-            got = {int(h.id[1:]) for h, _ in hits}
-            recall.append(len(got & set(top[i].tolist())) / 10)
+        measured = _answer_all(idx, q, top)
         after = rss_anon()
         n = int(info.ntotal)
         gained = after - before
-        return {"type": info.type, "params": info.params,
-                "memory_formula_bytes": info.memory_bytes,
-                "rss_anon_open_bytes": opened - before, "rss_anon_bytes": gained,
-                "bytes_per_vector": round(gained / n, 1),
-                "index_file_bytes": (index_dir / info.file).stat().st_size,
-                "recall_at_10": round(float(np.mean(recall)), 4),
-                "p50_ms": round(statistics.median(lat) * 1000, 3),
-                "p95_ms": round(float(np.percentile(lat, 95)) * 1000, 3)}
+        out = {"type": info.type, "params": info.params,
+               "memory_formula_bytes": info.memory_bytes,
+               "rss_anon_open_bytes": opened - before, "rss_anon_bytes": gained,
+               "bytes_per_vector": round(gained / n, 1),
+               "index_file_bytes": (index_dir / info.file).stat().st_size, **measured}
+        if k_factors and "k_factor" in info.params:
+            sweep = {}
+            for f in k_factors:
+                idx.set_search_params("a", k_factor=f)
+                sweep[f] = _answer_all(idx, q, top)
+            out["k_factor_sweep"] = sweep
+        return out
 
 
 def run(generator: str, n: int, dim: int, budgets: list[str], queries: int,
-        root: Path) -> list[dict]:
+        root: Path, k_factors: list[int]) -> list[dict]:
     t0 = time.perf_counter()
     q, top = write_dataset(root, generator, n, dim, queries)
     np.save(root / "q.npy", q)
@@ -163,7 +179,8 @@ def run(generator: str, n: int, dim: int, budgets: list[str], queries: int,
             print(json.dumps(out[-1]), flush=True)
             continue
         child = subprocess.run([sys.executable, __file__, "--serve-measure", str(idx_dir),
-                                str(root / "q.npy"), str(root / "top.npy")], cwd=REPO,
+                                str(root / "q.npy"), str(root / "top.npy"),
+                                "--k-factors", *map(str, k_factors)], cwd=REPO,
                                capture_output=True, text=True, check=True)
         out.append({**row, "build_s": round(seconds, 1), **json.loads(child.stdout)})
         print(json.dumps(out[-1]), flush=True)
@@ -186,16 +203,19 @@ def main(argv: list[str] | None = None) -> int:
                    default=["clusters"])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--tmp", type=Path, help="scratch folder (default: the system's)")
+    p.add_argument("--k-factors", nargs="*", type=int, default=[],
+                   help="also measure compressed indexes at these re-rank depths (k x F "
+                        "candidates re-ranked exactly), e.g. 30 100")
     p.add_argument("--serve-measure", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_measure:
-        print(json.dumps(serve_measure(*args.serve_measure)))
+        print(json.dumps(serve_measure(*args.serve_measure, args.k_factors)))
         return 0
     print(json.dumps({"machine": platform.processor() or platform.machine(),
                       "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}), flush=True)
     for gen in args.generator:
         with tempfile.TemporaryDirectory(prefix="bench_scaling_", dir=args.tmp) as tmp:
-            run(gen, args.n, args.dim, args.budgets, args.queries, Path(tmp))
+            run(gen, args.n, args.dim, args.budgets, args.queries, Path(tmp), args.k_factors)
     return 0
 
 

@@ -85,7 +85,9 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="images per decoded batch (32)")
     g.add_argument("--workers", type=int, default=None,
                    help=f"decode worker processes (default {default_workers()}; 0 = inline)")
-    g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the model (default: torch's; in a Ray CPU actor, "
+                        "its node's usable CPUs)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--checkpoint-every", type=int, default=1024, metavar="N",

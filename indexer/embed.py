@@ -156,7 +156,7 @@ def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
         "compacted": dropped, "engine": opts.engine,
         "device": device if engine is not None else str(emb.device),
         "workers": default_workers() if opts.workers is None else opts.workers,
-        "batch_size": opts.batch_size,
+        "batch_size": opts.batch_size, "model_threads": outcome.model_threads,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     store.write_meta({**base_meta, "last_run": stats})

@@ -58,6 +58,7 @@ class EmbedOutcome:
     status: list[str]
     rejects: list[Reject] = field(default_factory=list)
     seconds: float = 0.0
+    model_threads: list[int] = field(default_factory=list)   # torch threads of each model
 
     def count(self, status: str) -> int:
         """How many items ended with `status`."""
@@ -333,6 +334,7 @@ def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
     finally:
         bar.close()
     col.out.seconds = time.perf_counter() - start
+    col.out.model_threads = [torch.get_num_threads()]
     return col.out
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from indexer.catalog import CatalogItem
 from indexer.embedding_job import (
@@ -22,6 +23,7 @@ from indexer.embedding_job import (
     EmbedOutcome,
     ItemLoader,
     Loaded,
+    available_cpus,
     embed_batch,
     set_threads,
 )
@@ -47,12 +49,20 @@ def _columns(recs: list[Loaded]) -> dict[str, np.ndarray]:
 
 
 class EmbedActor:
-    """A model held by one Ray actor (one GPU each where the cluster has GPUs)."""
+    """A model held by one Ray actor (one GPU each where the cluster has GPUs).
+
+    Ray sets `OMP_NUM_THREADS` to an actor's `num_cpus` (1 here, so that decode tasks find
+    room beside it), which would leave torch one thread. A CPU actor therefore takes every
+    CPU its node lets it use, as the local engine's model does, unless `threads` is given
+    (pass it when several CPU actors share a node).
+    """
 
     def __init__(self, checkpoint: str, device: str, precision: str,
                  threads: int | None) -> None:
         from model import load_model
 
+        if threads is None and device == "cpu":
+            threads = available_cpus()
         set_threads(threads)
         self.emb = load_model(checkpoint, device=device, precision=precision)
         self.shape = (len(self.emb.attribute_names), int(self.emb.dim))
@@ -75,7 +85,8 @@ class EmbedActor:
                 if status[k] == "computed":
                     payload[k] = None           # do not ship the pixels back
         return {"pos": batch["pos"], "sha": batch["sha"], "status": status,
-                "payload": payload, "vecs": vecs}
+                "payload": payload, "vecs": vecs,
+                "threads": np.full(n, torch.get_num_threads(), dtype=np.int64)}
 
 
 @dataclass
@@ -142,7 +153,9 @@ class RayEngine:
             num_cpus=1)
         col = Collector(items, store, attributes, part_size, dtype)
         start = time.perf_counter()
+        threads: set[int] = set()
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            threads.update(int(t) for t in batch["threads"])
             for k in range(len(batch["pos"])):
                 pos, sha = int(batch["pos"][k]), str(batch["sha"][k]) or None
                 status, payload = str(batch["status"][k]), batch["payload"][k]
@@ -155,4 +168,5 @@ class RayEngine:
             col.maybe_flush()
         col.flush()
         col.out.seconds = time.perf_counter() - start
+        col.out.model_threads = sorted(threads)
         return col.out

@@ -127,6 +127,22 @@ class CatalogIndex:
             raise KeyError(f"unknown attribute {attribute!r}; "
                            f"valid: {', '.join(self.attributes)}") from None
 
+    def set_search_params(self, attribute: str, **params: int) -> None:
+        """Change an attribute's search-time knobs in this process only (e.g. `nprobe`,
+        `k_factor` of `ivfpq_refine`, `efSearch` of `hnsw`): the recall/latency trade-off
+        without a rebuild. The manifest keeps the built values; `indexer --update
+        --k-factor F` records new ones."""
+        index = self._index(attribute)
+        spec = self._specs[attribute]
+        unknown = set(params) - spec.kind.search_keys
+        if unknown:
+            raise ValueError(f"{spec.type} has no search parameter {', '.join(sorted(unknown))}"
+                             f"; known: {', '.join(sorted(spec.kind.search_keys)) or 'none'}")
+        new = {**spec.params, **{k: int(v) for k, v in params.items()}}
+        with self._lock:
+            spec.kind.tune(index, new)
+            self._specs[attribute] = IndexSpec(spec.type, new)
+
     def size(self, attribute: str) -> int:
         """Number of searchable vectors of an attribute (live changes included)."""
         index = self._index(attribute)

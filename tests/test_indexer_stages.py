@@ -20,6 +20,7 @@ import pytest
 from indexer import budget
 from indexer import reader as reader_mod
 from indexer.cli import EXIT_OK, EXIT_USAGE, main
+from indexer.embedding_job import available_cpus
 from indexer.reader import CatalogIndex
 from model import AttributeSpec, build_model, load_model, save_checkpoint
 from model.imageio import open_image
@@ -266,6 +267,36 @@ def test_max_memory_picks_a_compressed_index_that_reranks_exactly(tmp_path, monk
         assert idx.search("collar", extra[:1], 1)[0][0][0].id == more[0]
 
 
+def test_search_time_knobs_change_the_rerank_depth_in_place(tmp_path):
+    n, dim = 3000, 64
+    ids = [f"i{k}" for k in range(n)]
+    v = clustered(n, dim, 5)
+    write_foreign_store(tmp_path / "emb", ids, {"collar": v}, parts=1)
+    catalog = write_catalog(tmp_path / "catalog.csv", ids)
+    out = tmp_path / "idx"
+    assert build(tmp_path / "emb", catalog, out, "--max-memory",
+                 f"{n * (dim * 4 + 40) // 2}") == EXIT_OK
+    q = v[::53]
+    order, _ = brute_top(q, v.astype(np.float16).astype(np.float32), 10)
+    truth = [[ids[j] for j in row] for row in order]
+
+    def top_ids(idx: CatalogIndex) -> list[list[str]]:
+        return [[h.id for h, _ in hits] for hits in idx.search("collar", q, 10)]
+
+    with CatalogIndex.open(out) as idx:
+        built = idx.manifest.attributes[0].index.params
+        assert top_ids(idx) == truth
+        idx.set_search_params("collar", k_factor=1)    # no re-rank beyond the codes' top 10
+        assert top_ids(idx) != truth
+        idx.set_search_params("collar", k_factor=built["k_factor"], nprobe=built["nprobe"])
+        assert top_ids(idx) == truth
+        with pytest.raises(ValueError, match="no search parameter efSearch"):
+            idx.set_search_params("collar", efSearch=64)
+        with pytest.raises(KeyError, match="unknown attribute"):
+            idx.set_search_params("sleeve", k_factor=5)
+        assert idx.manifest.attributes[0].index.params == built
+
+
 def test_update_of_ivfpq_on_a_grown_catalog_keeps_its_parameters(tmp_path):
     n, dim = 2000, 32
     ids = [f"i{k}" for k in range(n + 400)]
@@ -325,3 +356,6 @@ def test_ray_engine_equals_the_local_engine(base, catalog, tmp_path):
         np.testing.assert_allclose(ray_vecs[i], v, atol=1e-4)
     meta = json.loads((tmp_path / "ray" / "store.json").read_text())
     assert meta["last_run"]["engine"] == "ray" and meta["device"] == "cpu"
+    # Ray gives an actor with num_cpus=1 one OpenMP thread; its model must still get the
+    # node's CPUs, as the local engine's model does
+    assert meta["last_run"]["model_threads"] == [available_cpus()]
