@@ -184,7 +184,7 @@ class IvfPqRefineType(IndexType):
     """
 
     name = "ivfpq_refine"
-    # k x 100 candidates: re-ranking 1,000 float16 vectors costs about 2 ms a query at 2048
+    # k x 100 candidates: re-ranking 1,000 float16 vectors costs 2-3 ms a query at 2048
     # dimensions (from the page cache) and took 1M x 2048 from recall@10 0.45-0.89 (k x 10)
     # to 0.998-1.0 (bench/scaling.py --k-factors, docs/SCALING.md)
     defaults = {"train_size": 65_536, "nbits": 4, "k_factor": 100, "opq": False}
