@@ -19,8 +19,9 @@ Measured per budget: build time (the whole `indexer build` command), the residen
 memory the serving process gains by opening the index and answering the queries
 (`RssAnon` of /proc/self/status, so memory-mapped vectors in the page cache do not count),
 the p50 and p95 latency of one query through `CatalogIndex.search`, and recall@10 against
-exact inner product; with `--k-factors`, latency and recall again at each of those re-rank
-depths of the compressed index (`CatalogIndex.set_search_params`, no rebuild).
+exact inner product (the queries are catalog vectors, as in a search by item, so each one's
+own vector is among its true 10); with `--k-factors`, latency and recall again at each of
+those re-rank depths of the compressed index (`CatalogIndex.set_search_params`, no rebuild).
 """
 
 from __future__ import annotations
