@@ -150,6 +150,8 @@ def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
         "catalog": {"path": catalog.path, "sha256": catalog.sha256, "entries": len(catalog)},
         "seconds": round(outcome.seconds, 3),
         "images_per_s": round(len(catalog) / outcome.seconds, 2) if outcome.seconds else None,
+        "first_vectors_seconds": _rounded(outcome.first_vectors_seconds, 3),
+        "steady_images_per_s": _rounded(outcome.steady_images_per_s(), 2),
         "computed": outcome.count("computed"), "cached": outcome.count("cached"),
         "unchanged": outcome.count("unchanged"), "rejected": len(outcome.rejects),
         "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
@@ -161,6 +163,10 @@ def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
     }
     store.write_meta({**base_meta, "last_run": stats})
     return EmbedResult(store, catalog, info, attr_docs, outcome, stats)
+
+
+def _rounded(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def run_embed(opts: EmbedOptions, say: Say | None = None) -> EmbedResult:

@@ -59,6 +59,18 @@ class EmbedOutcome:
     rejects: list[Reject] = field(default_factory=list)
     seconds: float = 0.0
     model_threads: list[int] = field(default_factory=list)   # torch threads of each model
+    # from the start of the run to the first vectors (worker and model start-up), and the
+    # items decided by then: the rest divided by the rest of the time is the steady rate
+    first_vectors_seconds: float | None = None
+    items_by_first_vectors: int = 0
+
+    def steady_images_per_s(self) -> float | None:
+        """Items per second after the first vectors came back (None: too few to tell)."""
+        if self.first_vectors_seconds is None:
+            return None
+        rest, span = len(self.status) - self.items_by_first_vectors, (
+            self.seconds - self.first_vectors_seconds)
+        return rest / span if rest > 0 and span > 0 else None
 
     def count(self, status: str) -> int:
         """How many items ended with `status`."""
@@ -236,6 +248,22 @@ class Collector:
         self._vecs: list[np.ndarray] = []
         self._buffered: dict[str, np.ndarray] = {}   # sha256 -> [A, D] not yet committed
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self._start = time.perf_counter()
+        self._decided = 0
+        self._computed = 0
+
+    def batch_done(self, n: int) -> None:
+        """`n` more items decided; the first batch with vectors marks the start-up's end."""
+        self._decided += n
+        if self.out.first_vectors_seconds is None and self._computed:
+            self.out.first_vectors_seconds = time.perf_counter() - self._start
+            self.out.items_by_first_vectors = self._decided
+
+    def finish(self) -> EmbedOutcome:
+        """Commit what is buffered and time the run."""
+        self.flush()
+        self.out.seconds = time.perf_counter() - self._start
+        return self.out
 
     def _keep(self, pos: int, sha: str, vecs: np.ndarray) -> None:
         self._ids.append(self.items[pos].id)
@@ -264,6 +292,7 @@ class Collector:
     def computed(self, pos: int, sha: str, vecs: np.ndarray) -> None:
         """An item embedded now: vectors [A, D]."""
         self.out.status[pos] = "computed"
+        self._computed += 1
         self._keep(pos, sha, vecs)
 
     def reject(self, pos: int, reason: str, detail: str) -> None:
@@ -315,7 +344,6 @@ def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
         # the embedder pins each stacked batch before its copy to the GPU instead
     )
     col = Collector(items, store, list(emb.attribute_names), part_size, dtype)
-    start = time.perf_counter()
     bar = tqdm(total=len(items), unit="img", disable=not progress, smoothing=0.1,
                desc="embedding", dynamic_ncols=True)
     try:
@@ -327,15 +355,15 @@ def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
                     col.reject(todo[i].pos, "embed_error", err)
                 for j, i in enumerate(ok):
                     col.computed(todo[i].pos, todo[i].sha, vecs[j])
+            col.batch_done(len(batch))
             col.maybe_flush()
             bar.update(len(batch))
             bar.set_postfix(rejected=len(col.out.rejects), refresh=False)
-        col.flush()
+        out = col.finish()
     finally:
         bar.close()
-    col.out.seconds = time.perf_counter() - start
-    col.out.model_threads = [torch.get_num_threads()]
-    return col.out
+    out.model_threads = [torch.get_num_threads()]
+    return out
 
 
 def set_threads(threads: int | None) -> None:

@@ -11,7 +11,6 @@ with one (`ray://...` or `host:port`, or `auto`) the job joins that cluster.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,9 @@ from indexer.embedding_job import (
     set_threads,
 )
 from indexer.store import EmbeddingStore
+from model.memory import one_arena_env
+from model.preprocess import PreparedImage
+from model.roi import CropGeometry
 
 DECODE_CPUS = 0.5
 
@@ -36,16 +38,49 @@ def _decode_batch(batch: dict[str, np.ndarray], loader: ItemLoader) -> dict[str,
     """CPU task: read, hash, decode and preprocess a batch of catalog rows."""
     recs = [loader.load(int(p), str(i), str(img))
             for p, i, img in zip(batch["pos"], batch["id"], batch["image"], strict=True)]
-    return _columns(recs)
+    return _to_columns(recs, loader.preprocess.input_size)
 
 
-def _columns(recs: list[Loaded]) -> dict[str, np.ndarray]:
-    payload = np.empty(len(recs), dtype=object)
-    payload[:] = [r.payload for r in recs]
+def _to_columns(recs: list[Loaded], size: int) -> dict[str, np.ndarray]:
+    """Decoded rows as plain columns (tensors, bytes, numbers, strings).
+
+    Ray stores them as Arrow arrays, which cross the object store without pickling; a
+    column of `PreparedImage` objects was pickled row by row on both sides, which cost the
+    embedding stage about a third of its speed on one 2-core machine (docs/SCALING.md).
+    """
+    n = len(recs)
+    pixels = np.zeros((n, 3, size, size), dtype=np.float32)
+    source = np.empty(n, dtype=object)
+    source[:] = [b""] * n
+    shape = np.zeros((n, 4), dtype=np.int64)        # source h, w; original width, height
+    scale = np.ones(n, dtype=np.float64)
+    reason = np.array([""] * n, dtype=object)
+    detail = np.array([""] * n, dtype=object)
+    for k, r in enumerate(recs):
+        if r.status == "new":
+            prep: PreparedImage = r.payload
+            pixels[k] = prep.pixels.numpy()
+            src = prep.source.contiguous().numpy()
+            source[k] = src.tobytes()
+            shape[k] = (src.shape[1], src.shape[2], prep.geometry.width, prep.geometry.height)
+            scale[k] = prep.source_scale
+        elif r.status == "rejected":
+            reason[k], detail[k] = r.payload
     return {"pos": np.array([r.pos for r in recs], dtype=np.int64),
             "sha": np.array([r.sha or "" for r in recs], dtype=object),
             "status": np.array([r.status for r in recs], dtype=object),
-            "payload": payload}
+            "pixels": pixels, "source": source, "shape": shape, "scale": scale,
+            "reason": reason, "detail": detail}
+
+
+def _prepared(batch: dict[str, np.ndarray], k: int) -> PreparedImage:
+    """Row `k` of decoded columns back as the model's input."""
+    h, w, width, height = (int(v) for v in batch["shape"][k])
+    size = int(batch["pixels"].shape[-1])
+    source = np.frombuffer(batch["source"][k], dtype=np.uint8).reshape(3, h, w).copy()
+    return PreparedImage(torch.from_numpy(np.array(batch["pixels"][k], dtype=np.float32)),
+                         torch.from_numpy(source), CropGeometry(width, height, size),
+                         float(batch["scale"][k]))
 
 
 class EmbedActor:
@@ -70,22 +105,20 @@ class EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["pos"])
         status = batch["status"].copy()
-        payload = batch["payload"].copy()
+        reason, detail = batch["reason"].copy(), batch["detail"].copy()
         vecs = np.zeros((n, *self.shape), dtype=np.float32)
         todo = [k for k in range(n) if status[k] == "new"]
         if todo:
-            ok, got, bad = embed_batch(self.emb, [payload[k] for k in todo])
+            ok, got, bad = embed_batch(self.emb, [_prepared(batch, k) for k in todo])
             for j, i in enumerate(ok):
                 vecs[todo[i]] = got[j]
                 status[todo[i]] = "computed"
             for i, err in bad:
                 status[todo[i]] = "rejected"
-                payload[todo[i]] = ("embed_error", err)
-            for k in todo:
-                if status[k] == "computed":
-                    payload[k] = None           # do not ship the pixels back
+                reason[todo[i]], detail[todo[i]] = "embed_error", err
+        # the pixels stay here: only statuses and vectors go back to the driver
         return {"pos": batch["pos"], "sha": batch["sha"], "status": status,
-                "payload": payload, "vecs": vecs,
+                "reason": reason, "detail": detail, "vecs": vecs,
                 "threads": np.full(n, torch.get_num_threads(), dtype=np.int64)}
 
 
@@ -142,31 +175,37 @@ class RayEngine:
         rows = [{"pos": p, "id": it.id, "image": it.image} for p, it in enumerate(items)]
         ds = ray.data.from_items(rows)
         # decode tasks ask for less than the actors so Ray does not fuse the two stages into
-        # the actors: decoding runs in parallel CPU tasks and streams to the model actors
+        # the actors: decoding runs in parallel CPU tasks and streams to the model actors.
+        # One task per CPU the actors leave (as the local engine has one decode worker per
+        # spare CPU): more only start more processes that import torch and take CPU from
+        # the model, since decoding is some 10x faster than embedding
+        spare = int(ray.cluster_resources().get("CPU", 1)) - size
         decoded = ds.map_batches(_decode_batch, fn_kwargs={"loader": loader},
-                                 batch_size=batch_size, num_cpus=DECODE_CPUS)
+                                 batch_size=batch_size, num_cpus=DECODE_CPUS,
+                                 concurrency=max(1, spare))
         embedded = decoded.map_batches(
             EmbedActor, batch_size=batch_size,
             fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
                                    "precision": precision, "threads": threads},
             compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if gpu else 0,
-            num_cpus=1)
+            num_cpus=1, runtime_env={"env_vars": one_arena_env()})
         col = Collector(items, store, attributes, part_size, dtype)
-        start = time.perf_counter()
         threads: set[int] = set()
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             threads.update(int(t) for t in batch["threads"])
             for k in range(len(batch["pos"])):
                 pos, sha = int(batch["pos"][k]), str(batch["sha"][k]) or None
-                status, payload = str(batch["status"][k]), batch["payload"][k]
+                status = str(batch["status"][k])
+                payload = ((str(batch["reason"][k]), str(batch["detail"][k]))
+                           if status == "rejected" else None)
                 if status == "computed":
                     # an image seen earlier in this run is a copy, as in the local engine
                     if col.loaded(Loaded(pos, sha, "new", None)):
                         col.computed(pos, sha, batch["vecs"][k])
                 else:
                     col.loaded(Loaded(pos, sha, status, payload))
+            col.batch_done(len(batch["pos"]))
             col.maybe_flush()
-        col.flush()
-        col.out.seconds = time.perf_counter() - start
-        col.out.model_threads = sorted(threads)
-        return col.out
+        out = col.finish()
+        out.model_threads = sorted(threads)
+        return out

@@ -27,6 +27,16 @@ _GLIBC_MMAP_CAP = 1 << 25   # the cap older glibc versions accept (half its 64 M
 _applied: bool | None = None
 
 
+def one_arena_env() -> dict[str, str]:
+    """Environment that gives a new process one malloc arena from its first allocation.
+
+    `keep_freed_memory` cannot move threads that already run onto the main arena. A Ray
+    worker starts its threads before any of our code, and runs a model actor's calls on one
+    of them; this environment, set when the process starts, covers those threads too.
+    """
+    return {"MALLOC_ARENA_MAX": "1"}
+
+
 def keep_freed_memory() -> bool:
     """Tune malloc once per process; returns whether it applied (False off glibc)."""
     global _applied

@@ -20,7 +20,7 @@ import pytest
 from indexer import budget
 from indexer import reader as reader_mod
 from indexer.cli import EXIT_OK, EXIT_USAGE, main
-from indexer.embedding_job import available_cpus
+from indexer.embedding_job import EmbedOutcome, available_cpus
 from indexer.reader import CatalogIndex
 from model import AttributeSpec, build_model, load_model, save_checkpoint
 from model.imageio import open_image
@@ -330,6 +330,15 @@ def _store_contents(emb_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str
     return vecs, rejects
 
 
+def test_steady_rate_leaves_out_the_start_up():
+    out = EmbedOutcome(shas=[None] * 10, status=["computed"] * 10, seconds=6.0)
+    assert out.steady_images_per_s() is None              # no vectors came back
+    out.first_vectors_seconds, out.items_by_first_vectors = 2.0, 4
+    assert out.steady_images_per_s() == pytest.approx(6 / 4)
+    out.items_by_first_vectors = 10                       # one batch: nothing after it
+    assert out.steady_images_per_s() is None
+
+
 def test_ray_engine_equals_the_local_engine(base, catalog, tmp_path):
     d = catalog.parent / "bad"
     d.mkdir()
@@ -356,6 +365,10 @@ def test_ray_engine_equals_the_local_engine(base, catalog, tmp_path):
         np.testing.assert_allclose(ray_vecs[i], v, atol=1e-4)
     meta = json.loads((tmp_path / "ray" / "store.json").read_text())
     assert meta["last_run"]["engine"] == "ray" and meta["device"] == "cpu"
+    for engine in ("local", "ray"):     # several batches of 8: a start-up and a steady rate
+        run = json.loads((tmp_path / engine / "store.json").read_text())["last_run"]
+        assert 0 < run["first_vectors_seconds"] < run["seconds"]
+        assert run["steady_images_per_s"] > 0
     # Ray gives an actor with num_cpus=1 one OpenMP thread; its model must still get the
     # node's CPUs, as the local engine's model does
     assert meta["last_run"]["model_threads"] == [available_cpus()]
