@@ -45,8 +45,8 @@ def _to_columns(recs: list[Loaded], size: int) -> dict[str, np.ndarray]:
     """Decoded rows as plain columns (tensors, bytes, numbers, strings).
 
     Ray stores them as Arrow arrays, which cross the object store without pickling; a
-    column of `PreparedImage` objects was pickled row by row on both sides, which cost the
-    embedding stage about a third of its speed on one 2-core machine (docs/SCALING.md).
+    column of `PreparedImage` objects was pickled in the decode task and unpickled in the
+    actor, row by row, CPU taken from the model on a small machine (docs/SCALING.md).
     """
     n = len(recs)
     pixels = np.zeros((n, 3, size, size), dtype=np.float32)
