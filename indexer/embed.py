@@ -22,7 +22,6 @@ from indexer.catalog import Catalog, load_catalog
 from indexer.embedding_job import (
     EmbedLimits,
     EmbedOutcome,
-    default_workers,
     embed_catalog,
     item_loader,
     set_threads,
@@ -157,7 +156,7 @@ def embed_into(emb, catalog: Catalog, store: EmbeddingStore, opts: EmbedOptions,
         "rejected_by_reason": dict(Counter(r.reason for r in outcome.rejects)),
         "compacted": dropped, "engine": opts.engine,
         "device": device if engine is not None else str(emb.device),
-        "workers": default_workers() if opts.workers is None else opts.workers,
+        "workers": outcome.decode_workers,
         "batch_size": opts.batch_size, "model_threads": outcome.model_threads,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

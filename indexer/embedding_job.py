@@ -59,6 +59,7 @@ class EmbedOutcome:
     rejects: list[Reject] = field(default_factory=list)
     seconds: float = 0.0
     model_threads: list[int] = field(default_factory=list)   # torch threads of each model
+    decode_workers: int = 0             # processes (local) or concurrent tasks (Ray) decoding
     # from the start of the run to the first vectors (worker and model start-up), and the
     # items decided by then: the rest divided by the rest of the time is the steady rate
     first_vectors_seconds: float | None = None
@@ -363,6 +364,7 @@ def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
     finally:
         bar.close()
     out.model_threads = [torch.get_num_threads()]
+    out.decode_workers = workers
     return out
 
 

@@ -179,10 +179,10 @@ class RayEngine:
         # One task per CPU the actors leave (as the local engine has one decode worker per
         # spare CPU): more only start more processes that import torch and take CPU from
         # the model, since decoding is some 10x faster than embedding
-        spare = int(ray.cluster_resources().get("CPU", 1)) - size
+        decoders = max(1, int(ray.cluster_resources().get("CPU", 1)) - size)
         decoded = ds.map_batches(_decode_batch, fn_kwargs={"loader": loader},
                                  batch_size=batch_size, num_cpus=DECODE_CPUS,
-                                 concurrency=max(1, spare))
+                                 concurrency=decoders)
         embedded = decoded.map_batches(
             EmbedActor, batch_size=batch_size,
             fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
@@ -208,4 +208,5 @@ class RayEngine:
             col.maybe_flush()
         out = col.finish()
         out.model_threads = sorted(threads)
+        out.decode_workers = decoders
         return out

@@ -369,6 +369,10 @@ def test_ray_engine_equals_the_local_engine(base, catalog, tmp_path):
         run = json.loads((tmp_path / engine / "store.json").read_text())["last_run"]
         assert 0 < run["first_vectors_seconds"] < run["seconds"]
         assert run["steady_images_per_s"] > 0
+    # the local engine runs the --workers it was given; Ray one decode task per CPU its one
+    # actor leaves on this machine
+    assert json.loads((tmp_path / "local" / "store.json").read_text())["last_run"]["workers"] == 1
+    assert meta["last_run"]["workers"] == max(1, available_cpus() - 1)
     # Ray gives an actor with num_cpus=1 one OpenMP thread; its model must still get the
     # node's CPUs, as the local engine's model does
     assert meta["last_run"]["model_threads"] == [available_cpus()]
