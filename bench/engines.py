@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from indexer.catalog import load_catalog  # noqa: E402
+
 PARTS = ("command", "embedding", "steady")
 
 
@@ -62,14 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=REPO / "model" / "weights" / "demo.pt")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--catalog", type=Path,
-                   help="an existing catalog.csv to embed (default: generate --items images)")
+                   help="an existing catalog to embed (default: generate --items images)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         catalog = args.catalog or make_catalog(root, args.items)
-        if args.catalog:
-            with open(catalog, encoding="utf-8") as f:
-                args.items = sum(1 for _ in f) - 1
+        if args.catalog:                    # any format `indexer embed --catalog` reads
+            args.items = len(load_catalog(catalog))
         settle()
         rates: dict[tuple[str, str], list[float]] = {}
         load_before = os.getloadavg()
