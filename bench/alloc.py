@@ -39,7 +39,7 @@ def child(tuned: bool, steps: int) -> dict:
     from model import build_model
     from model.attributes import AttributeSpec
     from model.embedder import Embedder
-    from model.train import triplet_losses
+    from model.training.train import triplet_losses
 
     torch.manual_seed(0)
     attrs = [AttributeSpec(f"a{i}", 4) for i in range(6)]

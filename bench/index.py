@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from indexer import faiss_index as fx  # noqa: E402
+from indexer.build import faiss_index as fx  # noqa: E402
 
 DIM = 2048
 CHUNK = 65_536
@@ -57,13 +57,13 @@ def _checkpoint(args, tmp: Path, attrs) -> Path:
 def bench_pipeline(args) -> dict:
     import torch
 
-    from indexer.build import BuildOptions
-    from indexer.embed import EmbedOptions
+    from indexer.build.stage import BuildOptions
+    from indexer.embed.stage import EmbedOptions
     from indexer.layout import IndexLayout
     from indexer.pipeline import run_pipeline
     from model import AttributeSpec, load_model
     from model.imageio import open_image
-    from model.synth import generate
+    from model.training.synth import generate
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_index_"))
     try:

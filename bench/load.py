@@ -257,8 +257,8 @@ def attribute_scaling(url: str, image: bytes, attribute: str, n_attributes: int,
 def build_setup(work: Path, config: str, checkpoint: Path | None, n_items: int) -> dict:
     """Synthetic catalog + checkpoint + index (built by the real indexer CLI)."""
     from model import build_model, save_checkpoint
-    from model.data import read_attributes
-    from model.synth import generate
+    from model.training.data import read_attributes
+    from model.training.synth import generate
 
     data = work / "data"
     generate(data, seed=0, n_train=n_items, n_valid=2, n_test=8, size=256)

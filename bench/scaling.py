@@ -74,7 +74,7 @@ def _chunk(generator: str, start: int, n: int, dim: int, seed: int) -> np.ndarra
 def write_dataset(root: Path, generator: str, n: int, dim: int, queries: int,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Store and catalog under ``root``; returns the queries and their exact top 10."""
-    from indexer.store import EmbeddingStore
+    from indexer.embed.store import EmbeddingStore
 
     store = EmbeddingStore(root / "emb")
     qpos = np.sort(np.random.default_rng([seed, 2]).choice(n, queries, replace=False))

@@ -14,15 +14,15 @@ import argparse
 import sys
 from collections import Counter
 
-from indexer.budget import BudgetError, parse_size
-from indexer.build import BuildOptions, BuildResult, RejectRateError, run_build
+from indexer.build.budget import BudgetError, parse_size
+from indexer.build.index_types import INDEX_TYPES, TYPES
+from indexer.build.stage import BuildOptions, BuildResult, RejectRateError, run_build
 from indexer.catalog import CatalogError
-from indexer.embed import EmbedOptions, EmbedResult, run_embed
-from indexer.embedding_job import DEFAULT_MAX_BYTES, EmbedLimits, default_workers
-from indexer.index_types import INDEX_TYPES, TYPES
+from indexer.embed.local_engine import DEFAULT_MAX_BYTES, EmbedLimits, default_workers
+from indexer.embed.stage import EmbedOptions, EmbedResult, run_embed
+from indexer.embed.store import StoreError
 from indexer.layout import IndexLayout, IndexLockedError
 from indexer.pipeline import run_pipeline
-from indexer.store import StoreError
 from model.imageio import DEFAULT_MAX_PIXELS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from model.osutil import fsync_dir
+
 
 class IndexLockedError(RuntimeError):
     """Another job is writing the same index."""
@@ -33,25 +35,6 @@ class IndexLockedError(RuntimeError):
 def new_version() -> str:
     """A short, unique, time-sortable version id."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WriterLock:

@@ -14,9 +14,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from indexer.build import BuildOptions, BuildResult, EmbedFacts, RejectRateError, run_build
+from indexer.build.stage import BuildOptions, BuildResult, EmbedFacts, RejectRateError, run_build
 from indexer.catalog import load_catalog
-from indexer.embed import (
+from indexer.embed.stage import (
     EmbedOptions,
     EmbedResult,
     Say,
@@ -25,11 +25,11 @@ from indexer.embed import (
     job_key,
     load_embedder,
 )
-from indexer.fold import prepare_fold
+from indexer.embed.store import EmbeddingStore
 from indexer.layout import IndexLayout
+from indexer.live.fold import prepare_fold
 from indexer.manifest import Manifest
 from indexer.reader import read_item_hashes
-from indexer.store import EmbeddingStore
 
 
 @dataclass

@@ -19,13 +19,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.faiss_index import IndexSpec, prepare_reader, reconstruct
+from indexer.build.faiss_index import IndexSpec, prepare_reader, reconstruct
+from indexer.build.writer import ITEMS_DB
 from indexer.filters import filter_key, filter_sql
 from indexer.items import Item
-from indexer.journal import Journal
+from indexer.live.journal import Journal
+from indexer.live.overlay import LIVE_ROW0, LiveOverlay, LiveView, live_hits, live_many, merge_hits
 from indexer.manifest import Manifest
-from indexer.overlay import LIVE_ROW0, LiveOverlay, LiveView, live_hits, live_many, merge_hits
-from indexer.writer import ITEMS_DB
 
 BRUTE_FORCE_MAX = 20_000   # filtered searches over at most this many rows are exact scans
 _FILTER_CACHE = 64

@@ -35,12 +35,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from model.checkpoint import build_model  # noqa: E402
 from model.config import get_config  # noqa: E402
-from model.data import TripletSampler, load_split, read_attributes  # noqa: E402
-from model.evaluate import read_boxes  # noqa: E402
 from model.imageio import open_image  # noqa: E402
-from model.metrics import mean_average_precision, peak_in_box  # noqa: E402
 from model.preprocess import Preprocessor  # noqa: E402
 from model.roi import CropGeometry  # noqa: E402
+from model.training.data import TripletSampler, load_split, read_attributes  # noqa: E402
+from model.training.evaluate import read_boxes  # noqa: E402
+from model.training.metrics import mean_average_precision, peak_in_box  # noqa: E402
 
 
 def global_net(attrs, backbone: str, weights: str | None = None):

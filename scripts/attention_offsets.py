@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import load_model  # noqa: E402
-from model.data import load_split, read_attributes  # noqa: E402
-from model.evaluate import _attention_batch, read_boxes  # noqa: E402
-from model.metrics import attention_peak, crop_point_to_original  # noqa: E402
+from model.training.data import load_split, read_attributes  # noqa: E402
+from model.training.evaluate import _attention_batch, read_boxes  # noqa: E402
+from model.training.metrics import attention_peak, crop_point_to_original  # noqa: E402
 
 
 def _offset(value: float, low: float, high: float) -> float:

@@ -331,7 +331,7 @@ def check_gpu_kmeans(report: Report, flat: Path) -> None:
     """IVF-PQ training with the coarse k-means on the GPU, in process."""
     import faiss
 
-    from indexer import faiss_index as fx
+    from indexer.build import faiss_index as fx
     from indexer.reader import CatalogIndex
 
     idx = CatalogIndex.open(flat)

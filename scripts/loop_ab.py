@@ -22,9 +22,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from ablation_stage1 import Centring, fit  # noqa: E402
 
-from model.data import read_attributes  # noqa: E402
 from model.embedder import pick_device  # noqa: E402
-from model.train import TRAIN_CONFIGS, _setup  # noqa: E402
+from model.training.data import read_attributes  # noqa: E402
+from model.training.train import TRAIN_CONFIGS, _setup  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from ablation_stage1 import Centring, epoch_triplets, score  # noqa: E402
 
-import model.train as mt  # noqa: E402
-from model.data import load_split, read_attributes  # noqa: E402
+import model.training.train as mt  # noqa: E402
 from model.embedder import pick_device  # noqa: E402
+from model.training.data import load_split, read_attributes  # noqa: E402
 
 
 def ablation_triplets(n_attrs: int, seed: int):

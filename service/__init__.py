@@ -14,4 +14,6 @@ from model.memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()
 
-__version__ = "0.1.0"
+from model.version import __version__  # noqa: E402
+
+__all__ = ["__version__"]

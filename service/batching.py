@@ -171,7 +171,7 @@ class MicroBatcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return [job for job in batch if not job.future.done()]
 

@@ -76,8 +76,8 @@ def build_fixture(n_train: int = 40, n_test: int = 8, size: int = 128, seed: int
     import torch
 
     from model import build_model, save_checkpoint
-    from model.data import read_attributes
-    from model.synth import generate
+    from model.training.data import read_attributes
+    from model.training.synth import generate
 
     root = Path(tempfile.mkdtemp(prefix="asen-service-"))
     atexit.register(shutil.rmtree, root, True)

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import SettingsDep, StateDep
 from ..errors import ApiError, error_responses
-from ..overlay import centre_crop_region, render_overlay
+from ..heatmap import centre_crop_region, render_overlay
 from ..protocols import EmbedderLike
 from ..query import admitted, ms_since, record
 from ..schemas import Box, ExplainForm, ExplainResponse, Timings

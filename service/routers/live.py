@@ -66,7 +66,7 @@ def _live_index(snap: Snapshot, retry_after: int) -> LiveIndex:
 
 async def _journal(fn: Any, *args: Any, retry_after: int) -> Any:
     """Run a journal write off the event loop; JournalError becomes a 503."""
-    from indexer.journal import JournalError
+    from indexer.live.journal import JournalError
 
     try:
         return await run_in_threadpool(fn, *args)

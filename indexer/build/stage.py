@@ -1,0 +1,387 @@
+"""Stage 2, `python -m indexer build`: an embeddings store + a catalog -> INDEX_DIR.
+
+No image is opened. A full build numbers the catalog rows that have an embedding 0..n-1 in
+catalog order; a catalog row without one is listed in rejected.csv (with the embedding run's
+reason when the store has one), and a store id without a catalog row is an error before any
+work. `--update` starts from the published version: items whose image hash is unchanged keep
+their row and their indexed vectors, changed items keep their row with the new vectors, new
+items get new rows, and items no longer indexed are removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.build import budget
+from indexer.build import faiss_index as fx
+from indexer.catalog import Catalog, CatalogError, load_catalog
+from indexer.live.fold import Fold, prepare_fold
+from indexer.build.index_types import IndexSpec
+from indexer.layout import IndexLayout, new_version
+from indexer.manifest import AttributeEntry, CatalogInfo, IndexInfo, Manifest, ModelInfo
+from indexer.reader import read_item_hashes
+from indexer.embed.store import EmbeddingStore, Reject
+from indexer.build.writer import make_manifest, write_index, write_items, write_manifest, write_rejected
+
+Say = Callable[[str], None]
+MEMMAP_FROM = 256 << 20      # gather an attribute's vectors in a memory-mapped file above this
+
+
+class RejectRateError(RuntimeError):
+    """Too many catalog items were rejected; nothing was published."""
+
+
+@dataclass
+class BuildOptions:
+    """The `build` flags (also used by the one-shot command)."""
+
+    embeddings: str
+    catalog: str
+    out: str
+    checkpoint: str | None = None          # records / checks the model of a foreign store
+    update: bool = False
+    index_type: str | None = None          # None: flat (full build) / the published type
+    index_params: dict = field(default_factory=dict)
+    max_memory: int | None = None          # bytes per attribute (--max-memory)
+    max_reject_rate: float | None = None
+
+
+@dataclass
+class EmbedFacts:
+    """What the one-shot command's embedding step knows that a store alone does not."""
+
+    unchanged: set[str]                     # ids skipped as identical to the published index
+    stats: dict                             # the embedding run's counts and timings
+    started: float | None = None            # perf_counter() when the whole job started
+
+
+@dataclass
+class BuildResult:
+    """What a finished build published."""
+
+    index_dir: Path
+    version_dir: Path
+    manifest: Manifest
+    rejects: list[Reject]
+
+
+@dataclass
+class _Previous:
+    folder: Path
+    manifest: Manifest
+    items: dict[str, tuple[int, str]]     # id -> (row, sha256)
+
+
+@dataclass
+class _Plan:
+    """Rows of the new version and what changes against the previous one."""
+
+    rows: dict[int, int]                  # catalog position -> row
+    shas: dict[int, str]                  # catalog position -> sha256
+    add: list[int]                        # positions whose vectors come from the store
+    remove: np.ndarray                    # previous rows to delete (incl. changed ones)
+    rejects: list[Reject]
+
+
+def _store_model(store: EmbeddingStore, checkpoint: str | None) -> tuple[ModelInfo, list]:
+    """The model of the store's vectors and its attribute list [{"name", "n_values"}]."""
+    meta = store.read_meta()
+    model = ModelInfo.from_dict(meta["model"]) if meta.get("model") else None
+    attrs = meta.get("attributes") or [{"name": a, "n_values": None} for a in store.attributes]
+    if store.part_count and [a["name"] for a in attrs] != store.attributes:
+        raise ValueError(f"{store.root}: store.json attributes differ from the Parquet columns")
+    if not attrs:
+        raise FileNotFoundError(f"{store.root} holds no embeddings (no Parquet files)")
+    if checkpoint is not None:
+        from indexer.embed.stage import model_info
+        from model import load_model
+        emb = load_model(checkpoint, device="cpu")
+        info = model_info(emb, checkpoint)
+        if model is not None and model.sha256 and model.sha256 != info.sha256:
+            raise ValueError(f"--checkpoint {checkpoint} is not the model that wrote "
+                             f"{store.root} (sha256 {model.sha256[:12]})")
+        if store.dim is not None and info.dim != store.dim:
+            raise ValueError(f"--checkpoint dimension {info.dim} != store dimension {store.dim}")
+        names = [a["name"] for a in attrs]
+        missing = [a for a in names if a not in emb.attribute_names]
+        if missing:
+            raise ValueError(f"--checkpoint lacks the store's attributes {missing}")
+        n_values = {a.name: int(a.n_values) for a in emb.attributes}
+        attrs = [{"name": a, "n_values": n_values[a]} for a in names]
+        model = info
+    if model is None:
+        model = ModelInfo(dim=int(store.dim or 0))
+    return model, attrs
+
+
+def _load_previous(layout: IndexLayout, model: ModelInfo, attrs: list[str],
+                   say: Say) -> _Previous | None:
+    folder = layout.current()
+    if folder is None:
+        say("update: no published index yet, building from scratch")
+        return None
+    manifest = Manifest.read(folder)
+    if manifest.model.sha256 != model.sha256 or manifest.model.dim != model.dim:
+        say("update: the model differs from the published index's; rebuilding all")
+        return None
+    if manifest.attribute_names != attrs:
+        say("update: the attributes differ from the published index's; rebuilding all")
+        return None
+    return _Previous(folder, manifest, read_item_hashes(folder))
+
+
+def check_store_ids(store: EmbeddingStore, catalog: Catalog) -> None:
+    """Every stored id must be a catalog row (CatalogError before any work)."""
+    ids = {it.id for it in catalog.items}
+    extra = [i for i in store.where if i not in ids]
+    if extra:
+        shown = ", ".join(repr(i) for i in sorted(extra)[:5])
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise CatalogError(f"{len(extra)} id(s) in the embeddings store {store.root} have no "
+                           f"catalog row: {shown}{more}")
+
+
+def _plan(catalog: Catalog, store: EmbeddingStore, prev: _Previous | None,
+          facts: EmbedFacts | None) -> _Plan:
+    """Classify every catalog row and assign rows (catalog order for a full build)."""
+    unchanged_ids = facts.unchanged if facts else set()
+    known_rejects = store.read_rejects()
+    rows: dict[int, int] = {}
+    shas: dict[int, str] = {}
+    add: list[int] = []
+    rejects: list[Reject] = []
+    keep: set[str] = set()
+    remove: list[int] = []
+    next_row = max((r for r, _ in prev.items.values()), default=-1) + 1 if prev else 0
+    for p, item in enumerate(catalog.items):
+        old = prev.items.get(item.id) if prev else None
+        sha = store.sha(item.id)
+        if sha is None and old is not None and item.id in unchanged_ids:
+            sha = old[1]
+        if sha is None:
+            r = known_rejects.get(item.id)
+            rejects.append(Reject(item.image, item.id, r.reason if r else "no_embedding"))
+            continue
+        shas[p] = sha
+        if old is None:
+            rows[p] = next_row
+            next_row += 1
+            add.append(p)
+            continue
+        rows[p] = old[0]
+        keep.add(item.id)
+        if old[1] != sha:                   # changed content: same row, new vectors
+            remove.append(old[0])
+            add.append(p)
+    if prev:
+        remove += [r for i, (r, _) in prev.items.items() if i not in keep]
+    return _Plan(rows, shas, add, np.array(sorted(remove), dtype=np.int64), rejects)
+
+
+def _requested_spec(opts: BuildOptions, n: int, dim: int) -> tuple[IndexSpec, dict | None]:
+    """The spec the flags ask for on `n` vectors, and the --max-memory record if any."""
+    if opts.max_memory is not None:
+        choice = budget.select(n, dim, opts.max_memory, opts.index_params)
+        return choice.spec, choice.selection(opts.max_memory)
+    return fx.resolve_spec(opts.index_type or "flat", n, dim, opts.index_params), None
+
+
+def _updated_spec(opts: BuildOptions, old: IndexSpec, old_selection: dict | None, n: int,
+                  dim: int) -> tuple[IndexSpec, dict | None]:
+    """An update's spec: the published one, unless the flags ask for another."""
+    if opts.max_memory is not None:
+        if old.memory_bytes(n, dim) <= opts.max_memory and not opts.index_params:
+            return old, old_selection                      # still fits: keep it
+        return _requested_spec(opts, n, dim)
+    kind = fx.auto_type(n) if opts.index_type == "auto" else (opts.index_type or old.type)
+    if kind != old.type:
+        return fx.resolve_spec(kind, n, dim, opts.index_params), None
+    params = {**old.params, **{k: v for k, v in opts.index_params.items() if k in old.params}}
+    return IndexSpec(old.type, params), old_selection     # same type: nothing recomputed
+
+
+def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
+                 attrs: list[str]) -> dict[str, tuple[IndexSpec, dict | None]]:
+    """Spec per attribute: an update keeps the published spec unless the flags ask for
+    another one (a type that keeps no vectors can only change search knobs)."""
+    if prev is None:
+        return dict.fromkeys(attrs, _requested_spec(opts, n, dim))
+    out = {}
+    for entry in prev.manifest.attributes:
+        old = IndexSpec(entry.index.type, dict(entry.index.params))
+        new, selection = _updated_spec(opts, old, entry.index.selection, n, dim)
+        if not old.same_structure(new) and not old.kind.keeps_vectors:
+            what = "type" if new.type != old.type else "build parameters"
+            raise ValueError(f"--update cannot change the index {what} of {old.type} (it "
+                             "keeps no vectors to rebuild from); run a full build instead")
+        out[entry.name] = (new, selection)
+    return out
+
+
+def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
+              facts: EmbedFacts | None = None, layout: IndexLayout | None = None,
+              say: Say | None = None, live: Fold | None = None) -> BuildResult:
+    """Build INDEX_DIR from a store; raises CatalogError before any work on bad inputs.
+
+    `layout`: the INDEX_DIR layout when the caller already holds its writer lock.
+    `live`: the live changes this build folds, `catalog` being the layered catalog
+    (indexer/fold.py); without it, an INDEX_DIR with live changes is refused (their images
+    are not in the store), and the new version carries the journal position over.
+    """
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    t0 = time.perf_counter()
+    catalog = catalog or load_catalog(opts.catalog)
+    if len(catalog) == 0:
+        raise ValueError(f"catalog {opts.catalog} has no items")
+    if not Path(opts.embeddings).is_dir():
+        raise FileNotFoundError(f"no embeddings store at {opts.embeddings}")
+    store = EmbeddingStore(opts.embeddings)
+    check_store_ids(store, catalog)
+    model, attr_docs = _store_model(store, opts.checkpoint)
+    if layout is not None:
+        return _build_locked(opts, catalog, store, model, attr_docs, layout, facts, say, t0,
+                             live)
+    with IndexLayout(opts.out) as held:
+        return _build_locked(opts, catalog, store, model, attr_docs, held, facts, say, t0,
+                             live)
+
+
+def _no_live_changes(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
+    """The (empty) fold of a build from a store alone; ValueError when INDEX_DIR has live
+    changes, which only the one-shot command can fold (it embeds their stored images)."""
+    live = prepare_fold(layout, catalog, say)
+    if live.has_changes:
+        raise ValueError(f"{layout.out} has live catalog changes ({len(live.layer)} in the "
+                         f"published layer, {live.changes} in the journal {live.journal.db}); "
+                         "`build` cannot embed their images: run the one-shot `python -m "
+                         "indexer --catalog ... --checkpoint ... --update`, which folds them")
+    return live
+
+
+def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
+                  model: ModelInfo, attr_docs: list[dict], layout: IndexLayout,
+                  facts: EmbedFacts | None, say: Say, t0: float,
+                  live: Fold | None) -> BuildResult:
+    live = live if live is not None else _no_live_changes(layout, catalog, say)
+    attrs = [a["name"] for a in attr_docs]
+    prev = _load_previous(layout, model, attrs, say) if opts.update else None
+    plan = _plan(catalog, store, prev, facts)
+    n_rej = len(plan.rejects)
+    if not plan.rows:
+        raise RejectRateError(f"all {n_rej} catalog items were rejected; nothing published")
+    rate = n_rej / len(catalog)
+    if opts.max_reject_rate is not None and rate > opts.max_reject_rate:
+        raise RejectRateError(
+            f"{n_rej} of {len(catalog)} items rejected ({rate:.1%}) exceeds "
+            f"--max-reject-rate {opts.max_reject_rate:.1%}; the previous index is kept")
+    specs = _index_specs(opts, prev, len(plan.rows), model.dim, attrs)
+    version = new_version()
+    staging = layout.staging(version)
+    try:
+        entries = [_attribute_entry(staging, doc, specs[doc["name"]], store, catalog, plan,
+                                    prev, model.dim) for doc in attr_docs]
+        manifest = _finish(opts, staging, version, catalog, store, model, entries, plan,
+                           prev, facts, t0, live)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = layout.publish(staging, version)
+    live.commit({r.id for r in plan.rejects}, say)
+    return BuildResult(layout.out, final, manifest, plan.rejects)
+
+
+def _gather(store: EmbeddingStore, attribute: str, ids: list[str], dim: int,
+            staging: Path) -> np.ndarray:
+    """An attribute's vectors for `ids`, in memory or (large) in a memory-mapped scratch file."""
+    if not ids:
+        return np.zeros((0, dim), np.float32)
+    if len(ids) * dim * 4 < MEMMAP_FROM:
+        return store.vectors(attribute, ids)
+    scratch = staging / f".scratch-{attribute}.npy"
+    out = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32,
+                                    shape=(len(ids), dim))
+    scratch.unlink()           # the mapping stays valid; nothing is left behind on a crash
+    return store.vectors(attribute, ids, out=out)
+
+
+def _attribute_entry(staging: Path, doc: dict, chosen: tuple[IndexSpec, dict | None],
+                     store: EmbeddingStore, catalog: Catalog, plan: _Plan,
+                     prev: _Previous | None, dim: int) -> AttributeEntry:
+    """Build (full) or update (incremental) one attribute's index and write it."""
+    spec, selection = chosen
+    name = doc["name"]
+    add_rows = np.array([plan.rows[p] for p in plan.add], dtype=np.int64)
+    add_vecs = _gather(store, name, [catalog.items[p].id for p in plan.add], dim, staging)
+    if prev is None:
+        index = fx.build(spec, dim, add_rows, add_vecs.__getitem__)
+    else:
+        old_info = prev.manifest.attribute(name).index
+        old = faiss.read_index(str(prev.folder / old_info.file))
+        old_spec = IndexSpec(old_info.type, dict(old_info.params))
+        if old_spec.same_structure(spec):           # search knobs may differ
+            index = fx.update(old, spec, plan.remove, add_rows, add_vecs)
+            fx.tune(index, spec)
+        else:                       # a new type: rebuild from the kept vectors
+            ids, vecs = fx.extract(old)
+            keep = ~np.isin(ids, plan.remove)
+            all_ids = np.concatenate([ids[keep], add_rows])
+            all_vecs = np.concatenate([vecs[keep], add_vecs])
+            order = np.argsort(all_ids, kind="stable")
+            index = fx.build(spec, dim, all_ids[order], lambda pos: all_vecs[order[pos]])
+    fname = write_index(staging, name, index)
+    n = int(index.ntotal)
+    info = IndexInfo(type=spec.type, params=dict(spec.params), file=fname, ntotal=n,
+                     factory=spec.factory(dim), memory_bytes=spec.memory_bytes(n, dim),
+                     selection=selection)
+    return AttributeEntry(name, doc.get("n_values"), info)
+
+
+def _finish(opts: BuildOptions, staging: Path, version: str, catalog: Catalog,
+            store: EmbeddingStore, model: ModelInfo, entries: list[AttributeEntry],
+            plan: _Plan, prev: _Previous | None, facts: EmbedFacts | None,
+            t0: float, live: Fold) -> Manifest:
+    """items.sqlite, rejected.csv, live.jsonl and the manifest of the new version."""
+    write_items(staging, ((plan.rows[p], catalog.items[p].id, catalog.items[p].image,
+                           catalog.items[p].metadata, plan.shas[p])
+                          for p in sorted(plan.rows, key=plan.rows.get)))
+    write_rejected(staging, plan.rejects)
+    live.write(staging)
+    embed_stats = facts.stats if facts else dict(store.read_meta().get("last_run") or {})
+    build = {
+        "mode": "update" if prev else "full",
+        "seconds": round(time.perf_counter() - (facts.started or t0 if facts else t0), 3),
+        "index_seconds": round(time.perf_counter() - t0, 3),
+        "embed_seconds": embed_stats.get("seconds", 0.0),
+        "images_per_s": embed_stats.get("images_per_s"),
+        "computed": embed_stats.get("computed", 0), "cached": embed_stats.get("cached", 0),
+        "unchanged": embed_stats.get("unchanged", 0),
+        "rejected_by_reason": dict(Counter(r.reason for r in plan.rejects)),
+        "device": embed_stats.get("device"), "faiss_gpus": faiss.get_num_gpus(),
+        "workers": embed_stats.get("workers"), "batch_size": embed_stats.get("batch_size"),
+    }
+    extra: dict = {"embeddings": {"path": str(Path(opts.embeddings).resolve()),
+                                  "parts": store.part_count, "items": len(store)},
+                  "live": live.manifest_section()}
+    if prev is not None:
+        add_rows = [plan.rows[p] for p in plan.add]
+        changed = len(np.intersect1d(plan.remove, add_rows))
+        extra["update"] = {"base_version": prev.manifest.index_version,
+                           "added": len(plan.add) - changed, "changed": changed,
+                           "removed": int(len(plan.remove) - changed),
+                           "unchanged": len(plan.rows) - len(plan.add)}
+    manifest = make_manifest(
+        version=version, model=model, attributes=entries,
+        catalog=CatalogInfo(path=catalog.path, sha256=catalog.sha256, items=len(plan.rows),
+                            entries=len(catalog)),
+        rejected=len(plan.rejects), build=build, extra=extra)
+    write_manifest(staging, manifest)
+    return manifest

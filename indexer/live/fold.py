@@ -1,0 +1,199 @@
+"""Folding the live-changes journal into a new index version.
+
+Live changes are a layer over the catalog file: a live put overrides (or adds) the catalog
+row with its id, a live delete hides it. Each version keeps the whole layer in `live.jsonl`
+(one JSON object per id: `id`, `op`, `seq`, and for a put `image` (a file name in the
+journal's `images/`), `metadata`, `sha256`), so the changes outlive the fold: the next build
+applies them to the catalog again. A layer entry goes away when the catalog catches up: a
+delete whose id left the catalog, a put whose id the catalog now has with the same image
+bytes and metadata.
+
+A fold (the one-shot command, full or `--update`) reads the journal up to its last seq S
+(under the INDEX_DIR lock; puts keep arriving), adds those entries to the published layer,
+builds the layered catalog like any other (the live items' images are re-embedded from the
+journal's stored copies, with the indexer's model, device and precision, so one version
+never mixes vectors of two runs; with `--update` unchanged ones are skipped as usual),
+publishes the version with `live.folded_seq = S`, and then, in one journal transaction,
+moves the entries <= S to `folded` (the journal is empty but for puts that arrived during
+the build) and drops the folded entries of the version before. A live item that the build
+rejected is appended to the journal again (still searchable by its stored vectors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from indexer.catalog import Catalog, CatalogItem
+from indexer.layout import IndexLayout
+from indexer.live.journal import Journal
+from indexer.manifest import Manifest
+from model.osutil import atomic_write_bytes
+
+LAYER = "live.jsonl"
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One id's live change as kept in a version's layer."""
+
+    id: str
+    op: str                        # "put" | "delete"
+    seq: int
+    image: str | None = None       # file name under the journal's images/
+    metadata: dict | None = None
+    sha256: str | None = None
+
+
+def read_layer(folder: Path | None) -> dict[str, LayerEntry]:
+    """The layer of an index version ({} when it has none)."""
+    path = None if folder is None else Path(folder) / LAYER
+    if path is None or not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            e = LayerEntry(**json.loads(line))
+            out[e.id] = e
+    return out
+
+
+def _file_sha(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+@dataclass
+class Fold:
+    """The journal entries one build folds, and the layer it publishes."""
+
+    journal: Journal
+    base_seq: int                  # live.folded_seq of the published version
+    upto: int                      # the last seq this build folds
+    layer: dict[str, LayerEntry]
+    previous_images: set[str] = field(default_factory=set)
+    journal_puts: dict[str, int] = field(default_factory=dict)   # id -> seq folded now
+    changes: int = 0               # journal entries in (base_seq, upto]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.layer) or self.changes > 0
+
+    def _item(self, e: LayerEntry) -> CatalogItem:
+        return CatalogItem(e.id, str(self.journal.images / str(e.image)), dict(e.metadata or {}))
+
+    def apply(self, catalog: Catalog) -> Catalog:
+        """The catalog with the layer applied (same path and sha256: the file's)."""
+        if not self.layer:
+            return catalog
+        items = []
+        for it in catalog.items:
+            e = self.layer.get(it.id)
+            if e is None:
+                items.append(it)
+            elif e.op == "put":
+                items.append(self._item(e))
+        ids = {it.id for it in catalog.items}
+        added = sorted((e for e in self.layer.values() if e.op == "put" and e.id not in ids),
+                       key=lambda e: e.seq)
+        return Catalog(catalog.path, items + [self._item(e) for e in added], catalog.sha256)
+
+    def write(self, staging: Path) -> None:
+        """`live.jsonl` of the new version (when the layer has entries)."""
+        if self.layer:
+            lines = [json.dumps(asdict(e), ensure_ascii=False, sort_keys=True)
+                     for e in sorted(self.layer.values(), key=lambda e: e.seq)]
+            atomic_write_bytes(staging / LAYER, ("\n".join(lines) + "\n").encode())
+
+    def manifest_section(self) -> dict:
+        ops = [e.op for e in self.layer.values()]
+        return {"folded_seq": self.upto, "folded_now": self.changes,
+                "puts": ops.count("put"), "deletes": ops.count("delete"),
+                "journal": str(self.journal.db)}
+
+    def commit(self, rejected: set[str], say: Say) -> None:
+        """After the publish: move the folded entries out of the journal, re-append the
+        live puts the build rejected, delete images nothing refers to any more."""
+        if not self.journal.exists():
+            return
+        try:
+            con = self.journal.connect()
+            try:
+                with Journal.transaction(con):
+                    carried = 0
+                    for item_id in sorted(rejected & self.journal_puts.keys()):
+                        seq = self.journal_puts[item_id]
+                        if not con.execute("SELECT 1 FROM entries WHERE id = ? AND seq > ?",
+                                           (item_id, seq)).fetchone():
+                            Journal.reappend(con, seq)
+                            carried += 1
+                    Journal.fold(con, self.upto, self.base_seq)
+                    keep = {e.image for e in self.layer.values() if e.image}
+                    removed = self.journal.collect_images(con, keep | self.previous_images)
+            finally:
+                con.close()
+        except Exception as exc:  # noqa: BLE001 - the version is published already
+            say(f"warning: the new version is published but the journal {self.journal.db} "
+                f"was not cleaned ({type(exc).__name__}: {exc}); the next build retries")
+            return
+        if self.changes or carried or removed:
+            say(f"live changes: folded {self.changes} journal entries (up to seq {self.upto})"
+                + (f", {carried} rejected live item(s) kept in the journal" if carried else "")
+                + (f", {removed} unused image(s) deleted" if removed else ""))
+
+
+def _prune(layer: dict[str, LayerEntry], catalog: Catalog) -> dict[str, LayerEntry]:
+    """Drop the entries the catalog has caught up with."""
+    rows = {it.id: it for it in catalog.items}
+    out = {}
+    for item_id, e in layer.items():
+        row = rows.get(item_id)
+        if e.op == "delete" and row is None:
+            continue
+        if (e.op == "put" and row is not None and row.metadata == (e.metadata or {})
+                and _file_sha(row.image) == e.sha256):
+            continue
+        out[item_id] = e
+    return out
+
+
+def prepare_fold(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
+    """What a build of `layout` (its writer lock held) folds: the published layer plus the
+    journal's entries after the published version's folded_seq, up to the last one now."""
+    current = layout.current()
+    base_seq, layer = 0, {}
+    if current is not None:
+        try:
+            base_seq = Manifest.read(current).live_folded_seq
+        except (FileNotFoundError, ValueError):
+            base_seq = 0
+        layer = read_layer(current)
+    fold = Fold(Journal(layout.journal), base_seq, base_seq, {},
+                previous_images={e.image for e in layer.values() if e.image})
+    if fold.journal.exists():
+        con = fold.journal.connect()
+        try:
+            state = Journal.state(con)
+            fold.upto = max(base_seq, state.last_seq)
+            entries = Journal.read(con, base_seq, fold.upto)
+        finally:
+            con.close()
+        if state.dropped_upto > base_seq:
+            say(f"warning: the journal dropped changes after seq {base_seq}, which the "
+                "published version does not hold")
+        for e in entries:
+            layer[e.id] = LayerEntry(e.id, e.op, e.seq, e.image, e.metadata, e.sha256)
+            if e.op == "put":
+                fold.journal_puts[e.id] = e.seq
+            else:
+                fold.journal_puts.pop(e.id, None)
+        fold.changes = len(entries)
+    fold.layer = _prune(layer, catalog)
+    return fold

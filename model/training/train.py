@@ -1,0 +1,652 @@
+"""Two-stage ASEN++ training (SPEC section 4).
+
+    python -m model.train --data DIR --out RUN_DIR [--config NAME_OR_FILE] [--resume CKPT]
+
+Stage 1 trains the global branch alone; stage 2 trains the whole model from the best stage-1
+weights with the local branch at a higher learning rate. ``--variant agnostic`` trains the
+attribute-agnostic triplet baseline (one embedding for every attribute) with the stage-1
+recipe. Every epoch writes ``RUN_DIR/last.pt`` (weights + optimizer, scheduler, RNG, epoch),
+the best epoch by validation MAP goes to ``best_stage1.pt`` / ``best.pt``, and ``--resume``
+continues an interrupted run where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import build_model, read_checkpoint_file, save_checkpoint
+from model.config import ModelConfig, get_config
+from model.embedder import Embedder, pick_device
+from model.imageio import open_image
+from model.memory import keep_freed_memory
+from model.network import ASENPlusPlus
+from model.preprocess import PreparedImage, Preprocessor
+from model.training.data import TripletSampler, load_split, read_attributes
+from model.training.evaluate import evaluate_split
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int
+    lr: float                  # stage 1: all; stage 2: the local branch
+    step: int                  # StepLR step size (epochs)
+    gamma: float
+    lr_global: float = 0.0     # stage 2 only: the global branch (and the attribute table)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    stage1: StageConfig
+    stage2: StageConfig
+    triplets_per_epoch: int = 100_000
+    batch_size: int = 16
+    margin: float = 0.2
+    local_weight: float = 0.1
+    align_weight: float = 0.1
+    backbone_weights: str | None = None  # a torchvision weights file, or "imagenet" (offline)
+    freeze_backbones: bool = False       # train attention heads only; trunk outputs are cached
+    # "uniform" (SPEC section 4) or "loss": attributes picked in proportion to their running
+    # triplet loss, so the ones the model has not learnt yet get more of each epoch.
+    attribute_sampling: str = "uniform"
+    # Random restarts of stage 1: this many independently initialised attention heads each
+    # train the first ``start_epochs`` epochs on triplets of their own, and the one whose
+    # weakest attribute has the best validation MAP goes on (whether the attention finds a
+    # small detail depends on the draw of the first epochs' triplets; docs/RESULTS.md).
+    # 1: the paper's single start.
+    starts: int = 1
+    start_epochs: int = 1
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace
+    valid_limit: int | None = None   # queries/candidates per attribute for validation MAP
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.attribute_sampling not in ("uniform", "loss"):
+            raise ValueError(f"attribute_sampling must be 'uniform' or 'loss', "
+                             f"not {self.attribute_sampling!r}")
+        if self.starts < 1:
+            raise ValueError(f"starts must be at least 1, not {self.starts}")
+        if not 1 <= self.start_epochs <= self.stage1.epochs:
+            raise ValueError(f"start_epochs must be 1 to stage1.epochs ({self.stage1.epochs}), "
+                             f"not {self.start_epochs}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["stage1"] = StageConfig(**data["stage1"])
+        data["stage2"] = StageConfig(**data["stage2"])
+        return cls(**data)
+
+
+TRAIN_CONFIGS: dict[str, TrainConfig] = {
+    # SPEC section 4, as published.
+    "paper": TrainConfig(
+        model="paper",
+        stage1=StageConfig(epochs=50, lr=1e-4, step=3, gamma=0.9),
+        stage2=StageConfig(epochs=20, lr=1e-4, step=1, gamma=0.9, lr_global=1e-5),
+    ),
+    # Frozen ImageNet MobileNetV2 trunks (offline weights), attention heads trained: the demo
+    # checkpoint and docs/RESULTS.md. Minutes on two CPU cores.
+    # Four random starts of two epochs each: the draw of the first triplets decides whether
+    # the attention finds the button (docs/RESULTS.md).
+    "cpu": TrainConfig(
+        model="cpu",
+        stage1=StageConfig(epochs=8, lr=1e-3, step=2, gamma=0.8),
+        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        triplets_per_epoch=10_000,
+        batch_size=32,
+        backbone_weights="imagenet",
+        freeze_backbones=True,
+        attribute_sampling="loss",
+        starts=4,
+        start_epochs=2,
+        valid_limit=100,
+    ),
+    # A small network trained from scratch (every weight), for CPU experiments.
+    "small": TrainConfig(
+        model="small",
+        stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
+        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
+        triplets_per_epoch=2_000,
+        batch_size=32,
+        valid_limit=100,
+    ),
+    "tiny": TrainConfig(
+        model="tiny",
+        stage1=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.9),
+        stage2=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.9, lr_global=1e-4),
+        triplets_per_epoch=64,
+        batch_size=16,
+        valid_limit=10,
+    ),
+}
+
+
+def get_train_config(name_or_file: str) -> TrainConfig:
+    """A named config, or a JSON file: {"base": NAME, ...overrides} or a full config."""
+    if name_or_file in TRAIN_CONFIGS:
+        return TRAIN_CONFIGS[name_or_file]
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise SystemExit(f"unknown config {name_or_file!r}: not one of "
+                         f"{', '.join(TRAIN_CONFIGS)} and not a file")
+    data = json.loads(path.read_text())
+    base = TRAIN_CONFIGS[data.pop("base", "paper")].to_dict()
+    for key in ("stage1", "stage2"):
+        base[key].update(data.pop(key, {}))
+    base.update(data)
+    return TrainConfig.from_dict(base)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+class TrunkCache:
+    """Global-trunk outputs by image id, for a frozen trunk (exact: eval-mode BN, no
+    augmentation). Computed on first use, a batch at a time.
+
+    With ``path`` the outputs persist in that file (float32, so reloading is exact) and later
+    runs with the same trunk weights, input size and images start from it; :func:`cache_file`
+    names it.
+    """
+
+    def __init__(self, net: ASENPlusPlus, images: ImageCache, device: torch.device,
+                 path: Path | None = None):
+        self.net, self.images, self.device, self.path = net, images, device, path
+        self._cache: dict[int, torch.Tensor] = {}
+        self._saved = 0
+        if path is not None and path.is_file():
+            self._cache = torch.load(path, map_location=device, weights_only=True)
+            self._saved = len(self._cache)
+
+    @torch.no_grad()
+    def features(self, ids: Sequence[int]) -> torch.Tensor:
+        todo = sorted({i for i in ids if i not in self._cache})
+        if todo:
+            pixels = torch.stack([self.images[i].pixels for i in todo]).to(self.device)
+            feats = self.net.trunk(pixels.contiguous(memory_format=torch.channels_last))
+            for i, f in zip(todo, feats, strict=True):
+                self._cache[i] = f.clone()
+        return torch.stack([self._cache[i] for i in ids])
+
+    def save(self) -> None:
+        """Write the file when outputs were added since it was read or written."""
+        if self.path is None or len(self._cache) == self._saved:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({i: f.cpu() for i, f in self._cache.items()}, tmp)
+        os.replace(tmp, self.path)
+        self._saved = len(self._cache)
+
+
+def cache_file(cache_dir: Path, net: ASENPlusPlus, image_paths: Sequence[Path]) -> Path:
+    """Where the trunk outputs of ``net`` on ``image_paths`` are kept in ``cache_dir``."""
+    h = hashlib.sha256()
+    h.update(json.dumps([asdict(net.config.global_branch),
+                         [str(p) for p in image_paths]]).encode())
+    for key, value in net.choices["global"].basenet.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return cache_dir / f"trunk-{h.hexdigest()[:16]}.pt"
+
+
+class ImageCache:
+    """Prepared images by id, decoded on first use (no augmentation, so caching is exact)."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Preprocessor):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self._cache: dict[int, PreparedImage] = {}
+
+    def __getitem__(self, image_id: int) -> PreparedImage:
+        if image_id not in self._cache:
+            self._cache[image_id] = self.preprocess(open_image(self.paths[image_id]))
+        return self._cache[image_id]
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+def triplet_losses(x: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
+                   margin: float) -> torch.Tensor:
+    """Margin ranking on cosine similarities, per triplet: max(0, margin - cos(x,p) + cos(x,n))."""
+    return F.relu(margin - F.cosine_similarity(x, p) + F.cosine_similarity(x, n))
+
+
+def triplet_loss(x: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
+    """The mean of :func:`triplet_losses`."""
+    return triplet_losses(x, p, n, margin).mean()
+
+
+def alignment_losses(gs: Sequence[torch.Tensor], ls: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per triplet: 1 - cos(g, l) summed over anchor, positive and negative."""
+    return sum(1 - F.cosine_similarity(g, l) for g, l in zip(gs, ls, strict=True))
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    stage: int = 1
+    epoch: int = 0                      # epochs completed in the current stage
+    best_map: float = -1.0
+    history: list[dict] = field(default_factory=list)
+    attr_loss: list[float] | None = None  # running loss per attribute ("loss" sampling)
+    start: int = 0                      # which random start of stage 1 (its own triplets)
+
+
+@dataclass
+class TrainingSetup:
+    """What every epoch of a run uses."""
+
+    net: ASENPlusPlus
+    model_cfg: ModelConfig
+    stages: list[int]
+    sampler: TripletSampler
+    images: ImageCache
+    trunk_cache: TrunkCache | None
+    device: torch.device
+
+
+def set_train_mode(net: ASENPlusPlus, frozen: bool) -> None:
+    """Training mode, with frozen trunks kept in eval mode (fixed BatchNorm statistics)."""
+    net.train()
+    for branch in net.choices.values():
+        branch.basenet.requires_grad_(not frozen)
+        if frozen:
+            branch.basenet.eval()
+
+
+def make_optimizer(net: ASENPlusPlus, stage: int, cfg: StageConfig):
+    glob = [p for p in net.choices["global"].parameters() if p.requires_grad]
+    if stage == 1:
+        params = [{"params": glob, "lr": cfg.lr}]
+    else:
+        local_only = [p for n, p in net.choices["local"].named_parameters()
+                      if not n.startswith("attrnet.") and p.requires_grad]
+        params = [{"params": glob, "lr": cfg.lr_global}, {"params": local_only, "lr": cfg.lr}]
+    opt = torch.optim.Adam(params)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step, gamma=cfg.gamma)
+    return opt, sched
+
+
+def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
+               stage: int, cfg: TrainConfig, device: torch.device,
+               trunk_cache: TrunkCache | None = None) -> torch.Tensor:
+    """The loss of each triplet of ``batch`` ([n]; the training loss is its mean)."""
+    n = len(batch)
+    ids = [t[i] for i in range(3) for t in batch]            # anchors, positives, negatives
+    attr = torch.tensor([t[3] for t in batch] * 3, device=device)
+    # the images themselves: for the trunk, or for the local branch's crops
+    prepared = [images[i] for i in ids] if trunk_cache is None or stage == 2 else None
+    if trunk_cache is not None:      # frozen trunk: its outputs are cached, no pixels needed
+        pixels, feats = None, trunk_cache.features(ids)
+    else:
+        pixels = torch.stack([p.pixels for p in prepared]).to(device)
+        pixels, feats = pixels.contiguous(memory_format=torch.channels_last), None
+    out = net(pixels, attr, prepared, use_local=(stage == 2), features=feats)
+    g = out.g.split(n)
+    loss = triplet_losses(*g, cfg.margin)
+    if stage == 2:
+        l = out.l.split(n)
+        loss = loss + cfg.local_weight * triplet_losses(*l, cfg.margin)
+        loss = loss + cfg.align_weight * alignment_losses(g, l)
+    return loss
+
+
+def validation_report(net: ASENPlusPlus, data: Path, cfg: TrainConfig,
+                      device: torch.device, stage: int) -> dict:
+    """MAP on the validation split (:func:`model.evaluate.evaluate_split`'s report); in stage 1
+    by the global block alone, since the local branch is not trained yet."""
+    emb = Embedder(net, device=device)
+    report = evaluate_split(emb, data, "valid", limit=cfg.valid_limit, loc_limit=0,
+                            part="global" if stage == 1 else "full")
+    set_train_mode(net, cfg.freeze_backbones)
+    return report
+
+
+def validate(net: ASENPlusPlus, data: Path, cfg: TrainConfig, device: torch.device,
+             stage: int) -> float:
+    return float(validation_report(net, data, cfg, device, stage)["overall"])
+
+
+def _rng_state() -> dict:
+    """Global RNG states in types that a weights-only torch.load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def model_config_for(cfg: TrainConfig, variant: str) -> ModelConfig:
+    """The architecture a run trains: the named config, its overrides, then the variant.
+
+    An override of ``global_branch`` / ``local_branch`` may be a dict of the fields to change.
+    """
+    base = get_config(cfg.model)
+    overrides = {k: replace(getattr(base, k), **v) if isinstance(v, dict) else v
+                 for k, v in cfg.model_overrides.items()}
+    model_cfg = replace(base, **overrides)
+    if variant == "agnostic":
+        model_cfg = replace(model_cfg, name=f"{model_cfg.name}-agnostic", attribute_agnostic=True)
+    if variant in ("agnostic", "global"):
+        model_cfg = model_cfg.global_only()
+    return model_cfg
+
+
+def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device,
+           trunk_cache_dir: Path | None) -> TrainingSetup:
+    attrs = read_attributes(data_dir)
+    model_cfg = model_config_for(cfg, variant)
+    stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
+    torch.manual_seed(cfg.seed)
+    net = build_model(model_cfg, attrs, backbone_weights=cfg.backbone_weights)
+    net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
+    train = load_split(data_dir, "train")
+    images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
+    trunk_cache = None
+    if cfg.freeze_backbones:
+        path = cache_file(trunk_cache_dir, net, train.image_paths) if trunk_cache_dir else None
+        trunk_cache = TrunkCache(net, images, dev, path)
+    return TrainingSetup(net, model_cfg, stages, TripletSampler(train.labels, len(attrs)),
+                         images, trunk_cache, dev)
+
+
+def _restore(resume: Path, net: ASENPlusPlus, log) -> tuple[RunState, dict]:
+    """Weights and global RNGs from ``resume``; returns the run state and optimizer states."""
+    data = read_checkpoint_file(resume)
+    if "train_state" not in data:
+        raise SystemExit(f"{resume}: has no training state to resume from (use last.pt)")
+    ts = data["train_state"]
+    net.load_state_dict(data["state_dict"])
+    _set_rng_state(ts["rng"])
+    log(f"resumed from {resume}: stage {ts['stage']}, {ts['epoch']} epochs done")
+    state = RunState(ts["stage"], ts["epoch"], ts["best_map"], ts["history"], ts.get("attr_loss"))
+    return state, {"optimizer": ts["optimizer"], "scheduler": ts["scheduler"]}
+
+
+def _start_stage2(net: ASENPlusPlus, out: Path, log) -> None:
+    """Stage 2 starts from the best stage-1 weights (the local branch as initialised)."""
+    best1 = read_checkpoint_file(out / "best_stage1.pt")["state_dict"]
+    missing = net.load_state_dict(best1, strict=False).missing_keys
+    assert all(k.startswith("choices.local.") for k in missing), missing
+    log("stage 2: starting from best_stage1.pt")
+
+
+def _epoch_triplets(setup: TrainingSetup, cfg: TrainConfig, state: RunState,
+                    stage: int) -> list[list[int]]:
+    # start 0 (the run itself) keeps the stream of a run without restarts
+    key = [cfg.seed, stage, state.epoch] + ([state.start] if state.start else [])
+    rng = np.random.default_rng(key)
+    weights = state.attr_loss if cfg.attribute_sampling == "loss" else None
+    return setup.sampler.sample(cfg.triplets_per_epoch, rng, weights).tolist()
+
+
+def _train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: int,
+                 n_epochs: int, opt, log) -> tuple[float, np.ndarray]:
+    """One pass over fresh triplets; the mean loss overall and per attribute index (NaN for
+    an attribute that had no triplet)."""
+    triplets = _epoch_triplets(setup, cfg, state, stage)
+    n_attrs = len(setup.net.attributes)
+    attr_sum, attr_count = np.zeros(n_attrs), np.zeros(n_attrs)
+    t0, seen, total = time.perf_counter(), 0, 0.0
+    for s in range(0, len(triplets), cfg.batch_size):
+        batch = triplets[s:s + cfg.batch_size]
+        losses = train_step(setup.net, batch, setup.images, stage, cfg, setup.device,
+                            setup.trunk_cache)
+        loss = losses.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        attrs = np.array([t[3] for t in batch])
+        np.add.at(attr_sum, attrs, losses.detach().double().cpu().numpy())
+        np.add.at(attr_count, attrs, 1)
+        seen += len(batch)
+        total += float(loss.detach()) * len(batch)
+        if (s // cfg.batch_size) % 50 == 0 or seen == len(triplets):
+            rate = 3 * seen / (time.perf_counter() - t0)
+            lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
+            log(f"stage {stage} epoch {state.epoch + 1}/{n_epochs} "
+                f"[{seen}/{len(triplets)}] loss {total / seen:.4f} lr {lrs} {rate:.1f} img/s")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / seen, attr_sum / attr_count
+
+
+def _update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.ndarray) -> None:
+    """Running per-attribute loss (half-life one epoch) that "loss" sampling weights by.
+
+    Attributes not sampled this epoch keep their value; the start is the margin for all.
+    """
+    old = np.full(len(epoch_attr_loss), cfg.margin) if state.attr_loss is None else np.asarray(
+        state.attr_loss)
+    new = np.where(np.isnan(epoch_attr_loss), old, 0.5 * old + 0.5 * epoch_attr_loss)
+    state.attr_loss = [float(max(x, 1e-3)) for x in new]
+
+
+def _save_epoch(setup: TrainingSetup, out: Path, state: RunState, stage: int, valid_map: float,
+                opt, sched, cfg: TrainConfig) -> None:
+    """Best checkpoint of the stage (when improved) and ``last.pt`` with the training state."""
+    best_name = "best_stage1.pt" if stage == 1 and len(setup.stages) > 1 else "best.pt"
+    if valid_map > state.best_map:
+        state.best_map = valid_map
+        save_cfg = setup.model_cfg if stage == 2 else setup.model_cfg.global_only()
+        _save_model(setup.net, save_cfg, out / best_name,
+                    {"epoch": state.epoch, "stage": stage, "valid_map": valid_map})
+    ts = {"stage": stage, "epoch": state.epoch, "best_map": state.best_map,
+          "history": state.history, "attr_loss": state.attr_loss,
+          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+          "rng": _rng_state(), "config": cfg.to_dict()}
+    save_checkpoint(setup.net, out / "last.pt", {"train_state": ts})
+
+
+def reinit_heads(net: ASENPlusPlus, seed: int) -> None:
+    """Fresh attribute table, global attention head and centring; trunks keep their weights."""
+    torch.manual_seed(seed)
+    branch = net.choices["global"]
+    for module in [*branch.attrnet.modules(), *branch.attnnet.modules()]:
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    if branch.center is not None:
+        branch.center.running_mean.zero_()
+
+
+@dataclass
+class _Start:
+    """One trained start of stage 1, kept until a better one turns up."""
+
+    weakest: float
+    valid_map: float
+    weights: dict
+    opt_states: dict
+    attr_loss: list[float] | None
+    rng: dict
+
+
+def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
+                  state: RunState, log) -> dict:
+    """Random restarts (``cfg.starts``): each start trains stage 1's first ``cfg.start_epochs``
+    epochs from its own initialisation of the heads and on its own draw of triplets (start 0:
+    the run's own); the start whose weakest attribute has the best validation MAP is kept, and
+    ``state`` continues from it. Returns its optimizer states. A run stopped during the starts
+    begins again.
+    """
+    initial = {k: v.clone() for k, v in setup.net.state_dict().items()}
+    rng0 = _rng_state()
+    best: _Start | None = None
+    for j in range(cfg.starts):
+        t0 = time.perf_counter()
+        setup.net.load_state_dict(initial)
+        _set_rng_state(rng0)
+        if j:
+            reinit_heads(setup.net, seed=1_000_003 * cfg.seed + j)
+        set_train_mode(setup.net, cfg.freeze_backbones)
+        opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
+        trial = RunState(history=state.history, start=j)
+        while trial.epoch < cfg.start_epochs:
+            loss, attr_loss = _train_epoch(setup, cfg, trial, 1, cfg.stage1.epochs, opt, log)
+            sched.step()
+            _update_attr_loss(trial, cfg, attr_loss)
+            trial.epoch += 1
+        report = validation_report(setup.net, data_dir, cfg, setup.device, stage=1)
+        weakest = min(report["per_attribute"].values())
+        state.history.append({"stage": 1, "epoch": trial.epoch, "start": j, "loss": loss,
+                              "valid_map": report["overall"], "valid_weakest": weakest,
+                              "valid_per_attribute": report["per_attribute"],
+                              "seconds": round(time.perf_counter() - t0, 1)})
+        per_attr = " ".join(f"{k} {v:.1f}" for k, v in report["per_attribute"].items())
+        log(f"stage 1 start {j + 1}/{cfg.starts}: loss {loss:.4f} valid MAP "
+            f"{report['overall']:.2f}%, weakest attribute {weakest:.2f}% ({per_attr})")
+        if best is None or weakest > best.weakest:
+            best = _Start(weakest, float(report["overall"]),
+                          {k: v.clone() for k, v in setup.net.state_dict().items()},
+                          {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+                          trial.attr_loss, _rng_state())
+        if setup.trunk_cache is not None:
+            setup.trunk_cache.save()
+    assert best is not None
+    setup.net.load_state_dict(best.weights)
+    _set_rng_state(best.rng)
+    state.epoch, state.attr_loss = cfg.start_epochs, best.attr_loss
+    log(f"stage 1: going on from the start with weakest attribute at {best.weakest:.2f}%")
+    opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
+    opt.load_state_dict(best.opt_states["optimizer"])
+    sched.load_state_dict(best.opt_states["scheduler"])
+    _save_epoch(setup, out, state, 1, best.valid_map, opt, sched, cfg)
+    return best.opt_states
+
+
+def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
+               state: RunState, stage: int, opt_states: dict | None, log) -> None:
+    scfg = cfg.stage1 if stage == 1 else cfg.stage2
+    set_train_mode(setup.net, cfg.freeze_backbones)
+    opt, sched = make_optimizer(setup.net, stage, scfg)
+    if opt_states is not None:
+        opt.load_state_dict(opt_states["optimizer"])
+        sched.load_state_dict(opt_states["scheduler"])
+    while state.epoch < scfg.epochs:
+        t0 = time.perf_counter()
+        loss, attr_loss = _train_epoch(setup, cfg, state, stage, scfg.epochs, opt, log)
+        sched.step()
+        if setup.trunk_cache is not None:
+            setup.trunk_cache.save()
+        _update_attr_loss(state, cfg, attr_loss)
+        valid_map = validate(setup.net, data_dir, cfg, setup.device, stage)
+        state.epoch += 1
+        state.history.append({"stage": stage, "epoch": state.epoch, "loss": loss,
+                              "valid_map": valid_map,
+                              "seconds": round(time.perf_counter() - t0, 1)})
+        log(f"stage {stage} epoch {state.epoch}: loss {loss:.4f} valid MAP {valid_map:.2f}%")
+        _save_epoch(setup, out, state, stage, valid_map, opt, sched, cfg)
+
+
+def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
+        resume: Path | None = None, device: str | None = None, log=print,
+        trunk_cache_dir: Path | None = None) -> Path:
+    """Train; returns the path of the best checkpoint of the final stage.
+
+    ``trunk_cache_dir``: keep a frozen trunk's outputs there for later runs (:class:`TrunkCache`).
+    """
+    keep_freed_memory()   # a step's activations are reused, not faulted in again (1.7x)
+    setup = _setup(data_dir, cfg, variant, pick_device(device), trunk_cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state, opt_states = RunState(), None
+    if resume is not None:
+        state, opt_states = _restore(resume, setup.net, log)
+    (out / "train_config.json").write_text(json.dumps(
+        {"train": cfg.to_dict(), "model": setup.model_cfg.to_dict(), "variant": variant},
+        indent=2))
+    for stage in setup.stages:
+        if stage < state.stage:
+            continue
+        if stage == 2 and state.epoch == 0 and opt_states is None:
+            _start_stage2(setup.net, out, log)
+            state.best_map = -1.0
+        if stage == 1 and state.epoch == 0 and cfg.starts > 1:
+            opt_states = _choose_start(setup, data_dir, out, cfg, state, log)
+        _run_stage(setup, data_dir, out, cfg, state, stage, opt_states, log)
+        opt_states = None
+        if stage == 1 and len(setup.stages) > 1:
+            state = RunState(2, 0, -1.0, state.history, state.attr_loss)
+    (out / "history.json").write_text(json.dumps(state.history, indent=2))
+    return out / "best.pt"
+
+
+def _save_model(net: ASENPlusPlus, model_cfg, path: Path, meta: dict) -> None:
+    """Save ``net`` restricted to ``model_cfg`` (a stage-1 model keeps its global branch)."""
+    if model_cfg.local_branch is None and net.has_local:
+        slim = ASENPlusPlus(model_cfg, net.attributes)
+        slim.load_state_dict({k: v for k, v in net.state_dict().items()
+                              if not k.startswith("choices.local.")})
+        net = slim
+    save_checkpoint(net, path, {"training": meta})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (SPEC section 6)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints")
+    p.add_argument("--config", default="paper", help=f"{', '.join(TRAIN_CONFIGS)} or a JSON file")
+    p.add_argument("--resume", type=Path, help="a last.pt written by an interrupted run")
+    p.add_argument("--variant", choices=["asen", "global", "agnostic"], default="asen",
+                   help="asen: two stages; global: stage 1 only; agnostic: triplet baseline")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--epochs1", type=int, help="override stage-1 epochs")
+    p.add_argument("--epochs2", type=int, help="override stage-2 epochs")
+    p.add_argument("--triplets", type=int, help="override triplets per epoch")
+    p.add_argument("--backbone-weights", help="ImageNet weights file (torchvision format)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--starts", type=int, help="override the random restarts of stage 1")
+    p.add_argument("--trunk-cache", type=Path,
+                   help="folder keeping a frozen trunk's outputs between runs (same trunk, "
+                        "input size and images: reused exactly)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = get_train_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.epochs1 is not None:
+        overrides["stage1"] = replace(cfg.stage1, epochs=args.epochs1)
+    if args.epochs2 is not None:
+        overrides["stage2"] = replace(cfg.stage2, epochs=args.epochs2)
+    if args.triplets is not None:
+        overrides["triplets_per_epoch"] = args.triplets
+    if args.backbone_weights is not None:
+        overrides["backbone_weights"] = args.backbone_weights
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.starts is not None:
+        overrides["starts"] = args.starts
+    cfg = replace(cfg, **overrides)
+    best = run(args.data, args.out, cfg, args.variant, args.resume, args.device,
+               log=lambda m: print(m, flush=True), trunk_cache_dir=args.trunk_cache)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

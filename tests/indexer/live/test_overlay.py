@@ -1,0 +1,119 @@
+"""The live-changes overlay of `CatalogIndex` without HTTP: real FAISS index, real journal
+files. Exactness against brute force, both ways of hiding rows, filters on live items, and
+the journal positions (folded, dropped, another model's vectors)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import indexer.reader as reader
+from indexer.live.journal import Journal
+from indexer.reader import CatalogIndex
+
+
+def png(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (seed % 256, 7, 9)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def unit(rng: np.random.Generator, dim: int) -> np.ndarray:
+    v = rng.standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture()
+def idx(fx, tmp_path):
+    """The fixture's (read-only) index with a journal of the test's own."""
+    with CatalogIndex.open(fx.index_dir, journal=Journal(tmp_path / "journal")) as index:
+        yield index
+
+
+def brute_force(idx: CatalogIndex, attribute: str, q: np.ndarray, k: int) -> list[str]:
+    """Every current item ranked by exact inner product (from the stored vectors)."""
+    ids = [it.id for it in idx.list_items(0, 10**6)[1]]
+    items, vecs = idx.embeddings(ids, [attribute])
+    order = np.argsort(-(vecs[attribute] @ q), kind="stable")[:k]
+    return [items[i].id for i in order]
+
+
+def test_search_equals_brute_force_with_hidden_rows_both_ways(idx, monkeypatch):
+    rng = np.random.default_rng(0)
+    ids = [it.id for it in idx.list_items(0, 1000)[1]]
+    attribute = idx.attributes[0]
+    for n, item_id in enumerate(ids[:12]):
+        if n % 3:
+            assert idx.delete_item(item_id) is not None
+        else:    # replaced: its published row is hidden, the live one takes its place
+            idx.put_item(item_id, png(n), {"n": n}, {a: unit(rng, idx.dim)
+                                                     for a in idx.attributes})
+    for n in range(5):
+        idx.put_item(f"new-{n}", png(100 + n), {"n": n}, {a: unit(rng, idx.dim)
+                                                          for a in idx.attributes})
+    assert len(idx) == len(ids) - 8 + 5 == idx.size(attribute)
+    q = unit(rng, idx.dim)
+    k = len(idx)
+    want = brute_force(idx, attribute, q, k)
+    deepened = [it.id for it, _ in idx.search(attribute, q, k)[0]]
+    monkeypatch.setattr(reader, "EXCLUDE_DEEPEN_MAX", 0)      # the NOT-selector path
+    selected = [it.id for it, _ in idx.search(attribute, q, k)[0]]
+    assert deepened == want and selected == want
+    top = idx.search_many({a: 1.0 for a in idx.attributes[:2]},
+                          {a: q for a in idx.attributes[:2]}, 5)
+    assert len(top) == 5 and len({it.id for it, _, _ in top}) == 5
+    assert not {it.id for it, _, _ in idx.search_many({attribute: 1.0}, {attribute: q}, k)} & {
+        ids[n] for n in range(12) if n % 3}
+
+
+def test_filters_match_live_items_as_they_match_published_ones(idx):
+    rng = np.random.default_rng(1)
+    vectors = {a: unit(rng, idx.dim) for a in idx.attributes}
+    for item_id, meta in (("int", {"n": 3}), ("text", {"n": "3"}), ("real", {"n": 3.5}),
+                          ("flag", {"flag": True}), ("none", {})):
+        idx.put_item(item_id, png(1), meta, vectors)
+    a = idx.attributes[0]
+
+    def found(filters):
+        return sorted(it.id for it, _ in idx.search(a, vectors[a], 100, filters)[0]
+                      if it.id in ("int", "text", "real", "flag", "none"))
+
+    assert found({"n": "3"}) == ["int", "text"]      # the published items' SQL semantics
+    assert found({"n": ["3.5", "9"]}) == ["real"]
+    assert found({"flag": "1"}) == ["flag"]
+    assert {"n", "flag"} <= idx.metadata_columns()
+    rows = idx.allowed_rows({"n": "3"})
+    assert {idx.get("int").row, idx.get("text").row} <= set(rows.tolist())
+
+
+def test_positions_stale_view_and_foreign_model(idx):
+    rng = np.random.default_rng(2)
+    vectors = {a: unit(rng, idx.dim) for a in idx.attributes}
+    seq, replaced = idx.put_item("p-1", png(2), {}, vectors)
+    assert replaced is False and idx.live_status()["pending"] == 1
+    journal = Journal(Path(idx.live_status()["journal"]).parent)
+    con = journal.connect()
+    try:
+        with Journal.transaction(con):                 # a put embedded by another model
+            Journal.append_put(con, "p-2", "x.png", "0" * 64, {}, "another-model",
+                               idx.attributes, np.stack([vectors[a] for a in idx.attributes]))
+        assert idx.get("p-2") is not None and idx.embedding("p-2", idx.attributes[0]) is None
+        assert "p-2" not in [it.id for it, _ in idx.search(idx.attributes[0],
+                                                           vectors[idx.attributes[0]], 5)[0]]
+        assert idx.live.stale is False
+        with Journal.transaction(con):                 # not read by idx before it is dropped
+            dropped = Journal.append_put(con, "p-3", "y.png", "1" * 64, {}, None,
+                                         idx.attributes,
+                                         np.stack([vectors[a] for a in idx.attributes]))
+            Journal.fold(con, dropped, dropped)        # two folds later: entries dropped
+        with Journal.transaction(con):
+            Journal.append_delete(con, "p-1")
+    finally:
+        con.close()
+    view = idx.live
+    assert view.stale is True                          # it has no way to know what it missed
+    assert idx.get("p-1") is None                      # but still applies what is there
