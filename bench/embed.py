@@ -24,10 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import build_model  # noqa: E402
-from model.embedder import Embedder  # noqa: E402
+from model import build_model
+from model.embedder import Embedder
 
 
 def catalog_images(n: int, seed: int = 0) -> list[Image.Image]:

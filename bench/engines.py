@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from indexer.catalog import load_catalog
 
-from indexer.catalog import load_catalog  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PARTS = ("command", "embedding", "steady")
 

@@ -28,13 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import faiss  # noqa: E402
-
-from indexer.build import faiss_index as fx  # noqa: E402
+from indexer.build import faiss_index as fx
 
 DIM = 2048
 CHUNK = 65_536
@@ -96,7 +93,7 @@ def bench_pipeline(args) -> dict:
                                  out=work, workers=workers, batch_size=args.batch_size,
                                  device="cpu", progress=False)
             build = BuildOptions(embeddings=work, catalog=embed.catalog, out=str(out))
-            res = run_pipeline(embed, build, say=lambda m: None).built
+            res = run_pipeline(embed, build).built
             b = res.manifest.build
             ids, vecs = fx.extract(faiss.read_index(str(out / f"{names[0]}.faiss")))
             diff = float(np.abs(vecs[np.argsort(ids)][:args.naive_images] - naive[:, 0]).max())

@@ -32,11 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from testkit import ServerProcess, run_indexer  # noqa: E402
+from benchkit import ServerProcess, run_indexer
 
 
 @dataclass
@@ -369,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                                      **({"ASEN_API_KEY": args.api_key} if args.api_key else {}),
                                      **env}, log_dir=Path(tmp))
                 with srv:
-                    srv.wait("/readyz", timeout=300)
+                    srv.wait(timeout=300)
                     for c in args.concurrency:
                         r = measure_level(srv.url, mode, image, args.attribute, c,
                                           args.duration, args.max_requests, headers)

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.training.metrics import mean_average_precision, scores_average_precisions  # noqa: E402
+from model.training.metrics import mean_average_precision, scores_average_precisions
 
 FASHIONAI_VALUES = [6, 9, 8, 6, 5, 5, 10, 5]
 

@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CHUNK = 50_000
 LATENT = 256
@@ -120,7 +119,7 @@ def _answer_all(idx, q: np.ndarray, top: np.ndarray) -> dict:
         t = time.perf_counter()
         hits = idx.search("a", q[i:i + 1], 10)[0]
         lat.append(time.perf_counter() - t)
-        got = {int(h.id[1:]) for h, _ in hits}
+        got = {int(h.item.id[1:]) for h in hits}
         recall.append(len(got & set(top[i].tolist())) / 10)
     return {"recall_at_10": round(float(np.mean(recall)), 4),
             "p50_ms": round(statistics.median(lat) * 1000, 3),

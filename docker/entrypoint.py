@@ -4,20 +4,23 @@
     index            build or update ASEN_INDEX_DIR from ASEN_CATALOG with ASEN_CHECKPOINT
     anything else    run as given, e.g. ``python -m model.train ...`` or ``bash``
 
-``index`` is idempotent: it does nothing when the published manifest already names this
-checkpoint and this catalog (by sha256), runs ``python -m indexer --update`` when an index
-exists (only new or changed items are embedded) and a full build otherwise. When the catalog
-does not exist and ASEN_DEMO_ITEMS > 0, it first writes a synthetic catalog of that many
-items there (the out-of-the-box demo). Environment (besides the service's ASEN_*):
+``index`` is the start-up sequence the demo runs too (service/startup.py has its rules). It
+is idempotent: it does nothing when the published manifest already names this checkpoint and
+this catalog (by sha256), runs ``python -m indexer --update`` when an index exists (only new
+or changed items are embedded) and a full build otherwise. With ASEN_DEMO_ITEMS > 0 it first
+writes a synthetic catalog of that many items when the catalog does not exist, or when the
+one there was synthesized with another count (the out-of-the-box demo). Environment
+(besides the service's ASEN_*):
 
     ASEN_CATALOG          catalog file (default /data/catalog/catalog.csv)
     ASEN_CHECKPOINT       model checkpoint (default: the demo checkpoint in the image)
     ASEN_DEMO_ITEMS       synthetic items to generate when the catalog is missing (0)
+                          or was synthesized with another count
     ASEN_INDEXER_ARGS     extra `python -m indexer` options, e.g. "--index-type hnsw"
     ASEN_INDEX_FORCE      1: rebuild even when the index is current
     ASEN_DEVICE, ASEN_PRECISION, ASEN_TORCH_THREADS   passed on as --device/--precision/--threads
 
-Standard library only: it must not pay torch's import time before handing over.
+No torch import: it must not pay torch's import time before handing over.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from indexer.freshness import index_is_current
+from service import startup
 
 DEFAULT_CATALOG = "/data/catalog/catalog.csv"
 DEFAULT_INDEX_DIR = "/data/index"
@@ -37,7 +39,6 @@ DEFAULT_INDEX_DIR = "/data/index"
 
 def log(message: str) -> None:
     print(f"[entrypoint] {message}", file=sys.stderr, flush=True)
-
 
 
 def default_checkpoint() -> Path:
@@ -52,70 +53,59 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def synthesize(catalog: Path, n_items: int) -> None:
-    if catalog.name != "catalog.csv":
-        raise SystemExit(f"[entrypoint] cannot synthesize {catalog}: the synthetic catalog "
-                         "is always DIR/catalog.csv")
-    log(f"{catalog} is missing: generating a synthetic catalog of {n_items} items")
-    cmd = [sys.executable, "-m", "model.synth", "--out", str(catalog.parent), "--n-train", "0",
-           "--n-valid", "0", "--n-test", str(n_items)]
-    result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise SystemExit(result.returncode)
-
-
-def indexer_command(catalog: Path, checkpoint: Path, index_dir: Path, update: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "indexer", "--catalog", str(catalog),
-           "--checkpoint", str(checkpoint), "--out", str(index_dir), "--no-progress"]
-    if update:
-        cmd.append("--update")
+def indexer_options() -> list[str]:
+    """--no-progress, --device/--precision/--threads from ASEN_*, then ASEN_INDEXER_ARGS
+    (an option given there wins)."""
     extra = shlex.split(os.environ.get("ASEN_INDEXER_ARGS", ""))
+    options = ["--no-progress"]
     for env, flag in (("ASEN_DEVICE", "--device"), ("ASEN_PRECISION", "--precision"),
                       ("ASEN_TORCH_THREADS", "--threads")):
         value = os.environ.get(env, "").strip()
         if value and flag not in extra:
-            cmd += [flag, value]
-    return cmd + extra
+            options += [flag, value]
+    return options + extra
+
+
+def indexer_command(catalog: Path, checkpoint: Path, index_dir: Path, update: bool) -> list[str]:
+    return startup.indexer_command(catalog, checkpoint, index_dir, update=update,
+                                   options=indexer_options())
+
+
+def deployment() -> startup.Deployment:
+    """The index job's inputs, from the environment."""
+    n_items = int(os.environ.get("ASEN_DEMO_ITEMS") or 0)
+    return startup.Deployment(
+        checkpoint=Path(os.environ.get("ASEN_CHECKPOINT") or default_checkpoint()),
+        catalog=Path(os.environ.get("ASEN_CATALOG") or DEFAULT_CATALOG),
+        index_dir=Path(os.environ.get("ASEN_INDEX_DIR") or DEFAULT_INDEX_DIR),
+        synth=startup.SynthSpec(n_items) if n_items > 0 else None,
+        force_index=env_flag("ASEN_INDEX_FORCE"),
+        indexer_options=tuple(indexer_options()),
+        missing_catalog_hint="set ASEN_CATALOG and mount it, or set ASEN_DEMO_ITEMS to "
+                             "generate a synthetic one")
 
 
 def index() -> int:
-    catalog = Path(os.environ.get("ASEN_CATALOG") or DEFAULT_CATALOG)
-    index_dir = Path(os.environ.get("ASEN_INDEX_DIR") or DEFAULT_INDEX_DIR)
-    checkpoint = Path(os.environ.get("ASEN_CHECKPOINT") or default_checkpoint())
-    if not checkpoint.is_file():
-        log(f"checkpoint not found: {checkpoint} (set ASEN_CHECKPOINT and mount the file)")
-        return 2
-    if not catalog.exists():
-        n_items = int(os.environ.get("ASEN_DEMO_ITEMS") or 0)
-        if n_items <= 0:
-            log(f"catalog not found: {catalog} (set ASEN_CATALOG and mount it, or set "
-                "ASEN_DEMO_ITEMS to generate a synthetic one)")
-            return 2
-        synthesize(catalog, n_items)
-    force = env_flag("ASEN_INDEX_FORCE")
-    if force:
-        current, why = False, "ASEN_INDEX_FORCE is set"
-    elif catalog.is_dir():
-        current, why = False, "a folder catalog is always re-scanned"
-    else:
-        current, why = index_is_current(index_dir, checkpoint, catalog)
-    if current:
-        log(f"{why}; nothing to do")
+    d = deployment()
+    try:
+        startup.check_checkpoint(d.checkpoint, f"checkpoint not found: {d.checkpoint} (set "
+                                               "ASEN_CHECKPOINT and mount the file)")
+        plan = startup.prepare(d)
+    except startup.StartupError as exc:
+        log(str(exc))
+        return exc.code
+    if plan.command is None:
+        log("nothing to do")
         return 0
-    update = (index_dir / "manifest.json").is_file() and not force
-    cmd = indexer_command(catalog, checkpoint, index_dir, update)
-    log(f"{why}: {' '.join(shlex.quote(c) for c in cmd)}")
-    os.execv(cmd[0], cmd)
-    return 1  # not reached
+    startup.replace_process(plan.command)
 
 
 def serve() -> int:
-    cmd = [sys.executable, "-m", "service"]
-    os.execv(cmd[0], cmd)
-    return 1  # not reached
+    startup.replace_process(startup.service_command())
 
 
 def main(argv: list[str]) -> int:
+    startup.configure_logging(sys.stderr, "[entrypoint] ")
     if not argv or argv[0] == "serve":
         return serve()
     if argv[0] == "index":

@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
@@ -24,7 +25,7 @@ class CatalogItem:
 
     id: str
     image: str
-    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    metadata: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Catalog:
         return len(self.items)
 
 
-def load_catalog(path: str | os.PathLike) -> Catalog:
+def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     """Load a catalog file or folder; raises CatalogError on duplicate ids or bad format."""
     p = Path(path)
     if p.is_dir():
@@ -63,7 +64,7 @@ def _resolve_image(image: str, base: Path) -> str:
     return os.path.abspath(img if img.is_absolute() else base / img)
 
 
-def _make_item(record: dict, base: Path, where: str) -> CatalogItem:
+def _make_item(record: dict[str, Any], base: Path, where: str) -> CatalogItem:
     item_id = record.get("id")
     image = record.get("image")
     if item_id is None or str(item_id).strip() == "":

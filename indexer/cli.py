@@ -11,15 +11,19 @@ and `merge`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 from indexer.build.budget import BudgetError, parse_size
 from indexer.build.index_types import INDEX_TYPES, TYPES
 from indexer.build.stage import BuildOptions, BuildResult, RejectRateError, run_build
 from indexer.catalog import CatalogError
 from indexer.embed.local_engine import DEFAULT_MAX_BYTES, EmbedLimits, default_workers
-from indexer.embed.stage import EmbedOptions, EmbedResult, run_embed
+from indexer.embed.stage import EmbedOptions, EmbedRun, run_embed
 from indexer.embed.store import StoreError
 from indexer.layout import IndexLayout, IndexLockedError
 from indexer.pipeline import run_pipeline
@@ -74,7 +78,7 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ef-search", dest="efSearch", type=int, help=f"hnsw ({hnsw['efSearch']})")
 
 
-def _index_params(args: argparse.Namespace) -> dict:
+def _index_params(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("nlist", "m", "nbits", "nprobe", "k_factor", "opq", "train_size", "M",
             "efConstruction", "efSearch")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
@@ -116,7 +120,8 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     _add_index_args(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def one_shot_parser() -> argparse.ArgumentParser:
+    """`python -m indexer --catalog C --checkpoint K --out INDEX_DIR`: embed + build."""
     p = argparse.ArgumentParser(
         prog="python -m indexer",
         description="Embed a catalog for every attribute and write one FAISS index per "
@@ -134,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def embed_parser() -> argparse.ArgumentParser:
+    """`python -m indexer embed`: a catalog into an embeddings store."""
     p = argparse.ArgumentParser(
         prog="python -m indexer embed",
         description="Embed a catalog into an embeddings store (Parquet: id, sha256, one "
@@ -148,7 +154,8 @@ def embed_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_stage_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m indexer build`: an embeddings store and the catalog into INDEX_DIR."""
     p = argparse.ArgumentParser(
         prog="python -m indexer build",
         description="Build INDEX_DIR from an embeddings store (ours or another tool's) and "
@@ -190,10 +197,11 @@ def summary(result: BuildResult) -> str:
     return "\n".join(lines)
 
 
-def embed_summary(result: EmbedResult) -> str:
+def embed_summary(result: EmbedRun) -> str:
+    """Human summary of a finished `embed` run."""
     s = result.stats
-    return (f"embedded {s['computed']} of {s['catalog']['entries']} items "
-            f"(reused {s['cached']}, rejected {s['rejected']}) in {s['seconds']:.1f} s "
+    return (f"embedded {s.computed} of {s.entries} items "
+            f"(reused {s.cached}, rejected {s.rejected}) in {s.seconds:.1f} s "
             f"-> {result.store.root} ({len(result.store)} items, {result.store.part_count} "
             "Parquet files)")
 
@@ -226,10 +234,10 @@ def _run(argv: list[str]) -> int:
         print(embed_summary(run_embed(_embed_options(args, args.out))))
         return EXIT_OK
     if command == "build":
-        args = build_stage_parser().parse_args(argv[1:])
+        args = build_parser().parse_args(argv[1:])
         print(summary(run_build(_build_options(args, args.embeddings, args.checkpoint))))
         return EXIT_OK
-    args = build_parser().parse_args(argv)
+    args = one_shot_parser().parse_args(argv)
     work = str(IndexLayout(args.out).work)
     result = run_pipeline(_embed_options(args, work), _build_options(args, work, None),
                           keep_work=args.keep_work)
@@ -237,10 +245,32 @@ def _run(argv: list[str]) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _progress_to_stderr() -> Iterator[None]:
+    """The indexer's progress and warnings (`logging`, loggers `indexer.*`) as plain lines
+    on stderr while the command runs."""
+    logger = logging.getLogger("indexer")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
+    with _progress_to_stderr():
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
-        return _run(sys.argv[1:] if argv is None else argv)
+        return _run(argv)
     except RejectRateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REJECTS

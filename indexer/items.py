@@ -1,15 +1,199 @@
-"""The catalog item every reader returns (`indexer.reader.Item` re-exports it)."""
+"""The items table of an index version (`items.sqlite`): its schema, writing it, reading it,
+and the `Item` and `Hit` every reader returns. Imports neither torch nor tqdm.
+
+    items(row INTEGER PRIMARY KEY, id TEXT UNIQUE, image TEXT, metadata TEXT, sha256 TEXT)
+
+`row` is the item's FAISS id in every attribute's index; `metadata` a JSON object (sorted
+keys); `sha256` the image file's hash (what `--update` compares).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.filters import FilterKey, Filters, filter_key, filter_sql
+
+ITEMS_DB = "items.sqlite"
+ITEMS_SCHEMA = """
+CREATE TABLE items (
+    row INTEGER PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL,
+    image TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    sha256 TEXT NOT NULL
+)
+"""
+
+#: One row to write: (row, id, image, metadata, sha256).
+ItemRow = tuple[int, str, str, Mapping[str, object], str]
+
+_CHUNK = 500           # ids or rows per `IN (...)` query
+_FILTER_CACHE = 64     # filters whose matching rows are kept per opened table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One indexed catalog item; `row` is its FAISS id (a live item's: LIVE_ROW0 + seq)."""
 
     row: int
     id: str
     image: str
-    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    metadata: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result: the item, its score and (search_many) its score per attribute."""
+
+    item: Item
+    score: float
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+def metadata_json(metadata: Mapping[str, object]) -> str:
+    """The stored form of an item's metadata (also the journal's)."""
+    return json.dumps(dict(metadata), ensure_ascii=False, sort_keys=True)
+
+
+# -- writing -----------------------------------------------------------------------------------
+def write_items(folder: Path, rows: Iterable[ItemRow]) -> int:
+    """Create `folder/items.sqlite` from (row, id, image, metadata, sha256) and fsync it;
+    returns the count."""
+    path = folder / ITEMS_DB
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=OFF")
+        con.execute("PRAGMA synchronous=OFF")
+        con.execute(ITEMS_SCHEMA)
+        cur = con.executemany(
+            "INSERT INTO items(row, id, image, metadata, sha256) VALUES (?, ?, ?, ?, ?)",
+            ((int(r), i, img, metadata_json(meta), sha) for r, i, img, meta, sha in rows))
+        count = cur.rowcount
+        con.commit()
+    finally:
+        con.close()
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    return count
+
+
+# -- reading -----------------------------------------------------------------------------------
+def read_item_hashes(folder: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
+    """id -> (row, sha256) of every item of an index version."""
+    table = ItemsTable.open(folder)
+    try:
+        return table.hashes()
+    finally:
+        table.close()
+
+
+class ItemsTable:
+    """The items table of one version, opened read-only and immutable (thread-safe)."""
+
+    def __init__(self, path: Path, con: sqlite3.Connection) -> None:
+        self.path = path
+        self._con = con
+        self._lock = threading.Lock()
+        self._count: int | None = None
+        self._columns: frozenset[str] | None = None
+        self._filtered: OrderedDict[FilterKey, np.ndarray] = OrderedDict()
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> ItemsTable:
+        """Open `folder/items.sqlite` (FileNotFoundError when absent, ValueError when it is
+        not an items table)."""
+        path = Path(folder) / ITEMS_DB
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                                  check_same_thread=False)
+            con.execute("SELECT row, id, image, metadata, sha256 FROM items LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path}: not a valid items database ({exc})") from None
+        return cls(path, con)
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._con.execute(sql, tuple(args)).fetchall()
+
+    def _items(self, where: str, args: Sequence[object]) -> list[Item]:
+        rows = self._query(f"SELECT row, id, image, metadata FROM items WHERE {where}", args)
+        return [Item(int(r), str(i), str(img), json.loads(meta)) for r, i, img, meta in rows]
+
+    def count(self) -> int:
+        """Number of items."""
+        if self._count is None:
+            self._count = int(self._query("SELECT COUNT(*) FROM items")[0][0])
+        return self._count
+
+    def by_rows(self, rows: Iterable[int]) -> dict[int, Item]:
+        """row -> item of those `rows` the table has."""
+        wanted = [int(r) for r in rows]
+        out: dict[int, Item] = {}
+        for s in range(0, len(wanted), _CHUNK):
+            part = wanted[s:s + _CHUNK]
+            out.update((it.row, it) for it in self._items(
+                f"row IN ({','.join('?' * len(part))})", part))
+        return out
+
+    def by_ids(self, ids: Iterable[str]) -> dict[str, Item]:
+        """id -> item of those `ids` the table has."""
+        wanted = [str(i) for i in ids]
+        out: dict[str, Item] = {}
+        for s in range(0, len(wanted), _CHUNK):
+            part = wanted[s:s + _CHUNK]
+            out.update((it.id, it) for it in self._items(
+                f"id IN ({','.join('?' * len(part))})", part))
+        return out
+
+    def page(self, offset: int, limit: int, exclude: np.ndarray | None = None) -> list[Item]:
+        """Items in row order, without the rows `exclude`, from `offset` on (at most
+        `limit`)."""
+        hidden = json.dumps([] if exclude is None else [int(r) for r in exclude])
+        return self._items("row NOT IN (SELECT value FROM json_each(?)) "
+                           "ORDER BY row LIMIT ? OFFSET ?", (hidden, int(limit), int(offset)))
+
+    def columns(self) -> frozenset[str]:
+        """Every metadata key of the items (computed once)."""
+        if self._columns is None:
+            rows = self._query(
+                "SELECT DISTINCT j.key FROM items, json_each(items.metadata) AS j")
+            self._columns = frozenset(str(k) for (k,) in rows)
+        return self._columns
+
+    def matching_rows(self, filters: Filters) -> np.ndarray:
+        """Rows whose metadata matches every filter (indexer/filters.py), sorted int64;
+        the last few filters' answers are cached."""
+        key = filter_key(filters)
+        with self._lock:
+            hit = self._filtered.get(key)
+            if hit is not None:
+                self._filtered.move_to_end(key)
+                return hit
+        where, args = filter_sql(key)
+        rows = self._query(f"SELECT row FROM items WHERE {where} ORDER BY row", args)
+        result = np.fromiter((r for (r,) in rows), dtype=np.int64, count=len(rows))
+        with self._lock:
+            self._filtered[key] = result
+            if len(self._filtered) > _FILTER_CACHE:
+                self._filtered.popitem(last=False)
+        return result
+
+    def hashes(self) -> dict[str, tuple[int, str]]:
+        """id -> (row, sha256) of every item."""
+        return {str(i): (int(r), str(s))
+                for r, i, s in self._query("SELECT row, id, sha256 FROM items")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()

@@ -7,7 +7,7 @@ For `--out /data/idx`:
     /data/.idx.versions/.staging-<version>/  a version being written
     /data/.idx.work/<job-key>/    the embeddings store of a running (or killed) job
     /data/.idx.lock               held by the one job allowed to write /data/idx
-    /data/.idx.journal/           live catalog changes between builds (indexer/journal.py)
+    /data/.idx.journal/           live catalog changes between builds (indexer/live/journal.py)
 
 A new version is written in a staging folder, renamed into place, and published by
 `os.replace` of a fresh symlink over `/data/idx`, which is atomic on POSIX: a reader sees
@@ -17,15 +17,17 @@ the old version or the new one, never a mix; a crash at any point leaves the old
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import secrets
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from model.osutil import fsync_dir
+
+log = logging.getLogger(__name__)
 
 
 class IndexLockedError(RuntimeError):
@@ -72,7 +74,7 @@ class WriterLock:
 class IndexLayout:
     """Paths of one INDEX_DIR and its siblings."""
 
-    def __init__(self, out: str | os.PathLike) -> None:
+    def __init__(self, out: str | os.PathLike[str]) -> None:
         out = Path(os.path.abspath(out))
         self.out = out
         self.parent = out.parent
@@ -83,7 +85,7 @@ class IndexLayout:
         self._lock = WriterLock(self.lockfile, str(self.out))
 
     @classmethod
-    def of(cls, folder: str | os.PathLike) -> IndexLayout:
+    def of(cls, folder: str | os.PathLike[str]) -> IndexLayout:
         """The layout a folder belongs to: INDEX_DIR itself (the symlink or a plain folder)
         or one of its versions, `.NAME.versions/<version>` (what readers open)."""
         path = Path(os.path.abspath(folder))
@@ -134,8 +136,8 @@ class IndexLayout:
         previous = self.current()
         if self.out.exists() and not self.out.is_symlink():
             previous = (self.versions / f"legacy-{new_version()}").resolve()
-            print(f"note: {self.out} is a plain folder; moving it to {previous} "
-                  "(later swaps are atomic)", file=sys.stderr)
+            log.warning("note: %s is a plain folder; moving it to %s (later swaps are atomic)",
+                        self.out, previous)
             os.replace(self.out, previous)
         tmp_link = self.parent / f".{self.out.name}.link-{version}"
         if tmp_link.is_symlink() or tmp_link.exists():

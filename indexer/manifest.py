@@ -18,6 +18,9 @@ from indexer import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
 
+#: A parsed JSON object (a section the readers keep as the document has it).
+JsonObject = dict[str, Any]
+
 
 @dataclass
 class ModelInfo:
@@ -26,16 +29,16 @@ class ModelInfo:
     dim: int
     checkpoint: str | None = None
     sha256: str | None = None
-    config: dict | None = None
+    config: JsonObject | None = None
     precision: str | None = None
 
     @classmethod
-    def from_dict(cls, doc: dict) -> ModelInfo:
+    def from_dict(cls, doc: JsonObject) -> ModelInfo:
         return cls(dim=int(doc["dim"]), checkpoint=doc.get("checkpoint"),
                    sha256=doc.get("sha256"), config=doc.get("config"),
                    precision=doc.get("precision"))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"checkpoint": self.checkpoint, "sha256": self.sha256, "config": self.config,
                 "dim": self.dim, "precision": self.precision}
 
@@ -45,22 +48,22 @@ class IndexInfo:
     """One attribute's FAISS index: its type, parameters, file and size."""
 
     type: str
-    params: dict
+    params: JsonObject
     file: str
     ntotal: int
     factory: str | None = None
     memory_bytes: int | None = None      # resident memory estimate (the type's formula)
-    selection: dict | None = None        # how --max-memory picked it
+    selection: JsonObject | None = None  # how --max-memory picked it
 
     @classmethod
-    def from_dict(cls, doc: dict) -> IndexInfo:
+    def from_dict(cls, doc: JsonObject) -> IndexInfo:
         return cls(type=str(doc["type"]), params=dict(doc.get("params") or {}),
                    file=str(doc["file"]), ntotal=int(doc.get("ntotal", 0)),
                    factory=doc.get("factory"), memory_bytes=doc.get("memory_bytes"),
                    selection=doc.get("selection"))
 
-    def to_dict(self) -> dict:
-        doc: dict[str, Any] = {"type": self.type, "params": dict(self.params),
+    def to_dict(self) -> JsonObject:
+        doc: JsonObject = {"type": self.type, "params": dict(self.params),
                                "factory": self.factory, "file": self.file,
                                "ntotal": self.ntotal}
         if self.memory_bytes is not None:
@@ -79,12 +82,12 @@ class AttributeEntry:
     index: IndexInfo
 
     @classmethod
-    def from_dict(cls, doc: dict) -> AttributeEntry:
+    def from_dict(cls, doc: JsonObject) -> AttributeEntry:
         n = doc.get("n_values")
         return cls(name=str(doc["name"]), n_values=None if n is None else int(n),
                    index=IndexInfo.from_dict(doc["index"]))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"name": self.name, "n_values": self.n_values, "index": self.index.to_dict()}
 
 
@@ -98,13 +101,13 @@ class CatalogInfo:
     entries: int | None = None  # catalog rows (indexed + rejected)
 
     @classmethod
-    def from_dict(cls, doc: dict) -> CatalogInfo:
+    def from_dict(cls, doc: JsonObject) -> CatalogInfo:
         e = doc.get("entries")
         return cls(path=str(doc["path"]), sha256=str(doc["sha256"]), items=int(doc["items"]),
                    entries=None if e is None else int(e))
 
-    def to_dict(self) -> dict:
-        doc: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "items": self.items}
+    def to_dict(self) -> JsonObject:
+        doc: JsonObject = {"path": self.path, "sha256": self.sha256, "items": self.items}
         if self.entries is not None:
             doc["entries"] = self.entries
         return doc
@@ -126,11 +129,11 @@ class Manifest:
     created_at: str = ""
     software_version: str = ""
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JsonObject = field(default_factory=dict)
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, doc: Any, where: str = MANIFEST) -> Manifest:
+    def from_dict(cls, doc: object, where: str = MANIFEST) -> Manifest:
         """Check and convert a parsed document (ValueError naming `where` when invalid)."""
         if not isinstance(doc, dict):
             raise ValueError(f"{where}: expected a JSON object")
@@ -169,7 +172,7 @@ class Manifest:
         return cls.from_dict(doc, str(path))
 
     # -- writing -----------------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         """The JSON document, core keys first."""
         return {"format_version": self.format_version,
                 "software_version": self.software_version, "created_at": self.created_at,
@@ -198,7 +201,7 @@ class Manifest:
         return self.attributes[0].index.type if self.attributes else ""
 
     @property
-    def build(self) -> dict:
+    def build(self) -> JsonObject:
         return dict(self.extra.get("build") or {})
 
     @property

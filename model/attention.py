@@ -34,6 +34,8 @@ class AttributeCentering(nn.Module):
     constant is gone, so the only way to lower the loss is to find the attribute.
     """
 
+    running_mean: torch.Tensor      # [n_attrs, dim] float32 buffer
+
     def __init__(self, n_attrs: int, dim: int, momentum: float = 0.01):
         super().__init__()
         self.momentum = momentum

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,13 +13,14 @@ from .backbones import load_backbone_weights
 from .config import CONFIGS, ModelConfig, get_config
 from .errors import CheckpointError
 from .network import ASENPlusPlus
+from .osutil import replace_atomically
 
 FORMAT = "asen-retrieval"
 FORMAT_VERSION = 1
 PUBLISHED_PREFIX = "choices."
 
 
-def build_model(config: str | ModelConfig | dict, attributes: AttributesLike,
+def build_model(config: str | ModelConfig | dict[str, Any], attributes: AttributesLike,
                 backbone_weights: str | Path | dict[str, str | Path] | None = None,
                 ) -> ASENPlusPlus:
     """Build a freshly initialised model.
@@ -35,13 +33,14 @@ def build_model(config: str | ModelConfig | dict, attributes: AttributesLike,
         paths = backbone_weights if isinstance(backbone_weights, dict) else {
             name: backbone_weights for name in net.choices}
         for name, path in paths.items():
-            load_backbone_weights(net.choices[name].basenet, path)
+            load_backbone_weights(net.branch(name).basenet, path)
     return net
 
 
 def save_checkpoint(net: ASENPlusPlus, path: str | Path,
                     extra: Mapping[str, Any] | None = None) -> None:
-    """Write a self-describing checkpoint atomically (temporary file + rename)."""
+    """Write a self-describing checkpoint atomically and durably
+    (:func:`model.osutil.replace_atomically`)."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -52,20 +51,10 @@ def save_checkpoint(net: ASENPlusPlus, path: str | Path,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    replace_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_checkpoint_file(path: str | Path) -> dict:
+def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
     """torch.load with clear errors for missing, truncated or foreign files."""
     path = Path(path)
     if not path.is_file():
@@ -81,14 +70,6 @@ def read_checkpoint_file(path: str | Path) -> dict:
         kind = type(data).__name__
         raise CheckpointError(f"{path}: not a checkpoint: expected a dict, got {kind}")
     return data
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_state(net: ASENPlusPlus, state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -176,5 +157,5 @@ def published_state_dict(net: ASENPlusPlus) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
-__all__ = ["AttributeSpec", "build_model", "save_checkpoint", "load_network", "file_sha256",
+__all__ = ["AttributeSpec", "build_model", "save_checkpoint", "load_network",
            "published_state_dict", "read_checkpoint_file"]

@@ -6,17 +6,20 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .attributes import AttributesLike, AttributeSpec
-from .checkpoint import file_sha256, load_network
+from .checkpoint import load_network
+from .config import ModelConfig
 from .errors import UnknownAttributeError
 from .fusion import fuse_conv_bn
 from .memory import keep_freed_memory
-from .network import ASENPlusPlus
+from .network import ASENPlusPlus, ForwardOutput
+from .osutil import sha256_file
 from .preprocess import PreparedImage, Preprocessor
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,6 +27,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 @dataclass
 class Explanation:
+    """What the network looked at for one image and attribute (:meth:`Embedder.explain`)."""
+
     attention: np.ndarray                     # [h, w] float32, sums to 1
     box: tuple[int, int, int, int] | None     # RoI on the original image (x0, y0, x1, y1)
     embedding: np.ndarray                     # [dim]
@@ -33,6 +38,7 @@ class Explanation:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; by default CUDA when there is one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -43,13 +49,16 @@ class Embedder:
 
     def __init__(self, net: ASENPlusPlus, device: str | torch.device | None = None,
                  precision: str = "fp32", batch_size: int | None = None,
-                 checkpoint: str | None = None,
-                 fuse: bool = False):
+                 checkpoint: str | None = None, fuse: bool = False,
+                 checkpoint_sha256: str | None = None):
         """``fuse``: fold BatchNorm into convolutions (faster; changes ``net`` in place, so
-        only for a network that will not train again, as :func:`load_model` does)."""
+        only for a network that will not train again, as :func:`load_model` does).
+        ``checkpoint`` / ``checkpoint_sha256``: the file the weights came from and the hex
+        sha256 of its bytes (what an index records of its model), None for a network built
+        in memory."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-        self.device = pick_device(device)
+        self.device: torch.device = pick_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 is only offered on CUDA; use bf16 on the CPU")
         self.precision = precision
@@ -57,11 +66,13 @@ class Embedder:
         # (measured in docs/BENCHMARKS.md), a GPU wants large ones
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 16)
         self.checkpoint = checkpoint
+        self.checkpoint_sha256 = checkpoint_sha256
         net = net.eval()
         if fuse:
             fuse_conv_bn(net)
         self.net = net.to(self.device).to(memory_format=torch.channels_last)
-        self.preprocess = Preprocessor(net.config.global_branch.input_size)
+        # PIL image -> PreparedImage; picklable, so worker processes can run it
+        self.preprocess: Preprocessor = Preprocessor(net.config.global_branch.input_size)
         self._index = {a.name: i for i, a in enumerate(net.attributes)}
 
     # -- metadata --------------------------------------------------------------------------
@@ -78,10 +89,11 @@ class Embedder:
         return self.net.embedding_dim
 
     @property
-    def config(self):
+    def config(self) -> ModelConfig:
         return self.net.config
 
     def attribute_index(self, attribute: str | int) -> int:
+        """The index of an attribute given by name or index; UnknownAttributeError if none."""
         if isinstance(attribute, (int, np.integer)) and not isinstance(attribute, bool):
             if 0 <= int(attribute) < len(self._index):
                 return int(attribute)
@@ -90,12 +102,13 @@ class Embedder:
         raise UnknownAttributeError(attribute, self.attribute_names)
 
     # -- core ------------------------------------------------------------------------------
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def prepare(self, images: Sequence[Image.Image]) -> list[PreparedImage]:
+        """:attr:`preprocess` of each image."""
         return [self.preprocess(img) for img in images]
 
     def _pixels(self, prepared: Sequence[PreparedImage]) -> torch.Tensor:
@@ -110,7 +123,7 @@ class Embedder:
 
     @torch.inference_mode()
     def forward_prepared(self, prepared: Sequence[PreparedImage], attr: Sequence[int],
-                         image_index: Sequence[int] | None = None):
+                         image_index: Sequence[int] | None = None) -> ForwardOutput:
         """One network pass; row i is image ``image_index[i]`` for attribute ``attr[i]``."""
         attr_t = torch.as_tensor(list(attr), dtype=torch.long, device=self.device)
         idx_t = None if image_index is None else torch.as_tensor(
@@ -169,8 +182,8 @@ class Embedder:
                 chunk = [prepared[i] for i in with_rows]
                 rows_img = [j for j, i in enumerate(with_rows) for _ in attr[i]]
                 rows_attr = [a for i in with_rows for a in attr[i]]
-                emb = self.forward_prepared(chunk, rows_attr, rows_img).embedding
-                emb = emb.float().cpu().numpy()
+                res = self.forward_prepared(chunk, rows_attr, rows_img)
+                emb = res.embedding.float().cpu().numpy()
                 pos = 0
                 for i in with_rows:
                     out[i][:] = emb[pos:pos + len(attr[i])]
@@ -200,9 +213,11 @@ class Embedder:
         """:meth:`explain` of an image already preprocessed (e.g. on another thread)."""
         res = self.forward_prepared([prep], [self.attribute_index(attribute)])
         attn = res.attention[0].float().cpu().numpy().astype(np.float32)
-        box = input_box = None
+        box: tuple[int, int, int, int] | None = None
+        input_box: tuple[float, float, float, float] | None = None
         if res.boxes is not None:
-            input_box = tuple(float(v) for v in res.boxes[0].tolist())
+            bx0, by0, bx1, by1 = (float(v) for v in res.boxes[0].tolist())
+            input_box = (bx0, by0, bx1, by1)
             x0, y0, x1, y1 = prep.geometry.to_original(input_box)
             box = (int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1)))
         size = (int(prep.geometry.width), int(prep.geometry.height))
@@ -235,7 +250,6 @@ def load_model(path: str | Path, attributes: AttributesLike | None = None,
     keep_freed_memory()
     net = load_network(path, attributes)
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
-                   checkpoint=str(path), fuse=True)
+                   checkpoint=str(path), fuse=True, checkpoint_sha256=sha256_file(path))
     use_ieee_fp32(emb.device, emb.precision)
-    emb.checkpoint_sha256 = file_sha256(path)
     return emb

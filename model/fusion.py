@@ -23,8 +23,8 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
                 module[i + 1] = nn.Identity()
     for name, bn in list(module.named_children()):
         if isinstance(bn, nn.BatchNorm2d) and name.startswith("bn"):
-            conv = getattr(module, "conv" + name[2:], None)
-            if isinstance(conv, nn.Conv2d):
-                setattr(module, "conv" + name[2:], fuse_conv_bn_eval(conv, bn))
+            sibling = getattr(module, "conv" + name[2:], None)
+            if isinstance(sibling, nn.Conv2d):
+                setattr(module, "conv" + name[2:], fuse_conv_bn_eval(sibling, bn))
                 setattr(module, name, nn.Identity())
     return module

@@ -50,8 +50,7 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError("truncated", f"image data is truncated or corrupt ({exc})",
                              name) from exc
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+        return ImageOps.exif_transpose(img).convert("RGB")
     finally:
         if name is not None:
             fp.close()

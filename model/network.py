@@ -31,7 +31,8 @@ class Branch(nn.Module):
         self.attnnet = AttributeAttention(channels, attr_dim, cfg.common_dim, cfg.reduction,
                                           cfg.out_dim)
         n_attrs = attrnet.attr_embedding.num_embeddings
-        self.center = AttributeCentering(n_attrs, cfg.out_dim) if center else None
+        self.center: AttributeCentering | None = (
+            AttributeCentering(n_attrs, cfg.out_dim) if center else None)
 
     def head(self, feat: torch.Tensor, attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb, attn = self.attnnet(feat, self.attrnet(attr))
@@ -53,6 +54,9 @@ class ForwardOutput:
 
 
 class ASENPlusPlus(nn.Module):
+    """The whole network: ``choices["global"]`` and, unless stage 1 only, ``choices["local"]``
+    (:class:`Branch`), sharing one attribute table."""
+
     def __init__(self, config: ModelConfig, attributes: Sequence[AttributeSpec]):
         super().__init__()
         self.config = config
@@ -68,19 +72,28 @@ class ASENPlusPlus(nn.Module):
     def has_local(self) -> bool:
         return "local" in self.choices
 
+    def branch(self, name: str) -> Branch:
+        """The ``global`` or the ``local`` branch."""
+        branch = self.choices[name]
+        if not isinstance(branch, Branch):
+            raise TypeError(f"choices[{name!r}] is a {type(branch).__name__}, not a Branch")
+        return branch
+
     @property
     def embedding_dim(self) -> int:
         return self.config.embedding_dim
 
     # -- pieces, so callers can share the trunk across attributes -------------------------
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.choices["global"].basenet(pixels)
+        return self.branch("global").basenet(pixels)
 
     def _attr(self, attr: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(attr) if self.config.attribute_agnostic else attr
 
-    def global_head(self, feat: torch.Tensor, attr: torch.Tensor):
-        return self.choices["global"].head(feat, self._attr(attr))
+    def global_head(self, feat: torch.Tensor,
+                    attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [B, out] and attention maps [B, h, w] of the global branch."""
+        return self.branch("global").head(feat, self._attr(attr))
 
     def local_crops(self, attention: torch.Tensor, images: Sequence[PreparedImage],
                     image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +102,8 @@ class ASENPlusPlus(nn.Module):
         Row i uses ``images[image_index[i]]``; crops come from that image's source pixels.
         """
         lcfg = self.config.local_branch
+        if lcfg is None:
+            raise ValueError(f"model config {self.config.name!r} has no local branch")
         gsize = self.config.global_branch.input_size
         boxes = attention_boxes(attention.detach(), gsize, self.config.threshold)
         crops = torch.empty(len(boxes), 3, lcfg.input_size, lcfg.input_size,
@@ -108,7 +123,7 @@ class ASENPlusPlus(nn.Module):
         return boxes, normalize(crops)
 
     def local_embed(self, crops: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
-        emb, _ = self.choices["local"](crops, self._attr(attr))
+        emb, _ = self.branch("local")(crops, self._attr(attr))
         return emb
 
     def fuse(self, g: torch.Tensor, l: torch.Tensor | None) -> torch.Tensor:
@@ -127,7 +142,11 @@ class ASENPlusPlus(nn.Module):
         """``pixels`` [N,3,S,S] of ``images``; row i of ``attr`` is for image ``image_index[i]``
         (default: one row per image). ``features``: the global trunk's output for the images
         when the caller already has it (a frozen trunk's cache); ``pixels`` may then be None."""
-        feat = self.trunk(pixels) if features is None else features
+        if features is None:
+            if pixels is None:
+                raise ValueError("give the pixels or the trunk's features")
+            features = self.trunk(pixels)
+        feat = features
         if image_index is None:
             image_index = torch.arange(len(feat), device=attr.device)
         else:

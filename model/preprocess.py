@@ -53,11 +53,11 @@ class Preprocessor:
         img = img.convert("RGB")
         geom = CropGeometry(img.width, img.height, self.input_size)
         crop = geom.crop_box()
-        glob = img.resize((self.input_size, self.input_size), Image.BILINEAR, box=crop)
+        glob = img.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR, box=crop)
         source, scale = img, 1.0
         short = min(img.width, img.height)
         if short > self.source_max:
             scale = self.source_max / short
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            source = img.resize(size, Image.BILINEAR)
+            source = img.resize(size, Image.Resampling.BILINEAR)
         return PreparedImage(normalize(to_tensor_uint8(glob)), to_tensor_uint8(source), geom, scale)

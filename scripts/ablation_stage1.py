@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -30,17 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from model.checkpoint import build_model  # noqa: E402
-from model.config import get_config  # noqa: E402
-from model.imageio import open_image  # noqa: E402
-from model.preprocess import Preprocessor  # noqa: E402
-from model.roi import CropGeometry  # noqa: E402
-from model.training.data import TripletSampler, load_split, read_attributes  # noqa: E402
-from model.training.evaluate import read_boxes  # noqa: E402
-from model.training.metrics import mean_average_precision, peak_in_box  # noqa: E402
+from model.checkpoint import build_model
+from model.config import get_config
+from model.imageio import open_image
+from model.preprocess import Preprocessor
+from model.roi import CropGeometry
+from model.training.data import TripletSampler, load_split, read_attributes
+from model.training.evaluate import read_boxes
+from model.training.metrics import mean_average_precision, peak_in_box
 
 
 def global_net(attrs, backbone: str, weights: str | None = None):

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import load_model  # noqa: E402
-from model.training.data import load_split, read_attributes  # noqa: E402
-from model.training.evaluate import _attention_batch, read_boxes  # noqa: E402
-from model.training.metrics import attention_peak, crop_point_to_original  # noqa: E402
+from model import load_model
+from model.training.data import load_split, read_attributes
+from model.training.evaluate import attention_maps, read_boxes
+from model.training.metrics import attention_peak, crop_point_to_original
 
 
 def _offset(value: float, low: float, high: float) -> float:
@@ -36,8 +34,8 @@ def offsets(checkpoint: Path, data: Path, attribute: str) -> np.ndarray:
     split = load_split(data, "test")
     boxes = read_boxes(data, "test")
     ids = [i for i, a, _ in split.queries if names[a] == attribute and attribute in boxes[i]]
-    stream = _attention_batch(emb, [split.image_paths[i] for i in ids], [attribute] * len(ids),
-                              32, 1)
+    stream = attention_maps(emb, [split.image_paths[i] for i in ids], [attribute] * len(ids),
+                            32, 1)
     rows = []
     for i, (att, size, crop) in zip(ids, stream, strict=True):
         x, y = crop_point_to_original(*attention_peak(att), size, crop)

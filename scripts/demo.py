@@ -3,12 +3,14 @@
 
     python scripts/demo.py [--workdir demo-data] [--n-items 300] [--port 8000] [--no-serve]
 
-Three idempotent steps, each the project's own command line (printed as it runs):
+Three idempotent steps, each the project's own command line (printed as it runs), in the
+start-up sequence the container runs too (service/startup.py has its rules):
 
 1. ``python -m model.synth``: a small synthetic catalog in ``WORKDIR/catalog`` (reused when
    it was made with the same --n-items, --seed and --size);
 2. ``python -m indexer``: the index in ``WORKDIR/index`` with the demo checkpoint (skipped
-   when its manifest names the same checkpoint and catalog, by sha256);
+   when its manifest names the same checkpoint and catalog, by sha256; ``--update`` of an
+   existing index otherwise);
 3. ``python -m service`` with ``ASEN_INDEX_DIR=WORKDIR/index``; the URL is printed once the
    model and index are loaded. Ctrl-C stops it.
 
@@ -23,7 +25,6 @@ import contextlib
 import csv
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,108 +35,22 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from indexer.freshness import index_is_current
+from service import startup
+from service.startup import StartupError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "model" / "weights" / "demo.pt"
 DEFAULT_WORKDIR = REPO / "demo-data"
-READY_TIMEOUT_S = 300.0
 
 
-class DemoError(Exception):
-    """A step failed; the message says which and what to do."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
+DemoError = StartupError  # a step failed (the message says which); .code is the exit status
 
 
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-
-def run_step(argv: list[str]) -> None:
-    """Run one of the project's CLIs with this interpreter; raise DemoError when it fails."""
-    shown = " ".join(["python", *argv[1:]]) if argv[0] == sys.executable else " ".join(argv)
-    say(f"$ {shown}")
-    result = subprocess.run(argv, cwd=REPO)
-    if result.returncode != 0:
-        raise DemoError(f"`{shown}` failed with exit code {result.returncode} (see above)")
-
-
-# -- step 1: catalog ----------------------------------------------------------------------
-def synth_params(n_items: int, seed: int, size: int) -> dict:
-    """What model.synth records in synth.json for the demo catalog (test split only)."""
-    return {"seed": seed, "size": size, "counts": {"train": 0, "valid": 0, "test": n_items}}
-
-
-def catalog_is_current(catalog_dir: Path, want: dict) -> bool:
-    try:
-        meta = json.loads((catalog_dir / "synth.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not (catalog_dir / "catalog.csv").is_file():
-        return False
-    return all(meta.get(k) == v for k, v in want.items())
-
-
-def ensure_catalog(workdir: Path, n_items: int, seed: int, size: int) -> tuple[Path, bool]:
-    """The synthetic catalog's catalog.csv and whether it was (re)generated now."""
-    catalog_dir = workdir / "catalog"
-    want = synth_params(n_items, seed, size)
-    if catalog_is_current(catalog_dir, want):
-        say(f"catalog: reusing {catalog_dir} ({n_items} items)")
-        return catalog_dir / "catalog.csv", False
-    if catalog_dir.exists() and not (catalog_dir / "synth.json").exists() and any(
-            catalog_dir.iterdir()):
-        raise DemoError(f"{catalog_dir} exists and was not written by the demo; move it away "
-                        "or pass another --workdir", code=2)
-    say(f"catalog: generating {n_items} synthetic items ({size} px) in {catalog_dir}")
-    # Written next to the final folder and renamed, so an interrupted run leaves no
-    # half-written catalog that a later run would take for a finished one.
-    tmp = workdir / f".catalog.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        run_step([sys.executable, "-m", "model.synth", "--out", str(tmp), "--seed", str(seed),
-                  "--n-train", "0", "--n-valid", "0", "--n-test", str(n_items),
-                  "--size", str(size)])
-        # An index over the old images must not survive (same CSV, other pixels).
-        index = workdir / "index"
-        if index.is_symlink() or index.exists():
-            remove_path(index)
-        if catalog_dir.exists():
-            shutil.rmtree(catalog_dir)
-        os.replace(tmp, catalog_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return catalog_dir / "catalog.csv", True
-
-
-def remove_path(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-# -- step 2: index ------------------------------------------------------------------------
-def ensure_index(workdir: Path, checkpoint: Path, catalog: Path, device: str | None,
-                 rebuilt_catalog: bool) -> Path:
-    index_dir = workdir / "index"
-    current, why = index_is_current(index_dir, checkpoint, catalog)
-    if current and not rebuilt_catalog:
-        say(f"index: reusing {index_dir} ({why})")
-        return index_dir
-    say(f"index: building {index_dir} ({why})")
-    argv = [sys.executable, "-m", "indexer", "--catalog", str(catalog),
-            "--checkpoint", str(checkpoint), "--out", str(index_dir)]
-    if device:
-        argv += ["--device", device]
-    run_step(argv)
-    return index_dir
-
-
-# -- step 3: serve ------------------------------------------------------------------------
+# -- serving -------------------------------------------------------------------------------
 def port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -168,24 +83,6 @@ def service_env(args: argparse.Namespace, index_dir: Path, checkpoint: Path,
     if args.device:
         env["ASEN_DEVICE"] = args.device
     return env
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> dict:
-    """Poll /readyz until it answers 200; raise DemoError if the server dies or times out."""
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(f"the server exited with code {proc.returncode} (see its log above)")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(1.0)
-    raise DemoError(f"the server was not ready after {timeout:.0f} s ({last})")
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> tuple:
@@ -231,7 +128,7 @@ def serve(args: argparse.Namespace, index_dir: Path, checkpoint: Path, catalog: 
     url = base_url(args.host, args.port)
     say(f"$ ASEN_INDEX_DIR={index_dir} ASEN_HOST={args.host} ASEN_PORT={args.port} "
         "python -m service")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO,
+    proc = subprocess.Popen(startup.service_command(), cwd=REPO,
                             env=service_env(args, index_dir, checkpoint, catalog))
 
     stopping = []
@@ -243,7 +140,7 @@ def serve(args: argparse.Namespace, index_dir: Path, checkpoint: Path, catalog: 
 
     signal.signal(signal.SIGTERM, forward)
     try:
-        ready = wait_ready(url, proc)
+        ready = startup.wait_ready(url, proc)
         say(f"ready: {ready.get('items')} items, attributes {', '.join(ready['attributes'])}")
         if args.check:
             smoke_search(url, catalog, ready["attributes"][0])
@@ -264,31 +161,29 @@ def serve(args: argparse.Namespace, index_dir: Path, checkpoint: Path, catalog: 
             proc.wait(timeout=10)
         return 0
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server gracefully (SIGTERM), then for good."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        startup.stop(proc)
 
 
 # -- main ---------------------------------------------------------------------------------
 def check_checkpoint(path: Path) -> Path:
-    if path.is_file():
-        return path.resolve()
+    missing = None
     if path == DEFAULT_CHECKPOINT:
-        raise DemoError(
+        missing = (
             f"the demo checkpoint {path} is missing. It is committed with the repository "
             "(re-clone, or `git checkout -- model/weights/demo.pt`); or train one with "
             "`python -m model.synth --out data/synth && python -m model.train --data data/synth "
-            "--out runs/demo --config cpu` and pass --checkpoint runs/demo/best.pt.", code=2)
-    raise DemoError(f"checkpoint not found: {path}", code=2)
+            "--out runs/demo --config cpu` and pass --checkpoint runs/demo/best.pt.")
+    return startup.check_checkpoint(path, missing)
+
+
+def deployment(args: argparse.Namespace, checkpoint: Path) -> startup.Deployment:
+    """The demo's catalog and index: WORKDIR/catalog (synthetic only) and WORKDIR/index."""
+    workdir = args.workdir.resolve()
+    return startup.Deployment(
+        checkpoint=checkpoint, catalog=workdir / "catalog" / "catalog.csv",
+        index_dir=workdir / "index", synth=startup.SynthSpec(args.n_items, args.seed, args.size),
+        synthetic_only=True, regenerate_catalog=args.rebuild, force_index=args.rebuild,
+        indexer_options=("--device", args.device) if args.device else ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,22 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_items < 1:
         print("error: --n-items must be at least 1", file=sys.stderr)
         return 2
+    startup.configure_logging(sys.stdout, "[demo] ")
     t0 = time.perf_counter()
     try:
-        checkpoint = check_checkpoint(args.checkpoint)
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        if args.rebuild:
-            for name in ("index", "catalog"):
-                if (workdir / name).is_symlink() or (workdir / name).exists():
-                    remove_path(workdir / name)
-        catalog, fresh = ensure_catalog(workdir, args.n_items, args.seed, args.size)
-        index_dir = ensure_index(workdir, checkpoint, catalog, args.device, fresh)
-        say(f"prepared in {time.perf_counter() - t0:.1f} s: catalog {catalog}, index {index_dir}")
+        d = deployment(args, check_checkpoint(args.checkpoint))
+        d.index_dir.parent.mkdir(parents=True, exist_ok=True)
+        plan = startup.prepare(d)
+        if plan.command is not None:
+            startup.run(plan.command)
+        say(f"prepared in {time.perf_counter() - t0:.1f} s: catalog {d.catalog}, "
+            f"index {d.index_dir}")
         if args.no_serve:
             return 0
-        return serve(args, index_dir, checkpoint, catalog)
-    except DemoError as exc:
+        return serve(args, d.index_dir, d.checkpoint, d.catalog)
+    except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
 

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 DEMO_CHECKPOINT = REPO / "model" / "weights" / "demo.pt"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -362,7 +361,7 @@ def check_ivfpq_index(report: Report, work: Path, catalog: Path, flat: Path) -> 
         ids = [r["id"] for r in catalog_rows(catalog)[:50]]
         queries = np.stack([exact.embedding(i, attr) for i in ids])
         hits = approx.search(attr, queries, 5)
-        recall = float(np.mean([i in {it.id for it, _ in h} for i, h in
+        recall = float(np.mean([i in {hit.item.id for hit in h} for i, h in
                                 zip(ids, hits, strict=True)]))
         doc = approx.manifest.attributes[0].index
         # the job trains on the GPU when FAISS sees one; it logs a fallback to the CPU
@@ -379,8 +378,9 @@ def check_ivfpq_index(report: Report, work: Path, catalog: Path, flat: Path) -> 
 
 def check_service(report: Report, work: Path, catalog: Path, index_dir: Path) -> None:
     """A real ``python -m service`` with ASEN_DEVICE=cuda; one search and one explain."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from demo import multipart, stop, wait_ready
+    from demo import multipart  # a sibling script: scripts/ is on sys.path
+
+    from service.startup import stop, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -11,20 +11,15 @@ outputs of a `model.train --trunk-cache` folder instead of the float16 features.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+from ablation_stage1 import Centring, fit
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from ablation_stage1 import Centring, fit  # noqa: E402
-
-from model.embedder import pick_device  # noqa: E402
-from model.training.data import read_attributes  # noqa: E402
-from model.training.train import TRAIN_CONFIGS, _setup  # noqa: E402
+from model.config import TRAIN_CONFIGS
+from model.embedder import pick_device
+from model.training.data import read_attributes
+from model.training.train import setup_training
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args(argv)
     cfg = TRAIN_CONFIGS["cpu"]       # the script's loop uses the same lr, schedule, batch, margin
-    net = _setup(args.data, cfg, "asen", pick_device("cpu"), None).net
+    net = setup_training(args.data, cfg, "asen", pick_device("cpu"), None).net
     if args.trunk_cache:
         cache = torch.load(args.trunk_cache, weights_only=True)
         feats = torch.stack([cache[i].contiguous() for i in range(len(cache))])

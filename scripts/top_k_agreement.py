@@ -14,16 +14,12 @@ catalog has them).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from indexer.reader import CatalogIndex  # noqa: E402
+from indexer.reader import CatalogIndex
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ def agreement(index: CatalogIndex, attribute: str, k: int) -> Agreement:
     for it in items:
         vec = index.embedding(it.id, attribute)
         hits = index.search(attribute, vec, k + 1)[0]
-        top = [hit for hit, _ in hits if hit.id != it.id][:k]
+        top = [h.item for h in hits if h.item.id != it.id][:k]
         value = it.metadata[attribute]
         shares.append(sum(h.metadata.get(attribute) == value for h in top) / max(1, len(top)))
         chances.append((counts[value] - 1) / (len(items) - 1))

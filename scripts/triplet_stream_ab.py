@@ -16,28 +16,23 @@ of triplets each epoch trains on differs. Prints the test split's score after ea
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from ablation_stage1 import Centring, epoch_triplets, score
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from ablation_stage1 import Centring, epoch_triplets, score  # noqa: E402
-
-import model.training.train as mt  # noqa: E402
-from model.embedder import pick_device  # noqa: E402
-from model.training.data import load_split, read_attributes  # noqa: E402
+import model.training.train as mt
+from model.config import TRAIN_CONFIGS, TrainConfig
+from model.embedder import pick_device
+from model.training.data import load_split, read_attributes
 
 
 def ablation_triplets(n_attrs: int, seed: int):
     """The ablation script's draw (loss-weighted attributes), fed model.train's running loss."""
-    def draw(setup: mt.TrainingSetup, cfg: mt.TrainConfig, state: mt.RunState, stage: int):
+    def draw(setup: mt.TrainingSetup, cfg: TrainConfig, state: mt.RunState, stage: int):
         loss = (np.full(n_attrs, cfg.margin) if state.attr_loss is None
                 else np.asarray(state.attr_loss))
         return epoch_triplets(setup.sampler, n_attrs, loss, "loss", seed, state.epoch).tolist()
@@ -56,16 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = mt.TRAIN_CONFIGS["cpu"]
+    cfg = TRAIN_CONFIGS["cpu"]
     cfg = replace(cfg, starts=1, stage1=replace(cfg.stage1, epochs=args.epochs))
     names = [a.name for a in read_attributes(args.data)]
     if args.triplets == "ablation":
-        mt._epoch_triplets = ablation_triplets(len(names), args.triplet_seed)
+        mt.epoch_triplets = ablation_triplets(len(names), args.triplet_seed)
     elif args.triplet_seed:
-        own = mt._epoch_triplets
-        mt._epoch_triplets = lambda s, c, st, sg: own(s, replace(c, seed=args.triplet_seed),
-                                                      st, sg)
-    setup = mt._setup(args.data, cfg, "asen", pick_device("cpu"), args.trunk_cache)
+        own = mt.epoch_triplets
+        mt.epoch_triplets = lambda s, c, st, sg: own(s, replace(c, seed=args.triplet_seed),
+                                                     st, sg)
+    setup = mt.setup_training(args.data, cfg, "asen", pick_device("cpu"), args.trunk_cache)
     test = load_split(args.data, "test")
     test_feats = torch.load(args.features / "test.pt")
     state = mt.RunState()
@@ -74,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for _ in range(args.epochs):
         mt.set_train_mode(setup.net, True)
-        loss, attr_loss = mt._train_epoch(setup, cfg, state, 1, args.epochs, opt,
-                                          lambda m: None)
+        loss, attr_loss = mt.train_epoch(setup, cfg, state, 1, args.epochs, opt)
         sched.step()
-        mt._update_attr_loss(state, cfg, attr_loss)
+        mt.update_attr_loss(state, cfg, attr_loss)
         state.epoch += 1
         result = score(setup.net, Centring(len(names), False), args.data, test, test_feats,
                        names)

@@ -129,6 +129,7 @@ def _document_auth_truthfully(app: FastAPI, settings: Settings) -> None:
                 if not path.startswith("/v1/admin"):
                     for operation in operations.values():
                         operation.pop("security", None)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

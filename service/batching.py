@@ -18,11 +18,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import numpy as np
 
 from .protocols import EmbedderLike
+
+if TYPE_CHECKING:
+    from model.preprocess import PreparedImage
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Overloaded(Exception):
@@ -34,7 +41,7 @@ class BatcherClosed(Exception):
 
 
 @dataclass
-class EmbedResult:
+class JobResult:
     """One job's embeddings ([attributes, dim], in the job's attribute order) and their cost."""
 
     vectors: np.ndarray
@@ -45,10 +52,10 @@ class EmbedResult:
 
 @dataclass
 class _Job:
-    image: Any                      # a preprocessed image (the embedder's PreparedImage)
+    image: PreparedImage
     attributes: tuple[str, ...]
     embedder: EmbedderLike
-    future: asyncio.Future
+    future: asyncio.Future[JobResult]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -84,7 +91,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._admitted = 0
         self._incoming = 0  # admitted, not yet submitted: worth waiting for
 
@@ -134,14 +141,16 @@ class MicroBatcher:
 
     # ------------------------------------------------------------ jobs
     async def embed(
-        self, slot: Slot, embedder: EmbedderLike, items: Sequence[tuple[Any, Sequence[str]]]
-    ) -> list[EmbedResult]:
+        self, slot: Slot, embedder: EmbedderLike,
+        items: Sequence[tuple[PreparedImage, Sequence[str]]],
+    ) -> list[JobResult]:
         """Embed ``(prepared image, attributes)`` jobs with ``embedder`` in shared forward
         passes (``embedder.embed_each_prepared``: one trunk pass per image)."""
         if self._queue is None or self._worker is None:
             raise BatcherClosed("batcher is not running")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(img, tuple(attrs), embedder, loop.create_future()) for img, attrs in items]
+        jobs = [_Job(img, tuple(attrs), embedder, loop.create_future())
+                for img, attrs in items]
         for job in jobs:
             self._queue.put_nowait(job)
         slot.submitted()
@@ -152,9 +161,10 @@ class MicroBatcher:
                 job.future.cancel()
             raise
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run other model work (e.g. explain) on the inference thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, partial(fn, *args, **kwargs))
 
     async def _collect(self) -> list[_Job]:
         assert self._queue is not None
@@ -220,7 +230,7 @@ class MicroBatcher:
             self._on_batch(len(jobs), embed_ms)
         for job, vec in zip(jobs, vectors, strict=True):
             if not job.future.done():
-                job.future.set_result(EmbedResult(
+                job.future.set_result(JobResult(
                     vectors=np.asarray(vec, dtype=np.float32),
                     queue_ms=(start - job.enqueued) * 1000.0,
                     embed_ms=embed_ms,

@@ -1,16 +1,21 @@
-"""FastAPI dependencies: shared state, settings and API-key checks."""
+"""FastAPI dependencies: shared state, settings, the request's snapshot lease, stored item
+lookups (404 for an unknown id) and API-key checks."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+import numpy as np
+from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from indexer.items import Item
 
 from .errors import ApiError
 from .settings import Settings
-from .state import ServiceState
+from .state import ServiceState, Snapshot
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="ASEN_API_KEY (search) or ASEN_ADMIN_API_KEY."
@@ -18,18 +23,64 @@ _api_key_header = APIKeyHeader(
 _bearer = HTTPBearer(auto_error=False, description="Same key as X-API-Key, as a bearer token.")
 
 
-def get_settings(request: Request) -> Settings:
-    """The app's settings."""
-    return request.app.state.settings
+def app_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
 
 
-def get_state(request: Request) -> ServiceState:
+def app_state(request: Request) -> ServiceState:
     """The app's model/index holder."""
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StateDep = Annotated[ServiceState, Depends(get_state)]
+#: A form model read from a multipart body: ``Annotated[SomeForm, MULTIPART]``.
+MULTIPART = Form(media_type="multipart/form-data")
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+StateDep = Annotated[ServiceState, Depends(app_state)]
+
+
+async def leased_snapshot(state: StateDep) -> AsyncIterator[Snapshot]:
+    """The served snapshot, leased until the endpoint returns; 503 not_ready before one."""
+    async with state.lease() as snap:
+        yield snap
+
+
+SnapshotDep = Annotated[Snapshot, Depends(leased_snapshot, scope="function")]
+
+
+def item_not_found(item_id: str) -> ApiError:
+    """404 item_not_found for an id the served index does not have."""
+    return ApiError(404, "item_not_found", f"no item with id {item_id!r}",
+                    details={"item_id": item_id})
+
+
+class StoredItems:
+    """Indexed items of the request's snapshot, by id: the item, or its stored vectors (the
+    query of /by-item, /rerank, /explain and composed references); 404 for an unknown id."""
+
+    def __init__(self, snap: SnapshotDep) -> None:
+        self.snap = snap
+
+    async def item(self, item_id: str) -> Item:
+        """The item with this id."""
+        item = await self.snap.call(self.snap.index.get, item_id)
+        if item is None:
+            raise item_not_found(item_id)
+        return item
+
+    async def vectors(self, item_id: str, attributes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The item's stored vector [D] for each of ``attributes``."""
+        items, stored = await self.snap.call(self.snap.index.embeddings, [item_id],
+                                             list(attributes))
+        if not items:
+            raise item_not_found(item_id)
+        return {a: stored[a][0] for a in attributes}
+
+
+StoredDep = Annotated[StoredItems, Depends()]
 HeaderKey = Annotated[str | None, Security(_api_key_header)]
 BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,14 +35,14 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def unavailable(message: str, retry_after: int, code: str = "unavailable") -> ApiError:
+def unavailable(message: str, retry_after: int, code: str) -> ApiError:
     """A 503 with Retry-After."""
     return ApiError(503, code, message, headers={"Retry-After": str(retry_after)})
 
 
 def error_json(
     request: Request | None, status: int, code: str, message: str, details: Any = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """Render the shared error body."""
     request_id = getattr(request.state, "request_id", None) if request is not None else None
@@ -61,7 +62,7 @@ _HTTP_CODES = {
 }
 
 
-def clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def clean_validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Keep only JSON-safe parts of pydantic's errors (inputs may be raw bytes)."""
     out = []
     for err in errors:

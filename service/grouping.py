@@ -8,9 +8,10 @@ or ``max_depth`` hits were scanned (``ASEN_GROUP_MAX_DEPTH``, a bound on one req
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from indexer.items import Hit
 
 from .errors import ApiError
 
@@ -18,18 +19,18 @@ from .errors import ApiError
 FIRST_DEPTH_PER_GROUP = 4
 GROWTH = 4
 
-Hit = tuple[Any, ...]  # (Item, score) or (Item, score, per-attribute scores)
+Ranked = list[tuple[Hit, str | None]]   # hits with their group value (None: no grouping)
 
 
 @dataclass
 class Grouped:
     """The best hit of each of the first groups, with its group value, and the depth used."""
 
-    hits: list[tuple[Hit, str | None]]
+    hits: Ranked
     depth: int
 
 
-def group_value(metadata: dict[str, Any] | None, column: str) -> str | None:
+def group_value(metadata: Mapping[str, object] | None, column: str) -> str | None:
     """The group of an item: its column value as text (None when it lacks the column)."""
     value = (metadata or {}).get(column)
     if value is None:
@@ -41,7 +42,7 @@ def group_value(metadata: dict[str, Any] | None, column: str) -> str | None:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def check_column(column: str, columns: Sequence[str] | frozenset[str]) -> str:
+def check_column(column: str, columns: Collection[str]) -> str:
     """The column if items have it, else a 422 listing the known ones."""
     if column not in columns:
         valid = sorted(columns)
@@ -53,12 +54,12 @@ def check_column(column: str, columns: Sequence[str] | frozenset[str]) -> str:
 
 
 def best_per_group(hits: Sequence[Hit], column: str, k: int,
-                   exclude_id: str | None = None) -> list[tuple[Hit, str | None]]:
+                   exclude_id: str | None = None) -> Ranked:
     """The first (best) hit of each group, in rank order, at most ``k`` of them."""
     seen: set[tuple[str, str]] = set()
-    out: list[tuple[Hit, str | None]] = []
+    out: Ranked = []
     for hit in hits:
-        item = hit[0]
+        item = hit.item
         if exclude_id is not None and item.id == exclude_id:
             continue
         value = group_value(item.metadata, column)

@@ -1,26 +1,32 @@
-"""Pieces shared by the search endpoints: validation, admission and result shaping."""
+"""Pieces shared by the search endpoints: admission, embedding uploads, ranking on the index
+threads, and shaping the answer (results, timings)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
 from fastapi import Request, UploadFile
 
+from indexer.filters import Filters
+
 from .batching import Overloaded, Slot
 from .errors import ApiError, unavailable
-from .ranking import Ranked
-from .schemas import ResultItem, Timings
+from .grouping import Ranked
+from .ranking import single_fetch, top_hits, weighted_fetch
+from .schemas import QueryInfo, ResultItem, SearchResponse, Timings
 from .settings import Settings
 from .state import ServiceState, Snapshot, require_attribute
 from .uploads import prepare_image, read_upload
+
+if TYPE_CHECKING:
+    from model.preprocess import PreparedImage
 
 
 def ms_since(start: float) -> float:
@@ -39,27 +45,11 @@ def check_k(k: int | None, settings: Settings) -> int:
     return k
 
 
-def normalise_weights(raw: dict[str, Any], snap: Snapshot) -> dict[str, float]:
-    """Validate attribute weights (known names, finite, >= 0, some > 0); scale to sum 1."""
-    if not raw:
-        raise ApiError(422, "validation_error", "weights: give at least one attribute",
-                       details={"valid": snap.attributes})
-    weights: dict[str, float] = {}
-    for name, value in raw.items():
-        require_attribute(snap, str(name))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0:
-            raise ApiError(422, "validation_error",
-                           f"weights.{name}: must be a finite number >= 0",
-                           details=[{"loc": ["weights", str(name)], "msg": "must be >= 0",
-                                     "type": "weight_invalid"}])
-        if value > 0:
-            weights[str(name)] = float(value)
-    top = max(weights.values(), default=0.0)
-    if top <= 0:
-        raise ApiError(422, "validation_error", "weights: at least one weight must be > 0")
-    total = math.fsum(w / top for w in weights.values())   # scaled first: no overflow
-    return {name: w / top / total for name, w in weights.items()}
+def served_weights(weights: Mapping[str, float], snap: Snapshot) -> dict[str, float]:
+    """Weights (normalised by the schema) on attributes of the served index; zeros dropped."""
+    for name in weights:
+        require_attribute(snap, name)
+    return {name: w for name, w in weights.items() if w > 0}
 
 
 @contextlib.asynccontextmanager
@@ -73,6 +63,44 @@ async def admitted(state: ServiceState) -> AsyncIterator[Slot]:
                           state.settings.retry_after_s, code="overloaded") from exc
 
 
+# ---------------------------------------------------------------- ranking
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What to rank and how: the checked ``k``, metadata filters and grouping column."""
+
+    k: int
+    filters: Filters | None = None
+    group_by: str | None = None
+
+    @classmethod
+    def of(cls, k: int | None, filters: Filters | None, group_by: str | None,
+           settings: Settings) -> Ranking:
+        return cls(check_k(k, settings), filters or None, group_by)
+
+
+async def rank(snap: Snapshot, settings: Settings, weights: dict[str, float],
+               vectors: dict[str, np.ndarray], ranking: Ranking, *, single: bool,
+               with_scores: bool = False, exclude_id: str | None = None) -> Ranked:
+    """The top hits of a query, ranked on the index threads.
+
+    ``single``: one attribute searched in its own index (``with_scores``: listing its score
+    per attribute too); otherwise the weighted sum of every attribute's similarity."""
+    attributes = list(weights)
+    if single:
+        fetch = single_fetch(snap.index, attributes[0], vectors[attributes[0]],
+                             ranking.filters, with_scores=with_scores)
+    else:
+        fetch = weighted_fetch(snap.index, weights, vectors, ranking.filters, ranking.k)
+    return await snap.call(top_hits, snap.index, fetch, ranking.k, attributes=attributes,
+                           group_by=ranking.group_by, max_depth=settings.group_max_depth,
+                           exclude_id=exclude_id)
+
+
+# ---------------------------------------------------------------- answers
+
+
 def image_url(request: Request, item_id: str) -> str:
     """Relative URL of an item's image (behind ASEN_ROOT_PATH too), from its route's name."""
     path = request.app.url_path_for("get_item_image", item_id=quote(item_id, safe=""))
@@ -80,18 +108,19 @@ def image_url(request: Request, item_id: str) -> str:
 
 
 def result_items(hits: Ranked, request: Request) -> list[ResultItem]:
-    """Result items from ranked hits ((Item, score[, per-attribute scores]), group value)."""
-    out: list[ResultItem] = []
-    for hit, group in hits:
-        item, score = hit[0], hit[1]
-        per_attr = hit[2] if len(hit) > 2 else None
-        out.append(ResultItem(
-            rank=len(out) + 1, id=item.id, score=float(score),
-            scores={a: float(v) for a, v in per_attr.items()} if per_attr is not None else None,
-            metadata=dict(item.metadata or {}), image_url=image_url(request, item.id),
-            group=group,
-        ))
-    return out
+    """Result items from ranked hits (hit, group value), best first."""
+    return [ResultItem(rank=n, id=hit.item.id, score=float(hit.score),
+                       scores={a: float(v) for a, v in hit.scores.items()} or None,
+                       metadata=dict(hit.item.metadata),
+                       image_url=image_url(request, hit.item.id), group=group)
+            for n, (hit, group) in enumerate(hits, start=1)]
+
+
+def search_response(request: Request, snap: Snapshot, query: QueryInfo, hits: Ranked,
+                    timings: Timings) -> SearchResponse:
+    """The answer of a search endpoint."""
+    return SearchResponse(query=query, results=result_items(hits, request), timings=timings,
+                          model=snap.model, index_version=snap.version)
 
 
 @dataclass
@@ -103,12 +132,6 @@ class EmbedCost:
     embed_ms: float
     batch_size: int
 
-    def timings(self, search_ms: float, start: float) -> Timings:
-        """The request's timings, these stages and the search."""
-        return Timings(decode_ms=self.decode_ms, queue_ms=round(self.queue_ms, 3),
-                       embed_ms=round(self.embed_ms, 3), search_ms=search_ms,
-                       total_ms=ms_since(start), batch_size=self.batch_size)
-
 
 def record(request: Request, timings: Timings, **stages: float | None) -> Timings:
     """Hand a request's stage timings to the metrics: RequestContextMiddleware observes
@@ -116,6 +139,21 @@ def record(request: Request, timings: Timings, **stages: float | None) -> Timing
     request.state.stages = {"decode": timings.decode_ms, "queue": timings.queue_ms,
                             "embed": timings.embed_ms, "search": timings.search_ms, **stages}
     return timings
+
+
+def search_timings(request: Request, start: float, search_ms: float,
+                   cost: EmbedCost | None = None) -> Timings:
+    """The timings of a search that started at ``start`` (with its uploads' embedding
+    ``cost`` if it had any), recorded for the metrics."""
+    if cost is None:
+        return record(request, Timings(search_ms=search_ms, total_ms=ms_since(start)))
+    return record(request, Timings(
+        decode_ms=cost.decode_ms, queue_ms=round(cost.queue_ms, 3),
+        embed_ms=round(cost.embed_ms, 3), search_ms=search_ms, total_ms=ms_since(start),
+        batch_size=cost.batch_size))
+
+
+# ---------------------------------------------------------------- uploads
 
 
 @dataclass
@@ -132,7 +170,7 @@ class EmbeddedUpload(EmbedCost):
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-async def _prepared(upload: UploadFile, settings: Settings, snap: Snapshot) -> Any:
+async def _prepared(upload: UploadFile, settings: Settings, snap: Snapshot) -> PreparedImage:
     return await prepare_image(await read_upload(upload, settings), settings,
                                snap.embedder.preprocess)
 

@@ -3,44 +3,49 @@ and the query vectors of a composed query. Plain functions of an index; no HTTP 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .grouping import Hit, best_per_group, check_column, grouped
+from indexer.filters import Filters
+from indexer.items import Hit
+
+from .grouping import Ranked, best_per_group, check_column, grouped
 from .protocols import CatalogIndexLike
 
-Fetch = Callable[[int], Sequence[Hit]]
-Ranked = list[tuple[Hit, str | None]]   # hits with their group value (None: no grouping)
+Fetch = Callable[[int], Sequence[Hit]]   # depth -> the top `depth` hits, best first
 
 
-def top_hits(index: CatalogIndexLike, fetch: Fetch, k: int, *, group_by: str | None,
-             limit: int, max_depth: int, exclude_id: str | None = None) -> Ranked:
-    """The top ``k`` hits of ``fetch`` (without ``exclude_id``); with ``group_by`` the best
-    hit of each of the top ``k`` groups, fetching deeper as needed."""
+def top_hits(index: CatalogIndexLike, fetch: Fetch, k: int, *, attributes: Sequence[str],
+             group_by: str | None, max_depth: int, exclude_id: str | None = None) -> Ranked:
+    """The top ``k`` hits of ``fetch`` on ``attributes`` (without ``exclude_id``); with
+    ``group_by`` the best hit of each of the top ``k`` groups, fetching deeper as needed."""
     if group_by is not None:
         check_column(group_by, index.metadata_columns())
-        return grouped(fetch, k, group_by, limit, max_depth, exclude_id).hits
+        return grouped(fetch, k, group_by, index_limit(index, attributes), max_depth,
+                       exclude_id).hits
     hits = fetch(k + (1 if exclude_id is not None else 0))
-    return [(h, None) for h in hits if exclude_id is None or h[0].id != exclude_id][:k]
+    ranked: Ranked = [(h, None) for h in hits if exclude_id is None or h.item.id != exclude_id]
+    return ranked[:k]
 
 
 def single_fetch(index: CatalogIndexLike, attribute: str, vector: np.ndarray,
-                 filters: dict[str, str] | None, with_scores: bool = False) -> Fetch:
+                 filters: Filters | None, with_scores: bool = False) -> Fetch:
     """Ranked hits on one attribute (``with_scores``: also the per-attribute scores)."""
 
     def fetch(depth: int) -> Sequence[Hit]:
         hits = index.search(attribute, vector[None, :], depth, filters)[0]
         if with_scores:
-            return [(item, score, {attribute: score}) for item, score in hits]
+            return [dataclasses.replace(h, scores={attribute: h.score}) for h in hits]
         return hits
 
     return fetch
 
 
 def weighted_fetch(index: CatalogIndexLike, weights: dict[str, float],
-                   vectors: dict[str, np.ndarray], filters: dict[str, str] | None,
+                   vectors: dict[str, np.ndarray], filters: Filters | None,
                    k: int) -> Fetch:
     """Ranked hits by the weighted sum of per-attribute similarities. Deeper fetches (for
     grouping) widen the candidate pool to their depth, from the usual max(10k, 100)."""
@@ -57,8 +62,8 @@ def index_limit(index: CatalogIndexLike, attributes: Sequence[str]) -> int:
     return max(int(index.size(a)) for a in attributes)
 
 
-def rerank(index: CatalogIndexLike, weights: dict[str, float], vectors: dict[str, np.ndarray],
-           candidates: Sequence[str], *, single: bool,
+def rerank(index: CatalogIndexLike, weights: dict[str, float],
+           vectors: Mapping[str, np.ndarray], candidates: Sequence[str], *, single: bool,
            group_by: str | None = None) -> tuple[Ranked, list[str]]:
     """``candidates`` ordered by the weighted inner product of the query with their stored
     vectors (stable: ties keep the candidates' order), and the ids not in the catalog."""
@@ -75,13 +80,9 @@ def rerank(index: CatalogIndexLike, weights: dict[str, float], vectors: dict[str
     for a in attributes:
         total += weights[a] * per_attr[a].astype(np.float64)
     order = np.argsort(-total, kind="stable")
-    hits: list[Hit] = []
-    for i in order:
-        if single:
-            hits.append((items[i], float(total[i])))
-        else:
-            hits.append((items[i], float(total[i]),
-                         {a: float(per_attr[a][i]) for a in attributes}))
+    hits = [Hit(items[i], float(total[i]),
+                {} if single else {a: float(per_attr[a][i]) for a in attributes})
+            for i in order]
     if group_by is not None:
         return best_per_group(hits, group_by, len(hits)), unknown
     return [(h, None) for h in hits], unknown

@@ -1,18 +1,38 @@
-"""Pydantic schemas of every request and response of the API."""
+"""Pydantic schemas of every request and response of the API.
+
+Requests are checked here, before a route runs: multipart JSON fields are ``Json[...]``
+types (parsed and validated in one step), "exactly one of" rules and weight normalisation
+are validators. What needs the served index (attribute names, ``k`` against
+``ASEN_MAX_K``) is checked by the routes.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Json,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 
 from .settings import K_CEILING
 
 _K_DOC = "Number of results, 1..ASEN_MAX_K (100); default ASEN_DEFAULT_K (10)."
 _FILTERS_DOC = (
     'Metadata filters as a JSON object of exact matches, e.g. {"category": "top"}; '
-    "an item is kept when every listed metadata field equals the given value."
+    "an item is kept when every listed metadata field equals the given value (a list of "
+    'values: any of them, e.g. {"category": ["top", "dress"]}).'
 )
 _GROUP_DOC = (
     "Metadata column to group by, e.g. product_id: at most one result (its best-scoring "
@@ -21,6 +41,10 @@ _GROUP_DOC = (
 )
 MAX_CANDIDATES = 1000
 MAX_REFERENCES = 16
+MAX_ID_LENGTH = 512
+MAX_FILTER_VALUES = 100
+MAX_METADATA_BYTES = 64 * 1024
+RESERVED_KEYS = ("id", "image")
 
 
 # ---------------------------------------------------------------- errors
@@ -44,8 +68,8 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------- shared parts
 
 
-class ModelInfo(BaseModel):
-    """The embedder that produced the query embeddings."""
+class EmbedderInfo(BaseModel):
+    """The embedder that produced the query embeddings (the `model` of every answer)."""
 
     version: str = Field(description="Short id of the checkpoint (sha256 prefix or file name).")
     checkpoint: str = Field(description="Checkpoint file name.")
@@ -108,7 +132,7 @@ class QueryInfo(BaseModel):
     attribute: str | None = None
     weights: dict[str, float] | None = Field(None, description="Normalised to sum to 1.")
     k: int | None = Field(None, description="Results asked for (None: re-ranking, all).")
-    filters: dict[str, str] = Field(default_factory=dict)
+    filters: dict[str, str | list[str]] = Field(default_factory=dict)
     group_by: str | None = None
     references: list[ReferenceInfo] | None = Field(None, description="Composed queries only.")
 
@@ -119,7 +143,7 @@ class SearchResponse(BaseModel):
     query: QueryInfo
     results: list[ResultItem]
     timings: Timings
-    model: ModelInfo
+    model: EmbedderInfo
     index_version: str
 
 
@@ -130,8 +154,94 @@ class RerankResponse(BaseModel):
     results: list[ResultItem]
     unknown: list[str] = Field(description="Candidate ids not in the catalog (request order).")
     timings: Timings
-    model: ModelInfo
+    model: EmbedderInfo
     index_version: str
+
+
+# ---------------------------------------------------------------- request fields
+
+
+def normalised(weights: Sequence[float]) -> list[float]:
+    """Non-negative weights scaled to sum to 1 (zeros stay 0); ValueError when all are 0."""
+    top = max(weights, default=0.0)
+    if top <= 0:
+        raise ValueError("at least one weight must be > 0")
+    total = math.fsum(w / top for w in weights)   # scaled first: no overflow
+    return [w / top / total for w in weights]
+
+
+def _blank_is_none(value: object) -> object:
+    """An empty or blank form field is a field not given."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _blank_is_empty_object(value: object) -> object:
+    return "{}" if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def _filter_text(value: object) -> object:
+    """A filter value as the text the index compares (numbers and booleans as JSON)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    return value   # a string passes; anything else is refused by the type
+
+
+def _filter_values(value: object) -> object:
+    if not isinstance(value, dict):
+        return value
+    return {key: [_filter_text(v) for v in val] if isinstance(val, list) else _filter_text(val)
+            for key, val in value.items()}
+
+
+def _normalised_weights(weights: dict[str, float]) -> dict[str, float]:
+    return dict(zip(weights, normalised(list(weights.values())), strict=True))
+
+
+def _id_text(value: object) -> object:
+    """Integers are taken as text (other systems' ids may be numbers); booleans are not."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _metadata_checked(meta: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    reserved = [k for k in RESERVED_KEYS if k in meta]
+    if reserved:
+        raise ValueError(f"{reserved} are reserved keys")
+    if len(json.dumps(meta, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
+    return meta
+
+
+def exactly_one(first: object, second: object, names: str) -> None:
+    """ValueError unless exactly one of two fields (``names``: "a or b") is given."""
+    if (first is None) == (second is None):
+        raise ValueError(f"give exactly one of {names}")
+
+
+#: Exact metadata matches: field -> value, or -> a list of values (any of them matches).
+#: Numbers and booleans are sent to the index as their JSON text.
+MetadataFilters = Annotated[
+    dict[str, str | Annotated[list[str], Field(min_length=1, max_length=MAX_FILTER_VALUES)]],
+    BeforeValidator(_filter_values, json_schema_input_type=dict[
+        str, str | float | bool | list[str | float | bool]]),
+]
+#: attribute -> finite weight >= 0, not all 0; normalised to sum to 1 (zeros kept as 0).
+Weights = Annotated[
+    dict[str, Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]],
+    Field(min_length=1), AfterValidator(_normalised_weights),
+]
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
+CandidateId = Annotated[ItemId, Field(strict=True),
+                        BeforeValidator(_id_text, json_schema_input_type=str | int)]
+#: The same types as multipart form fields: a JSON text (blank: not given).
+FormFilters = Annotated[Json[MetadataFilters] | None, BeforeValidator(_blank_is_none)]
+FormWeights = Annotated[Json[Weights] | None, BeforeValidator(_blank_is_none)]
+FormItemId = Annotated[ItemId | None, BeforeValidator(_blank_is_none)]
+GroupBy = Annotated[Annotated[str, StringConstraints(max_length=256)] | None,
+                    BeforeValidator(_blank_is_none)]
+Metadata = Annotated[Json[dict[str, JsonValue]], AfterValidator(_metadata_checked),
+                     BeforeValidator(_blank_is_empty_object)]
 
 
 # ---------------------------------------------------------------- requests
@@ -145,8 +255,9 @@ class ImageSearchForm(BaseModel):
     image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
     attribute: str = Field(description="Attribute to compare on (GET /v1/attributes).")
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
-    filters: str | None = Field(None, description=_FILTERS_DOC, examples=['{"category": "top"}'])
-    group_by: str | None = Field(None, max_length=256, description=_GROUP_DOC)
+    filters: FormFilters = Field(None, description=_FILTERS_DOC,
+                                 examples=['{"category": "top"}'])
+    group_by: GroupBy = Field(None, description=_GROUP_DOC)
 
 
 class MultiSearchForm(BaseModel):
@@ -155,14 +266,14 @@ class MultiSearchForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
-    weights: str = Field(
+    weights: Json[Weights] = Field(
         description="JSON object attribute -> non-negative weight, e.g. "
         '{"collar_design": 0.7, "sleeve_length": 0.3}; normalised to sum to 1.',
         examples=['{"collar_design": 0.7, "sleeve_length": 0.3}'],
     )
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
-    filters: str | None = Field(None, description=_FILTERS_DOC)
-    group_by: str | None = Field(None, max_length=256, description=_GROUP_DOC)
+    filters: FormFilters = Field(None, description=_FILTERS_DOC)
+    group_by: GroupBy = Field(None, description=_GROUP_DOC)
 
 
 class ItemSearchRequest(BaseModel):
@@ -170,16 +281,22 @@ class ItemSearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: str = Field(min_length=1, max_length=512)
+    item_id: ItemId
     attribute: str | None = Field(None, description="One attribute (or give weights).")
-    weights: dict[str, float] | None = Field(
+    weights: Weights | None = Field(
         None, description="Several attributes with weights (instead of attribute)."
     )
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
-    filters: dict[str, str | int | float | bool] | None = Field(
-        None, description="Exact metadata matches, e.g. {\"category\": \"top\"}.")
+    filters: MetadataFilters | None = Field(
+        None, description="Exact metadata matches, e.g. {\"category\": \"top\"} (a list of "
+        "values: any of them).")
     include_self: bool = Field(False, description="Keep the query item in the results.")
-    group_by: str | None = Field(None, max_length=256, description=_GROUP_DOC)
+    group_by: GroupBy = Field(None, description=_GROUP_DOC)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> ItemSearchRequest:
+        exactly_one(self.attribute, self.weights, "attribute or weights")
+        return self
 
 
 class ComposeReference(BaseModel):
@@ -191,13 +308,11 @@ class ComposeReference(BaseModel):
     weight: float = Field(1.0, ge=0, allow_inf_nan=False,
                           description="Non-negative; all weights are normalised to sum to 1.")
     image: int | None = Field(None, ge=0, description="Position of an upload in `images`.")
-    item_id: str | None = Field(None, min_length=1, max_length=512,
-                                description="An indexed item (its stored embedding).")
+    item_id: ItemId | None = Field(None, description="An indexed item (its stored embedding).")
 
     @model_validator(mode="after")
     def _one_source(self) -> ComposeReference:
-        if (self.image is None) == (self.item_id is None):
-            raise ValueError("give exactly one of image or item_id")
+        exactly_one(self.image, self.item_id, "image or item_id")
         return self
 
 
@@ -209,7 +324,8 @@ class ComposeForm(BaseModel):
     images: list[UploadFile] = Field(
         default_factory=list, description="Uploaded reference images (repeat the field); "
         "a reference names one by its position, from 0.")
-    references: str = Field(
+    references: Json[Annotated[list[ComposeReference],
+                               Field(min_length=1, max_length=MAX_REFERENCES)]] = Field(
         description="JSON array of up to 16 references, each "
         '{"attribute", "weight", "image": <position in images>} or '
         '{"attribute", "weight", "item_id"}; score = sum of weight x similarity on the '
@@ -218,8 +334,26 @@ class ComposeForm(BaseModel):
                   '{"attribute": "colour", "weight": 0.4, "item_id": "sku-42"}]'],
     )
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
-    filters: str | None = Field(None, description=_FILTERS_DOC)
-    group_by: str | None = Field(None, max_length=256, description=_GROUP_DOC)
+    filters: FormFilters = Field(None, description=_FILTERS_DOC)
+    group_by: GroupBy = Field(None, description=_GROUP_DOC)
+
+    @model_validator(mode="after")
+    def _uploads_referenced(self) -> ComposeForm:
+        """Every reference names an upload in range or an item, every upload is named, and
+        the weights are normalised (to sum to 1)."""
+        n_images = len(self.images)
+        for i, ref in enumerate(self.references):
+            if ref.image is not None and ref.image >= n_images:
+                raise ValueError(f"references.{i}.image: {ref.image} but {n_images} image(s) "
+                                 "uploaded")
+        unused = sorted(set(range(n_images))
+                        - {r.image for r in self.references if r.image is not None})
+        if unused:
+            raise ValueError(f"images {unused} are uploaded but no reference names them")
+        weights = normalised([r.weight for r in self.references])
+        self.references = [r.model_copy(update={"weight": w})
+                           for r, w in zip(self.references, weights, strict=True)]
+        return self
 
 
 class RerankForm(BaseModel):
@@ -228,14 +362,21 @@ class RerankForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: UploadFile | None = Field(None, description="Query image (or give item_id).")
-    item_id: str | None = Field(None, max_length=512, description="Indexed item as the query.")
+    item_id: FormItemId = Field(None, description="Indexed item as the query.")
     attribute: str | None = Field(None, description="One attribute (or give weights).")
-    weights: str | None = Field(
+    weights: FormWeights = Field(
         None, description="JSON object attribute -> weight (instead of attribute).")
-    candidates: str = Field(
-        description=f"JSON array of up to {MAX_CANDIDATES} catalog item ids to re-rank.",
+    candidates: Json[Annotated[list[CandidateId], Field(max_length=MAX_CANDIDATES)]] = Field(
+        description=f"JSON array of up to {MAX_CANDIDATES} catalog item ids to re-rank "
+        "(integers are taken as text).",
         examples=['["sku-1", "sku-7", "sku-42"]'])
-    group_by: str | None = Field(None, max_length=256, description=_GROUP_DOC)
+    group_by: GroupBy = Field(None, description=_GROUP_DOC)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> RerankForm:
+        exactly_one(self.image, self.item_id, "image or item_id")
+        exactly_one(self.attribute, self.weights, "attribute or weights")
+        return self
 
 
 class ExplainForm(BaseModel):
@@ -244,8 +385,13 @@ class ExplainForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: UploadFile | None = Field(None, description="Image to explain (or give item_id).")
-    item_id: str | None = Field(None, max_length=512, description="Indexed item to explain.")
+    item_id: FormItemId = Field(None, description="Indexed item to explain.")
     attribute: str
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExplainForm:
+        exactly_one(self.image, self.item_id, "image or item_id")
+        return self
 
 
 # ---------------------------------------------------------------- explain
@@ -263,7 +409,7 @@ class ExplainResponse(BaseModel):
     box: Box | None = Field(None, description="RoI the local branch zoomed into (None: global).")
     overlay_png: str = Field(description="Heat-map overlay with the box, base64-encoded PNG.")
     timings: Timings
-    model: ModelInfo
+    model: EmbedderInfo
     index_version: str | None = None
 
 
@@ -284,7 +430,7 @@ class AttributesResponse(BaseModel):
     metadata_columns: list[str] = Field(
         default_factory=list, description="Item metadata columns (for filters and group_by).")
     index_version: str
-    model: ModelInfo
+    model: EmbedderInfo
 
 
 class ItemResponse(BaseModel):
@@ -335,7 +481,7 @@ class AdminStatus(BaseModel):
     ready: bool
     index_dir: str
     index_version: str | None
-    model: ModelInfo | None
+    model: EmbedderInfo | None
     loaded_at: str | None
     last_error: str | None
     queue_depth: int
@@ -343,7 +489,7 @@ class AdminStatus(BaseModel):
     batch_max_size: int
     batch_max_wait_ms: float
     queue_max: int
-    live: LiveStatus | None = Field(
+    live: JournalStatus | None = Field(
         None, description="The live-changes journal and what the served version applies of it.")
 
 
@@ -357,9 +503,10 @@ class LiveItemForm(BaseModel):
 
     image: UploadFile = Field(description="The item's image (JPEG, PNG, WebP, ...), at most "
                               "ASEN_MAX_UPLOAD_BYTES; embedded for every attribute.")
-    metadata: str | None = Field(
-        None, description='JSON object of the item\'s metadata, e.g. {"category": "top", '
-        '"product_id": "p-7"} (used by filters and group_by; "id" and "image" are reserved).',
+    metadata: Metadata = Field(
+        default_factory=dict, description='JSON object of the item\'s metadata, e.g. '
+        '{"category": "top", "product_id": "p-7"} (used by filters and group_by; "id" and '
+        f'"image" are reserved; at most {MAX_METADATA_BYTES} bytes).',
         examples=['{"category": "top"}'])
 
 
@@ -376,8 +523,12 @@ class LiveChangeResponse(BaseModel):
     index_version: str
 
 
-class LiveStatus(BaseModel):
-    """The journal beside the index and the served version's view of it."""
+class JournalStatus(BaseModel):
+    """The live-changes journal beside the index and the served version's view of it
+    (``indexer.live.overlay.LiveStatus`` as served)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
 
     journal: str = Field(description="Path of journal.sqlite.")
     folded_seq: int = Field(description="Last journal seq the served index version contains.")

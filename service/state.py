@@ -4,14 +4,16 @@ A :class:`Snapshot` pins one index version (the resolved versioned folder behind
 ``ASEN_INDEX_DIR``) together with the embedder that built it. Requests take a lease on the
 current snapshot; a reload opens the new index completely, then swaps the reference. The old
 snapshot is closed when its last lease ends, so in-flight requests finish on what they started
-with. Every call into a snapshot's index runs on that snapshot's own small thread pool, so
-a slow reload never delays the queries served from the old one.
+with. Every call into a snapshot's index (searches, item reads, journal reads and writes)
+runs on that snapshot's own small thread pool (:meth:`Snapshot.call`), so a slow reload
+never delays the queries served from the old one and no index call blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import ParamSpec, TypeVar
 
 from PIL import Image
 
@@ -29,10 +31,13 @@ from .batching import MicroBatcher
 from .errors import ApiError, unavailable
 from .metrics import Metrics
 from .protocols import CatalogIndexLike, EmbedderLike
-from .schemas import ModelInfo, ReloadResponse
+from .schemas import EmbedderInfo, ReloadResponse
 from .settings import Settings
 
 log = logging.getLogger("service")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: Threads per snapshot for index calls (CatalogIndex is thread-safe; FAISS releases the GIL).
 INDEX_THREADS = 2
@@ -75,16 +80,13 @@ class Snapshot:
     path: Path
     version: str
     manifest: Manifest
-    model: ModelInfo
+    model: EmbedderInfo
     executor: ThreadPoolExecutor
+    attributes: list[str] = field(default_factory=list)   # the index's, read once at load
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     refs: int = 0
     retired: bool = False
     closed: bool = False
-
-    @property
-    def attributes(self) -> list[str]:
-        return list(self.index.attributes)
 
     def attribute_entry(self, name: str) -> AttributeEntry | None:
         try:
@@ -92,9 +94,10 @@ class Snapshot:
         except KeyError:
             return None
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on this snapshot's index threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on this snapshot's index threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(fn, *args, **kwargs))
 
     def _close_now(self) -> None:
         try:
@@ -111,16 +114,35 @@ class Snapshot:
         self.executor.shutdown(wait=False)
 
 
-def _model_info(embedder: EmbedderLike, checkpoint: Path, settings: Settings) -> ModelInfo:
-    sha = getattr(embedder, "checkpoint_sha256", None)
-    config = getattr(embedder, "config", None)
-    return ModelInfo(
+@dataclass(frozen=True)
+class _Opened:
+    """An index opened on its pool, with what the loader reads of it there."""
+
+    index: CatalogIndexLike
+    attributes: list[str]
+    sizes: dict[str, int]
+
+
+def _open_on_pool(open_index: Callable[[Path], CatalogIndexLike], folder: Path) -> _Opened:
+    index = open_index(folder)
+    try:
+        attributes = list(index.attributes)
+        return _Opened(index, attributes, {a: int(index.size(a)) for a in attributes})
+    except BaseException:
+        index.close()
+        raise
+
+
+def _embedder_info(embedder: EmbedderLike, checkpoint: Path, settings: Settings
+                   ) -> EmbedderInfo:
+    sha = embedder.checkpoint_sha256
+    return EmbedderInfo(
         version=sha[:12] if sha else checkpoint.stem,
         checkpoint=checkpoint.name,
-        config=getattr(config, "name", None),
+        config=embedder.config.name,
         dim=int(embedder.dim),
         precision=settings.precision,
-        device=str(getattr(embedder, "device", "cpu")),
+        device=str(embedder.device),
     )
 
 
@@ -139,9 +161,9 @@ class ServiceState:
         self._open_index = open_index
         self._load_model = load_model
         self._snapshot: Snapshot | None = None
-        self._embedder: tuple[tuple, EmbedderLike] | None = None  # (checkpoint key, model)
+        self._embedder: tuple[tuple[str, int, int], EmbedderLike] | None = None  # (key, model)
         self._reload_lock: asyncio.Lock | None = None
-        self._watch_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._failed_version: str | None = None
         self.last_error: str | None = None
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="asen-infer")
@@ -206,12 +228,21 @@ class ServiceState:
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[Snapshot]:
         """The current snapshot, kept open until the block ends; 503 when none is loaded."""
+        async with self.current() as snap:
+            if snap is None:
+                reason = self.last_error or "the index is still loading"
+                raise unavailable(
+                    f"no index loaded: {reason}", self.settings.retry_after_s, code="not_ready"
+                )
+            yield snap
+
+    @contextlib.asynccontextmanager
+    async def current(self) -> AsyncIterator[Snapshot | None]:
+        """The current snapshot (None when none is loaded), kept open until the block ends."""
         snap = self._snapshot
         if snap is None:
-            reason = self.last_error or "the index is still loading"
-            raise unavailable(
-                f"no index loaded: {reason}", self.settings.retry_after_s, code="not_ready"
-            )
+            yield None
+            return
         snap.refs += 1
         try:
             yield snap
@@ -227,6 +258,16 @@ class ServiceState:
         except NotLoadable:
             return None
 
+    def _not_now(self, version: str | None, previous: str | None, force: bool) -> str | None:
+        """Why the version now in ASEN_INDEX_DIR is not loaded (None: load it)."""
+        if version is not None and version == previous:
+            return "already serving it"
+        if not force and version is not None and version == self._failed_version:
+            return f"index {version} failed to load: {self.last_error}"
+        if version is None and previous is not None:
+            return f"no index in {self.settings.index_dir}; still serving the previous one"
+        return None
+
     async def reload(self, force: bool = False) -> ReloadResponse:
         """Serve the index now in ``ASEN_INDEX_DIR`` if its version differs from the current."""
         assert self._reload_lock is not None, "start() first"
@@ -234,50 +275,49 @@ class ServiceState:
         async with self._reload_lock:
             previous = self._snapshot.version if self._snapshot else None
             version = await loop.run_in_executor(self._loader, self._current_manifest_version)
-            if version is not None and version == previous:
+            skip = self._not_now(version, previous, force)
+            if skip is not None:
                 return ReloadResponse(reloaded=False, index_version=previous,
-                                      previous_version=previous, message="already serving it")
-            if not force and version is not None and version == self._failed_version:
-                return ReloadResponse(reloaded=False, index_version=previous,
-                                      previous_version=previous,
-                                      message=f"index {version} failed to load: {self.last_error}")
-            if version is None and previous is not None:
-                return ReloadResponse(reloaded=False, index_version=previous,
-                                      previous_version=previous,
-                                      message=f"no index in {self.settings.index_dir}; "
-                                      "still serving the previous one")
+                                      previous_version=previous, message=skip)
             started = time.perf_counter()
             try:
-                snap = await loop.run_in_executor(self._loader, self._build_snapshot)
+                snap, sizes = await loop.run_in_executor(self._loader, self._build_snapshot)
             except Exception as exc:  # anything: keep serving the old snapshot
-                message = str(exc)
-                if not isinstance(exc, NotLoadable):
-                    message = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, NotLoadable):
-                    log.exception("loading index %s failed", version)
-                elif message != self.last_error:
-                    log.warning("index not loaded: %s", message)
-                if version is not None or message != self.last_error:
-                    self.metrics.record_reload(success=False)
-                self.last_error = message
-                self._failed_version = version
+                message = self._load_failed(exc, version)
                 return ReloadResponse(reloaded=False, index_version=previous,
                                       previous_version=previous, message=message)
-            old, self._snapshot = self._snapshot, snap
-            self.last_error = None
-            self._failed_version = None
-            self.metrics.record_reload(success=True)
-            self.metrics.set_index({a: int(snap.index.size(a)) for a in snap.attributes},
-                                   snap.version, snap.model.version)
-            if old is not None:
-                old.retired = True
-                if old.refs == 0:
-                    old.close()
+            self._serve(snap, sizes)
             log.info("serving index %s (model %s) from %s, loaded in %.2fs", snap.version,
                      snap.model.version, snap.path, time.perf_counter() - started)
             return ReloadResponse(reloaded=True, index_version=snap.version,
                                   previous_version=previous,
                                   message=f"now serving index {snap.version}")
+
+    def _load_failed(self, exc: Exception, version: str | None) -> str:
+        """Log and count a failed load (once per distinct reason); the message."""
+        message = str(exc)
+        if not isinstance(exc, NotLoadable):
+            message = f"{type(exc).__name__}: {exc}"
+            log.exception("loading index %s failed", version)
+        elif message != self.last_error:
+            log.warning("index not loaded: %s", message)
+        if version is not None or message != self.last_error:
+            self.metrics.record_reload(success=False)
+        self.last_error = message
+        self._failed_version = version
+        return message
+
+    def _serve(self, snap: Snapshot, sizes: dict[str, int]) -> None:
+        """Swap ``snap`` in; the old snapshot closes when its last lease ends."""
+        old, self._snapshot = self._snapshot, snap
+        self.last_error = None
+        self._failed_version = None
+        self.metrics.record_reload(success=True)
+        self.metrics.set_index(sizes, snap.version, snap.model.version)
+        if old is not None:
+            old.retired = True
+            if old.refs == 0:
+                old.close()
 
     def _checkpoint_path(self, manifest: Manifest, folder: Path) -> Path:
         if self.settings.checkpoint is not None:
@@ -306,19 +346,19 @@ class ServiceState:
         self._embedder = (key, embedder)
         return embedder
 
-    def _build_snapshot(self) -> Snapshot:
-        """Open the index behind ASEN_INDEX_DIR and its model (loader thread)."""
+    def _build_snapshot(self) -> tuple[Snapshot, dict[str, int]]:
+        """Open the index behind ASEN_INDEX_DIR and its model (loader thread); the snapshot
+        and its attributes' index sizes."""
         index_dir = self.settings.index_dir
         if not index_dir.exists():
             raise NotLoadable(f"no index at {index_dir} yet")
         folder = index_dir.resolve()  # pin the versioned folder behind the symlink
         manifest = read_manifest(folder)
-        version = manifest.index_version
         ckpt = self._checkpoint_path(manifest, folder)
         embedder = self._get_embedder(ckpt)
         executor = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="asen-index")
         try:
-            index = executor.submit(self._open_index, folder).result()
+            opened = executor.submit(_open_on_pool, self._open_index, folder).result()
         except (FileNotFoundError, ValueError, OSError) as exc:
             executor.shutdown(wait=False)
             raise NotLoadable(f"invalid index at {folder}: {exc}") from exc
@@ -326,33 +366,35 @@ class ServiceState:
             executor.shutdown(wait=False)
             raise
         try:
-            self._validate(index, embedder, manifest, ckpt)
+            _validate(opened.attributes, embedder, manifest, ckpt)
         except NotLoadable:
-            executor.submit(index.close)
+            executor.submit(opened.index.close)
             executor.shutdown(wait=False)
             raise
-        snap = Snapshot(index=index, embedder=embedder, path=folder, version=version,
-                        manifest=manifest, model=_model_info(embedder, ckpt, self.settings),
-                        executor=executor)
-        return snap
+        snap = Snapshot(index=opened.index, embedder=embedder, path=folder,
+                        version=manifest.index_version, manifest=manifest,
+                        model=_embedder_info(embedder, ckpt, self.settings),
+                        executor=executor, attributes=opened.attributes)
+        return snap, opened.sizes
 
-    @staticmethod
-    def _validate(index: CatalogIndexLike, embedder: EmbedderLike, manifest: Manifest,
-                  ckpt: Path) -> None:
-        model = manifest.model
-        missing = [a for a in index.attributes if a not in embedder.attribute_names]
-        if missing:
-            raise NotLoadable(
-                f"checkpoint {ckpt.name} lacks the index's attributes {', '.join(missing)}"
-            )
-        dim = model.dim
-        if int(dim) != int(embedder.dim):
-            raise NotLoadable(f"index dimension {dim} != checkpoint {ckpt.name} dimension "
-                              f"{embedder.dim}")
-        want, have = model.sha256, getattr(embedder, "checkpoint_sha256", None)
-        if want and have and want != have:
-            raise NotLoadable(f"checkpoint {ckpt.name} (sha256 {have[:12]}) is not the one that "
-                              f"built index (sha256 {want[:12]})")
+
+def _validate(attributes: list[str], embedder: EmbedderLike, manifest: Manifest,
+              ckpt: Path) -> None:
+    """NotLoadable unless the model has the index's attributes, dimension and checkpoint."""
+    model = manifest.model
+    missing = [a for a in attributes if a not in embedder.attribute_names]
+    if missing:
+        raise NotLoadable(
+            f"checkpoint {ckpt.name} lacks the index's attributes {', '.join(missing)}"
+        )
+    dim = model.dim
+    if int(dim) != int(embedder.dim):
+        raise NotLoadable(f"index dimension {dim} != checkpoint {ckpt.name} dimension "
+                          f"{embedder.dim}")
+    want, have = model.sha256, embedder.checkpoint_sha256
+    if want and have and want != have:
+        raise NotLoadable(f"checkpoint {ckpt.name} (sha256 {have[:12]}) is not the one that "
+                          f"built index (sha256 {want[:12]})")
 
 
 def require_attribute(snap: Snapshot, name: str) -> str:

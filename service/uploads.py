@@ -1,25 +1,27 @@
-"""Reading and safely decoding uploaded images and request JSON fields."""
+"""Reading and safely decoding uploaded images and indexed items' images."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 from fastapi import UploadFile
 from PIL import Image
 
+from indexer.items import Item
+
 from .errors import ApiError
-from .protocols import ItemLike
 from .settings import Settings
 
 Prepared = TypeVar("Prepared")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
@@ -57,7 +59,7 @@ def _decode(source: bytes | Path, max_pixels: int) -> Image.Image:
     except ImageError as exc:
         status, code, message = _IMAGE_ERRORS.get(
             exc.reason, (422, "invalid_image", "the image cannot be decoded"))
-        details: dict[str, Any] = {"reason": exc.reason}
+        details: dict[str, object] = {"reason": exc.reason}
         if exc.reason == "too_large":
             message = f"{message}: {exc} (ASEN_MAX_IMAGE_PIXELS)"
             details["max_pixels"] = max_pixels
@@ -71,7 +73,8 @@ _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter]
     weakref.WeakKeyDictionary()
 
 
-async def in_decode_pool(settings: Settings, fn: Callable[..., Any], *args: Any) -> Any:
+async def in_decode_pool(settings: Settings, fn: Callable[P, T], *args: P.args,
+                         **kwargs: P.kwargs) -> T:
     """Run ``fn`` on a worker thread, at most ``settings.decode_concurrency`` at once.
 
     Unbounded, 16 concurrent uploads decode and preprocess on 16 threads at once and crowd
@@ -80,7 +83,7 @@ async def in_decode_pool(settings: Settings, fn: Callable[..., Any], *args: Any)
     limiter = _limiters.get(loop)
     if limiter is None or limiter.total_tokens != settings.decode_concurrency:
         limiter = _limiters[loop] = CapacityLimiter(settings.decode_concurrency)
-    return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=limiter)
 
 
 async def decode_image(source: bytes | Path, settings: Settings) -> Image.Image:
@@ -101,54 +104,7 @@ async def prepare_image(source: bytes | Path, settings: Settings,
                                 settings.max_image_pixels, prepare)
 
 
-def _parse_json(raw: str, field: str) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise ApiError(422, "validation_error", f"{field}: not valid JSON ({exc})",
-                       details=[{"loc": ["body", field], "msg": "invalid JSON",
-                                 "type": "json_invalid"}]) from exc
-
-
-def _parse_json_of(raw: str | None, field: str, kind: type, name: str, error_type: str) -> Any:
-    """A JSON form field of one ``kind`` ('' or None: an empty one); 422 when it is not one."""
-    if raw is None or not raw.strip():
-        return kind()
-    value = _parse_json(raw, field)
-    if not isinstance(value, kind):
-        raise ApiError(422, "validation_error", f"{field}: must be a JSON {name}",
-                       details=[{"loc": ["body", field], "msg": f"must be a JSON {name}",
-                                 "type": error_type}])
-    return value
-
-
-def parse_json_list(raw: str | None, field: str) -> list[Any]:
-    """Parse a JSON-array form field ('' or None: empty); 422 when it is not one."""
-    return _parse_json_of(raw, field, list, "array", "list_type")
-
-
-def parse_json_object(raw: str | None, field: str) -> dict[str, Any]:
-    """Parse a JSON-object form field ('' or None: empty); 422 when it is not one."""
-    return _parse_json_of(raw, field, dict, "object", "dict_type")
-
-
-def parse_filters(raw: dict[str, Any] | str | None) -> dict[str, str]:
-    """Filters as {field: value} strings; scalars are accepted and stringified."""
-    value = parse_json_object(raw, "filters") if isinstance(raw, str) or raw is None else raw
-    out: dict[str, str] = {}
-    for key, val in value.items():
-        if isinstance(val, bool):
-            val = str(val).lower()
-        if not isinstance(val, (str, int, float)):
-            raise ApiError(422, "validation_error",
-                           f"filters.{key}: must be a string or number",
-                           details=[{"loc": ["body", "filters", key],
-                                     "msg": "must be a string or number", "type": "string_type"}])
-        out[str(key)] = str(val)
-    return out
-
-
-async def item_image(item: ItemLike, settings: Settings) -> Image.Image:
+async def item_image(item: Item, settings: Settings) -> Image.Image:
     """Decode an indexed item's image; 404 when the server-side file is unusable."""
     try:
         return await decode_image(Path(item.image), settings)

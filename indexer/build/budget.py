@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from indexer.build.index_types import TYPES, IndexSpec
 
@@ -47,7 +48,7 @@ class Choice:
     disk_bytes: int
     reason: str
 
-    def selection(self, budget: int) -> dict:
+    def selection(self, budget: int) -> dict[str, Any]:
         """The manifest's record of the choice."""
         return {"max_memory": budget, "memory_bytes": self.memory_bytes,
                 "disk_bytes": self.disk_bytes, "reason": self.reason}
@@ -57,7 +58,7 @@ class BudgetError(ValueError):
     """Nothing fits the memory budget."""
 
 
-def select(n: int, dim: int, budget: int, overrides: dict | None = None) -> Choice:
+def select(n: int, dim: int, budget: int, overrides: dict[str, Any] | None = None) -> Choice:
     """The most exact index for `n` vectors of `dim` whose resident memory fits `budget`."""
     overrides = dict(overrides or {})
     flat = TYPES["flat"]

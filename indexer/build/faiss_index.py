@@ -1,6 +1,6 @@
 """Build, update, tune and read back FAISS indexes over inner product of unit-norm vectors.
 
-What differs between index types lives in :mod:`indexer.index_types` (one strategy object
+What differs between index types lives in :mod:`indexer.build.index_types` (one strategy object
 per type); this module holds the steps every type goes through: resolve parameters, create,
 train (on the GPU when FAISS sees one), add in chunks, update, extract.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import faiss
 import numpy as np
@@ -36,7 +37,8 @@ def auto_type(n: int) -> str:
     return "hnsw" if n >= AUTO_HNSW_FROM else "flat"
 
 
-def resolve_spec(kind: str, n: int, dim: int, overrides: dict | None = None) -> IndexSpec:
+def resolve_spec(kind: str, n: int, dim: int,
+                 overrides: dict[str, Any] | None = None) -> IndexSpec:
     """Concrete parameters for `kind` ('auto' picks by `n`) on `n` vectors of `dim`."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     kind = auto_type(n) if kind == "auto" else kind
@@ -67,6 +69,12 @@ def prepare_reader(index: faiss.Index, spec: IndexSpec) -> None:
 ToGpu = Callable[[faiss.Index], faiss.Index]   # a CPU index -> its GPU copy
 
 
+class _ClusteredIVF(Protocol):
+    """An IVF's k-means index: a raw pointer, None when unset (the stubs say always set)."""
+
+    clustering_index: faiss.Index | None
+
+
 def _all_gpus(index: faiss.Index) -> faiss.Index:
     return faiss.index_cpu_to_all_gpus(index)
 
@@ -82,7 +90,7 @@ def train_ivf(index: faiss.Index, sample: np.ndarray, to_gpu: ToGpu | None = Non
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     if to_gpu is not None:
         try:
-            ivf = faiss.extract_index_ivf(index)
+            ivf = cast(_ClusteredIVF, faiss.extract_index_ivf(index))
             clustering = to_gpu(faiss.IndexFlatL2(index.d))
             ivf.clustering_index = clustering
             try:
@@ -177,6 +185,6 @@ def update(index: faiss.Index, spec: IndexSpec, remove: np.ndarray, add_ids: np.
 def reconstruct(index: faiss.Index, row: int) -> np.ndarray | None:
     """The stored vector of `row` (approximate for ivfpq), or None when absent."""
     try:
-        return index.reconstruct(int(row))
+        return np.asarray(index.reconstruct(int(row)), dtype=np.float32)
     except RuntimeError:
         return None

@@ -13,13 +13,65 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 
 import faiss
 
 TRAIN_ITERS = 12
 ID_BYTES = 8             # one int64 id per vector
 IDMAP2_BYTES = 40        # IDMap2: id_map entry + reverse hash-map entry (approximate)
+
+Params = dict[str, Any]  # an index type's parameters, as the manifest records them
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+# -- what the type stubs of faiss 1.15 leave out (the objects exist at run time) --------------
+if TYPE_CHECKING:
+    class SearchParametersHNSW(faiss.SearchParameters):
+        efSearch: int
+
+    class IndexIVFPQ(faiss.IndexIVFPQ):
+        do_polysemous_training: bool
+
+    class DirectMap:
+        Hashtable: int
+
+    class IDSelectorTranslated(faiss.IDSelector):      # the stubs take an array, not this
+        def __init__(self, id_map: faiss.Int64Vector, sel: faiss.IDSelector) -> None: ...
+else:
+    SearchParametersHNSW = faiss.SearchParametersHNSW
+    IndexIVFPQ = faiss.IndexIVFPQ
+    DirectMap = faiss.DirectMap
+    IDSelectorTranslated = faiss.IDSelectorTranslated
+
+
+class _SwigVector(Protocol[T_co]):
+    """A wrapped `std::vector` (e.g. `IndexPreTransform.chain`; the stubs call it a list)."""
+
+    def at(self, i: int) -> T_co: ...
+
+
+class _KeepsReferences(Protocol):
+    """A SWIG object that holds Python references for the C++ pointers it keeps."""
+
+    referenced_objects: list[object]
+
+
+def _keep_alive(owner: object, *objects: object) -> None:
+    """Keep `objects` alive as long as `owner` (which points to them but does not own them)."""
+    cast(_KeepsReferences, owner).referenced_objects = list(objects)
+
+
+def _as(obj: object, cls: type[T]) -> T:
+    """`obj` (a downcast FAISS object) checked to be a `cls`."""
+    if not isinstance(obj, cls):
+        raise TypeError(f"expected a faiss {cls.__name__}, got {type(obj).__name__}")
+    return obj
+
+
+def _id_mapped(index: faiss.Index) -> faiss.IndexIDMap:
+    """The `IDMap2` at the top of an index of a type that maps row ids itself."""
+    return _as(faiss.downcast_index(index), faiss.IndexIDMap)
 
 
 def largest_divisor_at_most(dim: int, cap: int) -> int:
@@ -44,7 +96,7 @@ class IndexType:
 
     name: ClassVar[str] = ""
     #: defaults of the fixed parameters (shown by `--help`); formula-based ones are in `params`
-    defaults: ClassVar[dict] = {}
+    defaults: ClassVar[Params] = {}
     #: the stored vectors can be read back (exactly or as float16): updates may re-type them
     keeps_vectors: ClassVar[bool] = True
     #: how --update applies removals/additions: "in_place", "re_add" (keep training) or
@@ -55,34 +107,36 @@ class IndexType:
     #: parameters that only steer searches (an update may change them on any type)
     search_keys: ClassVar[frozenset[str]] = frozenset()
 
-    def params(self, n: int, dim: int, overrides: dict) -> dict:
+    def params(self, n: int, dim: int, overrides: Params) -> Params:
         """Concrete parameters for `n` vectors of `dim` (overrides win over defaults)."""
         out = dict(self.defaults)
         out.update({k: v for k, v in overrides.items() if k in out})
         return out
 
-    def factory(self, dim: int, params: dict) -> str:
+    def factory(self, dim: int, params: Params) -> str:
         raise NotImplementedError
 
-    def configure(self, index: faiss.Index, params: dict) -> None:
+    def configure(self, index: faiss.Index, params: Params) -> None:
         """Build-time knobs on a fresh index (before training / adding)."""
 
-    def tune(self, index: faiss.Index, params: dict) -> None:
+    def tune(self, index: faiss.Index, params: Params) -> None:
         """Search-time knobs on a built or loaded index."""
 
-    def search_params(self, index: faiss.Index, params: dict,
+    def search_params(self, index: faiss.Index, params: Params,
                       sel: faiss.IDSelector) -> faiss.SearchParameters:
         """Parameters of a search restricted to the rows `sel` accepts (row ids)."""
-        return faiss.SearchParameters(sel=sel)
+        out = faiss.SearchParameters()
+        out.sel = sel
+        return out
 
-    def prepare_reader(self, index: faiss.Index, params: dict) -> None:
+    def prepare_reader(self, index: faiss.Index, params: Params) -> None:
         """Make `index.reconstruct(row)` work on a loaded index."""
 
-    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+    def memory_bytes(self, n: int, dim: int, params: Params) -> int:
         """Resident memory of `n` vectors in this index (the budget formula)."""
         raise NotImplementedError
 
-    def disk_bytes(self, n: int, dim: int, params: dict) -> int:
+    def disk_bytes(self, n: int, dim: int, params: Params) -> int:
         """Memory-mapped storage on disk beyond `memory_bytes` (0 for in-memory types)."""
         return 0
 
@@ -92,15 +146,15 @@ class FlatType(IndexType):
 
     name = "flat"
 
-    def factory(self, dim: int, params: dict) -> str:
+    def factory(self, dim: int, params: Params) -> str:
         return "IDMap2,Flat"
 
-    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+    def memory_bytes(self, n: int, dim: int, params: Params) -> int:
         return n * (dim * 4 + IDMAP2_BYTES)
 
 
 def _hnsw(index: faiss.Index) -> faiss.IndexHNSW:
-    return faiss.downcast_index(faiss.downcast_index(index).index)
+    return _as(faiss.downcast_index(_id_mapped(index).index), faiss.IndexHNSW)
 
 
 class HnswType(IndexType):
@@ -111,20 +165,23 @@ class HnswType(IndexType):
     update_rule = "rebuild"
     search_keys = frozenset({"efSearch"})
 
-    def factory(self, dim: int, params: dict) -> str:
+    def factory(self, dim: int, params: Params) -> str:
         return f"IDMap2,HNSW{params['M']},Flat"
 
-    def configure(self, index: faiss.Index, params: dict) -> None:
+    def configure(self, index: faiss.Index, params: Params) -> None:
         _hnsw(index).hnsw.efConstruction = int(params["efConstruction"])
 
-    def tune(self, index: faiss.Index, params: dict) -> None:
+    def tune(self, index: faiss.Index, params: Params) -> None:
         _hnsw(index).hnsw.efSearch = int(params["efSearch"])
 
-    def search_params(self, index: faiss.Index, params: dict,
+    def search_params(self, index: faiss.Index, params: Params,
                       sel: faiss.IDSelector) -> faiss.SearchParameters:
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=int(params["efSearch"]))
+        out = SearchParametersHNSW()
+        out.sel = sel
+        out.efSearch = int(params["efSearch"])
+        return out
 
-    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+    def memory_bytes(self, n: int, dim: int, params: Params) -> int:
         links = params["M"] * 2 * 4 * 1.05
         return int(n * (dim * 4 + IDMAP2_BYTES + links))
 
@@ -137,7 +194,7 @@ class IvfPqType(IndexType):
     keeps_vectors = False
     search_keys = frozenset({"nprobe"})
 
-    def params(self, n: int, dim: int, overrides: dict) -> dict:
+    def params(self, n: int, dim: int, overrides: Params) -> Params:
         train_size = int(overrides.get("train_size", self.defaults["train_size"]))
         n_train = max(1, min(n, train_size))
         nlist = int(overrides.get("nlist", ivf_nlist(n, train_size)))
@@ -149,27 +206,27 @@ class IvfPqType(IndexType):
         return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe,
                 "train_size": train_size}
 
-    def factory(self, dim: int, params: dict) -> str:
+    def factory(self, dim: int, params: Params) -> str:
         return f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}"
 
-    def configure(self, index: faiss.Index, params: dict) -> None:
-        ivf = faiss.downcast_index(index)
+    def configure(self, index: faiss.Index, params: Params) -> None:
+        ivf = _as(faiss.downcast_index(index), IndexIVFPQ)
         ivf.do_polysemous_training = False      # unused here, and very slow to train
         _bounded_kmeans([ivf.cp, ivf.pq.cp])
 
-    def tune(self, index: faiss.Index, params: dict) -> None:
+    def tune(self, index: faiss.Index, params: Params) -> None:
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
 
-    def search_params(self, index: faiss.Index, params: dict,
+    def search_params(self, index: faiss.Index, params: Params,
                       sel: faiss.IDSelector) -> faiss.SearchParameters:
-        return faiss.SearchParametersIVF(sel=sel, nprobe=int(params["nprobe"]))
+        return _ivf_params(sel, int(params["nprobe"]))
 
-    def prepare_reader(self, index: faiss.Index, params: dict) -> None:
+    def prepare_reader(self, index: faiss.Index, params: Params) -> None:
         ivf = faiss.extract_index_ivf(index)
-        if ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if ivf.direct_map.type != DirectMap.Hashtable:
+            ivf.set_direct_map_type(DirectMap.Hashtable)
 
-    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+    def memory_bytes(self, n: int, dim: int, params: Params) -> int:
         code = math.ceil(params["m"] * params["nbits"] / 8)
         return n * (code + ID_BYTES) + params["nlist"] * dim * 4
 
@@ -192,7 +249,7 @@ class IvfPqRefineType(IndexType):
     read_flags = faiss.IO_FLAG_MMAP_IFC
     search_keys = frozenset({"nprobe", "k_factor"})
 
-    def params(self, n: int, dim: int, overrides: dict) -> dict:
+    def params(self, n: int, dim: int, overrides: Params) -> Params:
         train_size = int(overrides.get("train_size", self.defaults["train_size"]))
         nlist = int(overrides.get("nlist", ivf_nlist(n, train_size)))
         nbits = int(overrides.get("nbits", self.defaults["nbits"]))
@@ -209,7 +266,7 @@ class IvfPqRefineType(IndexType):
         return {"nlist": nlist, "m": m, "nbits": nbits, "opq": opq, "nprobe": nprobe,
                 "k_factor": k_factor, "train_size": train_size}
 
-    def factory(self, dim: int, params: dict) -> str:
+    def factory(self, dim: int, params: Params) -> str:
         m, nbits = params["m"], params["nbits"]
         pq = f"PQ{m}x4fs" if nbits == 4 else f"PQ{m}x{nbits}"
         opq = f"OPQ{m}," if params.get("opq") else ""
@@ -217,51 +274,58 @@ class IvfPqRefineType(IndexType):
 
     @staticmethod
     def _refine(index: faiss.Index) -> faiss.IndexRefine:
-        return faiss.downcast_index(faiss.downcast_index(index).index)
+        return _as(faiss.downcast_index(_id_mapped(index).index), faiss.IndexRefine)
 
-    def configure(self, index: faiss.Index, params: dict) -> None:
+    def configure(self, index: faiss.Index, params: Params) -> None:
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-        if isinstance(ivf, faiss.IndexIVFPQ):   # 8-bit codes: no polysemous training (slow)
+        if isinstance(ivf, IndexIVFPQ):         # 8-bit codes: no polysemous training (slow)
             ivf.do_polysemous_training = False
-        cps = [ivf.cp]
-        pq = getattr(ivf, "pq", None)
-        if pq is not None:
-            cps.append(pq.cp)
+        cps = [_as(ivf, faiss.IndexIVF).cp]
+        if isinstance(ivf, IndexIVFPQ | faiss.IndexIVFPQFastScan):
+            cps.append(ivf.pq.cp)
         _bounded_kmeans(cps)
         base = faiss.downcast_index(self._refine(index).base_index)
         if isinstance(base, faiss.IndexPreTransform):     # OPQ: fewer, cheaper iterations
-            opq = faiss.downcast_VectorTransform(base.chain.at(0))
+            chain = cast("_SwigVector[faiss.VectorTransform]", base.chain)
+            opq = _as(faiss.downcast_VectorTransform(chain.at(0)), faiss.OPQMatrix)
             opq.niter = 10
             opq.niter_pq = 4
             opq.max_train_points = min(opq.max_train_points, params["train_size"])
             # train the rotation with the codes' own 4/8-bit PQ, not FAISS's default 8-bit
             pq = faiss.ProductQuantizer(index.d, params["m"], params["nbits"])
             opq.pq = pq
-            index.referenced_objects = [pq]      # SWIG keeps no reference of its own
+            _keep_alive(index, pq)               # SWIG keeps no reference of its own
 
-    def tune(self, index: faiss.Index, params: dict) -> None:
+    def tune(self, index: faiss.Index, params: Params) -> None:
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
         self._refine(index).k_factor = float(params["k_factor"])
 
-    def search_params(self, index: faiss.Index, params: dict,
+    def search_params(self, index: faiss.Index, params: Params,
                       sel: faiss.IDSelector) -> faiss.SearchParameters:
         # IndexRefine hands only `base_index_params` to the IVF, and IDMap2 translates only
         # the top-level selector: translate rows to internal ids here.
-        idmap = faiss.downcast_index(index)
-        translated = faiss.IDSelectorTranslated(idmap.id_map, sel)
-        base = faiss.SearchParametersIVF(sel=translated, nprobe=int(params["nprobe"]))
-        out = faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]),
-                                                base_index_params=base)
-        out.referenced_objects = [base, translated, sel]   # SWIG does not keep them alive
+        translated = IDSelectorTranslated(_id_mapped(index).id_map, sel)
+        base = _ivf_params(translated, int(params["nprobe"]))
+        out = faiss.IndexRefineSearchParameters()
+        out.k_factor = float(params["k_factor"])
+        out.base_index_params = base
+        _keep_alive(out, base, translated, sel)          # SWIG does not keep them alive
         return out
 
-    def memory_bytes(self, n: int, dim: int, params: dict) -> int:
+    def memory_bytes(self, n: int, dim: int, params: Params) -> int:
         code = math.ceil(params["m"] * params["nbits"] / 8)
         rotation = dim * dim * 4 if params.get("opq") else 0
         return n * (code + ID_BYTES + IDMAP2_BYTES) + params["nlist"] * dim * 4 + rotation
 
-    def disk_bytes(self, n: int, dim: int, params: dict) -> int:
+    def disk_bytes(self, n: int, dim: int, params: Params) -> int:
         return n * dim * 2
+
+
+def _ivf_params(sel: faiss.IDSelector, nprobe: int) -> faiss.SearchParametersIVF:
+    out = faiss.SearchParametersIVF()
+    out.sel = sel
+    out.nprobe = nprobe
+    return out
 
 
 TYPES: dict[str, IndexType] = {t.name: t for t in (FlatType(), HnswType(), IvfPqType(),
@@ -282,7 +346,7 @@ class IndexSpec:
     """An index type and its concrete parameters, as recorded in the manifest."""
 
     type: str
-    params: dict
+    params: Params
 
     @property
     def kind(self) -> IndexType:
@@ -303,5 +367,5 @@ class IndexSpec:
         strip = lambda p: {k: v for k, v in p.items() if k not in keys}  # noqa: E731
         return strip(self.params) == strip(other.params)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "params": dict(self.params)}

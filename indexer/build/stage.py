@@ -10,29 +10,31 @@ items get new rows, and items no longer indexed are removed.
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from indexer.build import budget
 from indexer.build import faiss_index as fx
-from indexer.catalog import Catalog, CatalogError, load_catalog
-from indexer.live.fold import Fold, prepare_fold
 from indexer.build.index_types import IndexSpec
+from indexer.build.writer import make_manifest, write_index, write_manifest
+from indexer.catalog import Catalog, CatalogError, load_catalog
+from indexer.embed.store import EmbeddingStore, EmbedStats, Reject, StoreMeta, write_rejected
+from indexer.items import read_item_hashes, write_items
 from indexer.layout import IndexLayout, new_version
+from indexer.live.fold import Fold, prepare_fold
 from indexer.manifest import AttributeEntry, CatalogInfo, IndexInfo, Manifest, ModelInfo
-from indexer.reader import read_item_hashes
-from indexer.embed.store import EmbeddingStore, Reject
-from indexer.build.writer import make_manifest, write_index, write_items, write_manifest, write_rejected
+from model.attributes import AttributeSpec
 
-Say = Callable[[str], None]
+log = logging.getLogger(__name__)
+Selection = dict[str, Any]   # how --max-memory chose a spec (the manifest's `selection`)
 MEMMAP_FROM = 256 << 20      # gather an attribute's vectors in a memory-mapped file above this
 
 
@@ -50,7 +52,7 @@ class BuildOptions:
     checkpoint: str | None = None          # records / checks the model of a foreign store
     update: bool = False
     index_type: str | None = None          # None: flat (full build) / the published type
-    index_params: dict = field(default_factory=dict)
+    index_params: dict[str, Any] = field(default_factory=dict)
     max_memory: int | None = None          # bytes per attribute (--max-memory)
     max_reject_rate: float | None = None
 
@@ -60,7 +62,7 @@ class EmbedFacts:
     """What the one-shot command's embedding step knows that a store alone does not."""
 
     unchanged: set[str]                     # ids skipped as identical to the published index
-    stats: dict                             # the embedding run's counts and timings
+    stats: EmbedStats                       # the embedding run's counts and timings
     started: float | None = None            # perf_counter() when the whole job started
 
 
@@ -72,6 +74,20 @@ class BuildResult:
     version_dir: Path
     manifest: Manifest
     rejects: list[Reject]
+
+
+@dataclass
+class _Inputs:
+    """What a build reads: its flags, the catalog, the store and the model of its vectors."""
+
+    opts: BuildOptions
+    catalog: Catalog
+    store: EmbeddingStore
+    meta: StoreMeta | None               # the store's store.json (None: another tool's store)
+    model: ModelInfo
+    attributes: list[AttributeSpec]
+    facts: EmbedFacts | None
+    started: float                       # perf_counter() when the build started
 
 
 @dataclass
@@ -92,49 +108,53 @@ class _Plan:
     rejects: list[Reject]
 
 
-def _store_model(store: EmbeddingStore, checkpoint: str | None) -> tuple[ModelInfo, list]:
-    """The model of the store's vectors and its attribute list [{"name", "n_values"}]."""
-    meta = store.read_meta()
-    model = ModelInfo.from_dict(meta["model"]) if meta.get("model") else None
-    attrs = meta.get("attributes") or [{"name": a, "n_values": None} for a in store.attributes]
-    if store.part_count and [a["name"] for a in attrs] != store.attributes:
+def _store_model(store: EmbeddingStore, meta: StoreMeta | None,
+                 checkpoint: str | None) -> tuple[ModelInfo, list[AttributeSpec]]:
+    """The model of the store's vectors and its attributes (n_values 0: unknown)."""
+    model = meta.model if meta else None
+    attrs = (meta.attributes if meta else []) or [AttributeSpec(a) for a in store.attributes]
+    if store.part_count and [a.name for a in attrs] != store.attributes:
         raise ValueError(f"{store.root}: store.json attributes differ from the Parquet columns")
     if not attrs:
         raise FileNotFoundError(f"{store.root} holds no embeddings (no Parquet files)")
     if checkpoint is not None:
-        from indexer.embed.stage import model_info
-        from model import load_model
-        emb = load_model(checkpoint, device="cpu")
-        info = model_info(emb, checkpoint)
-        if model is not None and model.sha256 and model.sha256 != info.sha256:
-            raise ValueError(f"--checkpoint {checkpoint} is not the model that wrote "
-                             f"{store.root} (sha256 {model.sha256[:12]})")
-        if store.dim is not None and info.dim != store.dim:
-            raise ValueError(f"--checkpoint dimension {info.dim} != store dimension {store.dim}")
-        names = [a["name"] for a in attrs]
-        missing = [a for a in names if a not in emb.attribute_names]
-        if missing:
-            raise ValueError(f"--checkpoint lacks the store's attributes {missing}")
-        n_values = {a.name: int(a.n_values) for a in emb.attributes}
-        attrs = [{"name": a, "n_values": n_values[a]} for a in names]
-        model = info
+        model, attrs = _checked_model(store, model, [a.name for a in attrs], checkpoint)
     if model is None:
         model = ModelInfo(dim=int(store.dim or 0))
     return model, attrs
 
 
-def _load_previous(layout: IndexLayout, model: ModelInfo, attrs: list[str],
-                   say: Say) -> _Previous | None:
+def _checked_model(store: EmbeddingStore, model: ModelInfo | None, names: list[str],
+                   checkpoint: str) -> tuple[ModelInfo, list[AttributeSpec]]:
+    """`--checkpoint`'s model and attributes, checked against the store's vectors."""
+    from indexer.embed.stage import model_info
+    from model import load_model
+
+    emb = load_model(checkpoint, device="cpu")
+    info = model_info(emb, checkpoint)
+    if model is not None and model.sha256 and model.sha256 != info.sha256:
+        raise ValueError(f"--checkpoint {checkpoint} is not the model that wrote "
+                         f"{store.root} (sha256 {model.sha256[:12]})")
+    if store.dim is not None and info.dim != store.dim:
+        raise ValueError(f"--checkpoint dimension {info.dim} != store dimension {store.dim}")
+    missing = [a for a in names if a not in emb.attribute_names]
+    if missing:
+        raise ValueError(f"--checkpoint lacks the store's attributes {missing}")
+    specs = {a.name: a for a in emb.attributes}
+    return info, [specs[a] for a in names]
+
+
+def _load_previous(layout: IndexLayout, model: ModelInfo, attrs: list[str]) -> _Previous | None:
     folder = layout.current()
     if folder is None:
-        say("update: no published index yet, building from scratch")
+        log.info("update: no published index yet, building from scratch")
         return None
     manifest = Manifest.read(folder)
     if manifest.model.sha256 != model.sha256 or manifest.model.dim != model.dim:
-        say("update: the model differs from the published index's; rebuilding all")
+        log.info("update: the model differs from the published index's; rebuilding all")
         return None
     if manifest.attribute_names != attrs:
-        say("update: the attributes differ from the published index's; rebuilding all")
+        log.info("update: the attributes differ from the published index's; rebuilding all")
         return None
     return _Previous(folder, manifest, read_item_hashes(folder))
 
@@ -187,7 +207,7 @@ def _plan(catalog: Catalog, store: EmbeddingStore, prev: _Previous | None,
     return _Plan(rows, shas, add, np.array(sorted(remove), dtype=np.int64), rejects)
 
 
-def _requested_spec(opts: BuildOptions, n: int, dim: int) -> tuple[IndexSpec, dict | None]:
+def _requested_spec(opts: BuildOptions, n: int, dim: int) -> tuple[IndexSpec, Selection | None]:
     """The spec the flags ask for on `n` vectors, and the --max-memory record if any."""
     if opts.max_memory is not None:
         choice = budget.select(n, dim, opts.max_memory, opts.index_params)
@@ -195,8 +215,8 @@ def _requested_spec(opts: BuildOptions, n: int, dim: int) -> tuple[IndexSpec, di
     return fx.resolve_spec(opts.index_type or "flat", n, dim, opts.index_params), None
 
 
-def _updated_spec(opts: BuildOptions, old: IndexSpec, old_selection: dict | None, n: int,
-                  dim: int) -> tuple[IndexSpec, dict | None]:
+def _updated_spec(opts: BuildOptions, old: IndexSpec, old_selection: Selection | None, n: int,
+                  dim: int) -> tuple[IndexSpec, Selection | None]:
     """An update's spec: the published one, unless the flags ask for another."""
     if opts.max_memory is not None:
         if old.memory_bytes(n, dim) <= opts.max_memory and not opts.index_params:
@@ -210,7 +230,7 @@ def _updated_spec(opts: BuildOptions, old: IndexSpec, old_selection: dict | None
 
 
 def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
-                 attrs: list[str]) -> dict[str, tuple[IndexSpec, dict | None]]:
+                 attrs: list[str]) -> dict[str, tuple[IndexSpec, Selection | None]]:
     """Spec per attribute: an update keeps the published spec unless the flags ask for
     another one (a type that keeps no vectors can only change search knobs)."""
     if prev is None:
@@ -229,15 +249,14 @@ def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
 
 def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
               facts: EmbedFacts | None = None, layout: IndexLayout | None = None,
-              say: Say | None = None, live: Fold | None = None) -> BuildResult:
+              live: Fold | None = None) -> BuildResult:
     """Build INDEX_DIR from a store; raises CatalogError before any work on bad inputs.
 
     `layout`: the INDEX_DIR layout when the caller already holds its writer lock.
     `live`: the live changes this build folds, `catalog` being the layered catalog
-    (indexer/fold.py); without it, an INDEX_DIR with live changes is refused (their images
-    are not in the store), and the new version carries the journal position over.
+    (indexer/live/fold.py); without it, an INDEX_DIR with live changes is refused (their
+    images are not in the store), and the new version carries the journal position over.
     """
-    say = say or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
     catalog = catalog or load_catalog(opts.catalog)
     if len(catalog) == 0:
@@ -246,19 +265,19 @@ def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
         raise FileNotFoundError(f"no embeddings store at {opts.embeddings}")
     store = EmbeddingStore(opts.embeddings)
     check_store_ids(store, catalog)
-    model, attr_docs = _store_model(store, opts.checkpoint)
+    meta = StoreMeta.read(store.root)
+    model, attrs = _store_model(store, meta, opts.checkpoint)
+    inputs = _Inputs(opts, catalog, store, meta, model, attrs, facts, t0)
     if layout is not None:
-        return _build_locked(opts, catalog, store, model, attr_docs, layout, facts, say, t0,
-                             live)
+        return _build_locked(inputs, layout, live)
     with IndexLayout(opts.out) as held:
-        return _build_locked(opts, catalog, store, model, attr_docs, held, facts, say, t0,
-                             live)
+        return _build_locked(inputs, held, live)
 
 
-def _no_live_changes(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
+def _no_live_changes(layout: IndexLayout, catalog: Catalog) -> Fold:
     """The (empty) fold of a build from a store alone; ValueError when INDEX_DIR has live
     changes, which only the one-shot command can fold (it embeds their stored images)."""
-    live = prepare_fold(layout, catalog, say)
+    live = prepare_fold(layout, catalog)
     if live.has_changes:
         raise ValueError(f"{layout.out} has live catalog changes ({len(live.layer)} in the "
                          f"published layer, {live.changes} in the journal {live.journal.db}); "
@@ -267,14 +286,8 @@ def _no_live_changes(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
     return live
 
 
-def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
-                  model: ModelInfo, attr_docs: list[dict], layout: IndexLayout,
-                  facts: EmbedFacts | None, say: Say, t0: float,
-                  live: Fold | None) -> BuildResult:
-    live = live if live is not None else _no_live_changes(layout, catalog, say)
-    attrs = [a["name"] for a in attr_docs]
-    prev = _load_previous(layout, model, attrs, say) if opts.update else None
-    plan = _plan(catalog, store, prev, facts)
+def _check_rejects(opts: BuildOptions, catalog: Catalog, plan: _Plan) -> None:
+    """RejectRateError when nothing is left, or more than --max-reject-rate was rejected."""
     n_rej = len(plan.rejects)
     if not plan.rows:
         raise RejectRateError(f"all {n_rej} catalog items were rejected; nothing published")
@@ -283,19 +296,27 @@ def _build_locked(opts: BuildOptions, catalog: Catalog, store: EmbeddingStore,
         raise RejectRateError(
             f"{n_rej} of {len(catalog)} items rejected ({rate:.1%}) exceeds "
             f"--max-reject-rate {opts.max_reject_rate:.1%}; the previous index is kept")
-    specs = _index_specs(opts, prev, len(plan.rows), model.dim, attrs)
+
+
+def _build_locked(inp: _Inputs, layout: IndexLayout, live: Fold | None) -> BuildResult:
+    live = live if live is not None else _no_live_changes(layout, inp.catalog)
+    names = [a.name for a in inp.attributes]
+    prev = _load_previous(layout, inp.model, names) if inp.opts.update else None
+    plan = _plan(inp.catalog, inp.store, prev, inp.facts)
+    _check_rejects(inp.opts, inp.catalog, plan)
+    dim = inp.model.dim
+    specs = _index_specs(inp.opts, prev, len(plan.rows), dim, names)
     version = new_version()
     staging = layout.staging(version)
     try:
-        entries = [_attribute_entry(staging, doc, specs[doc["name"]], store, catalog, plan,
-                                    prev, model.dim) for doc in attr_docs]
-        manifest = _finish(opts, staging, version, catalog, store, model, entries, plan,
-                           prev, facts, t0, live)
+        entries = [_attribute_entry(staging, a, specs[a.name], inp, plan, prev)
+                   for a in inp.attributes]
+        manifest = _finish(inp, staging, version, entries, plan, prev, live)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     final = layout.publish(staging, version)
-    live.commit({r.id for r in plan.rejects}, say)
+    live.commit({r.id for r in plan.rejects})
     return BuildResult(layout.out, final, manifest, plan.rejects)
 
 
@@ -313,14 +334,15 @@ def _gather(store: EmbeddingStore, attribute: str, ids: list[str], dim: int,
     return store.vectors(attribute, ids, out=out)
 
 
-def _attribute_entry(staging: Path, doc: dict, chosen: tuple[IndexSpec, dict | None],
-                     store: EmbeddingStore, catalog: Catalog, plan: _Plan,
-                     prev: _Previous | None, dim: int) -> AttributeEntry:
+def _attribute_entry(staging: Path, attribute: AttributeSpec,
+                     chosen: tuple[IndexSpec, Selection | None], inp: _Inputs, plan: _Plan,
+                     prev: _Previous | None) -> AttributeEntry:
     """Build (full) or update (incremental) one attribute's index and write it."""
     spec, selection = chosen
-    name = doc["name"]
+    name, dim = attribute.name, inp.model.dim
     add_rows = np.array([plan.rows[p] for p in plan.add], dtype=np.int64)
-    add_vecs = _gather(store, name, [catalog.items[p].id for p in plan.add], dim, staging)
+    add_vecs = _gather(inp.store, name, [inp.catalog.items[p].id for p in plan.add], dim,
+                       staging)
     if prev is None:
         index = fx.build(spec, dim, add_rows, add_vecs.__getitem__)
     else:
@@ -342,46 +364,56 @@ def _attribute_entry(staging: Path, doc: dict, chosen: tuple[IndexSpec, dict | N
     info = IndexInfo(type=spec.type, params=dict(spec.params), file=fname, ntotal=n,
                      factory=spec.factory(dim), memory_bytes=spec.memory_bytes(n, dim),
                      selection=selection)
-    return AttributeEntry(name, doc.get("n_values"), info)
+    # AttributeSpec's 0 means "unknown", which the manifest writes as null
+    return AttributeEntry(name, attribute.n_values or None, info)
 
 
-def _finish(opts: BuildOptions, staging: Path, version: str, catalog: Catalog,
-            store: EmbeddingStore, model: ModelInfo, entries: list[AttributeEntry],
-            plan: _Plan, prev: _Previous | None, facts: EmbedFacts | None,
-            t0: float, live: Fold) -> Manifest:
+def _build_section(inp: _Inputs, plan: _Plan, prev: _Previous | None) -> dict[str, Any]:
+    """The manifest's `build` section: timings and counts of this build and its embedding."""
+    facts = inp.facts
+    stats = facts.stats if facts else (inp.meta.last_run if inp.meta else None) or EmbedStats()
+    started = facts.started if facts and facts.started is not None else inp.started
+    now = time.perf_counter()
+    return {
+        "mode": "update" if prev else "full",
+        "seconds": round(now - started, 3),
+        "index_seconds": round(now - inp.started, 3),
+        "embed_seconds": stats.seconds, "images_per_s": stats.images_per_s,
+        "computed": stats.computed, "cached": stats.cached, "unchanged": stats.unchanged,
+        "rejected_by_reason": dict(Counter(r.reason for r in plan.rejects)),
+        "device": stats.device, "faiss_gpus": faiss.get_num_gpus(),
+        "workers": stats.workers, "batch_size": stats.batch_size,
+    }
+
+
+def _update_section(plan: _Plan, prev: _Previous) -> dict[str, Any]:
+    """The manifest's `update` section: what changed against the published version."""
+    add_rows = [plan.rows[p] for p in plan.add]
+    changed = len(np.intersect1d(plan.remove, add_rows))
+    return {"base_version": prev.manifest.index_version,
+            "added": len(plan.add) - changed, "changed": changed,
+            "removed": int(len(plan.remove) - changed),
+            "unchanged": len(plan.rows) - len(plan.add)}
+
+
+def _finish(inp: _Inputs, staging: Path, version: str, entries: list[AttributeEntry],
+            plan: _Plan, prev: _Previous | None, live: Fold) -> Manifest:
     """items.sqlite, rejected.csv, live.jsonl and the manifest of the new version."""
-    write_items(staging, ((plan.rows[p], catalog.items[p].id, catalog.items[p].image,
-                           catalog.items[p].metadata, plan.shas[p])
-                          for p in sorted(plan.rows, key=plan.rows.get)))
+    items = inp.catalog.items
+    write_items(staging, ((plan.rows[p], items[p].id, items[p].image, items[p].metadata,
+                           plan.shas[p]) for p in sorted(plan.rows, key=plan.rows.__getitem__)))
     write_rejected(staging, plan.rejects)
     live.write(staging)
-    embed_stats = facts.stats if facts else dict(store.read_meta().get("last_run") or {})
-    build = {
-        "mode": "update" if prev else "full",
-        "seconds": round(time.perf_counter() - (facts.started or t0 if facts else t0), 3),
-        "index_seconds": round(time.perf_counter() - t0, 3),
-        "embed_seconds": embed_stats.get("seconds", 0.0),
-        "images_per_s": embed_stats.get("images_per_s"),
-        "computed": embed_stats.get("computed", 0), "cached": embed_stats.get("cached", 0),
-        "unchanged": embed_stats.get("unchanged", 0),
-        "rejected_by_reason": dict(Counter(r.reason for r in plan.rejects)),
-        "device": embed_stats.get("device"), "faiss_gpus": faiss.get_num_gpus(),
-        "workers": embed_stats.get("workers"), "batch_size": embed_stats.get("batch_size"),
-    }
-    extra: dict = {"embeddings": {"path": str(Path(opts.embeddings).resolve()),
-                                  "parts": store.part_count, "items": len(store)},
-                  "live": live.manifest_section()}
+    extra: dict[str, Any] = {
+        "embeddings": {"path": str(Path(inp.opts.embeddings).resolve()),
+                       "parts": inp.store.part_count, "items": len(inp.store)},
+        "live": live.manifest_section()}
     if prev is not None:
-        add_rows = [plan.rows[p] for p in plan.add]
-        changed = len(np.intersect1d(plan.remove, add_rows))
-        extra["update"] = {"base_version": prev.manifest.index_version,
-                           "added": len(plan.add) - changed, "changed": changed,
-                           "removed": int(len(plan.remove) - changed),
-                           "unchanged": len(plan.rows) - len(plan.add)}
+        extra["update"] = _update_section(plan, prev)
     manifest = make_manifest(
-        version=version, model=model, attributes=entries,
-        catalog=CatalogInfo(path=catalog.path, sha256=catalog.sha256, items=len(plan.rows),
-                            entries=len(catalog)),
-        rejected=len(plan.rejects), build=build, extra=extra)
+        version=version, model=inp.model, attributes=entries,
+        catalog=CatalogInfo(path=inp.catalog.path, sha256=inp.catalog.sha256,
+                            items=len(plan.rows), entries=len(inp.catalog)),
+        rejected=len(plan.rejects), build=_build_section(inp, plan, prev), extra=extra)
     write_manifest(staging, manifest)
     return manifest

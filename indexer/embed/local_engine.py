@@ -14,9 +14,9 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,19 +25,29 @@ from tqdm import tqdm
 
 from indexer.catalog import CatalogItem
 from indexer.embed.store import EmbeddingStore, Reject
+from model.embedder import Embedder
 from model.errors import ImageError
 from model.imageio import DEFAULT_MAX_PIXELS, open_image
 from model.osutil import available_cpus
+from model.preprocess import PreparedImage, Preprocessor
+
+__all__ = ["DEFAULT_MAX_BYTES", "Collector", "EmbedLimits", "EmbedOutcome", "ItemLoader",
+           "Loaded", "available_cpus", "default_workers", "embed_batch", "embed_catalog",
+           "item_loader", "set_threads"]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k parts
 
 
 class Loaded(NamedTuple):
+    """One catalog image after the decoding step."""
+
     pos: int
     sha: str | None
-    status: str        # "new" | "unchanged" | "stored" | "cached" | "rejected"
-    payload: Any       # PreparedImage for "new", (reason, detail) for "rejected"
+    status: str                          # "new" | "unchanged" | "stored" | "cached" | "rejected"
+    prepared: PreparedImage | None = None  # the model's input ("new")
+    reason: str = ""                     # why ("rejected")
+    detail: str = ""
 
 
 @dataclass
@@ -81,11 +91,11 @@ class ItemLoader:
     """Reads, hashes, decodes and preprocesses one catalog image (in a worker process or a
     Ray task): the one decoding step both engines share."""
 
-    preprocess: Callable
+    preprocess: Preprocessor
     limits: EmbedLimits
     previous: Mapping[str, str]        # id -> sha256 in the index being updated
     stored: Mapping[str, str]          # id -> sha256 already in the store
-    stored_shas: Mapping[str, Any]     # sha256 -> location in the store
+    stored_shas: Mapping[str, tuple[int, int]]     # sha256 -> (part, offset) in the store
 
     def _read(self, path: str) -> bytes:
         st = os.stat(path)
@@ -108,16 +118,18 @@ class ItemLoader:
             img = open_image(data, max_pixels=self.limits.max_pixels)
             return Loaded(pos, sha, "new", self.preprocess(img))
         except ImageError as exc:
-            return Loaded(pos, sha, "rejected", (exc.reason, str(exc)))
+            return Loaded(pos, sha, "rejected", reason=exc.reason, detail=str(exc))
         except FileNotFoundError:
-            return Loaded(pos, sha, "rejected", ("missing", "no such file"))
+            return Loaded(pos, sha, "rejected", reason="missing", detail="no such file")
         except OSError as exc:
-            return Loaded(pos, sha, "rejected", ("unreadable", f"{type(exc).__name__}: {exc}"))
+            return Loaded(pos, sha, "rejected", reason="unreadable",
+                          detail=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the job
-            return Loaded(pos, sha, "rejected", ("decode_error", f"{type(exc).__name__}: {exc}"))
+            return Loaded(pos, sha, "rejected", reason="decode_error",
+                          detail=f"{type(exc).__name__}: {exc}")
 
 
-class _ImageDataset(Dataset):
+class _ImageDataset(Dataset[Loaded]):
     """One catalog image per index, through an :class:`ItemLoader` (DataLoader workers)."""
 
     def __init__(self, items: list[CatalogItem], loader: ItemLoader) -> None:
@@ -141,7 +153,8 @@ def default_workers() -> int:
     return max(1, min(8, available_cpus() - 1))
 
 
-def embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+def embed_batch(emb: Embedder, prepared: Sequence[PreparedImage],
+                ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """Embed a batch; on failure isolate the bad images one by one.
 
     Returns (indices that succeeded, their vectors [n, A, D], [(index, error)]).
@@ -149,7 +162,9 @@ def embed_batch(emb, prepared: list) -> tuple[list[int], np.ndarray, list[tuple[
     try:
         return list(range(len(prepared))), emb.embed_all_prepared(prepared), []
     except Exception:  # noqa: BLE001 - fall back to find the culprit
-        ok, vecs, bad = [], [], []
+        ok: list[int] = []
+        vecs: list[np.ndarray] = []
+        bad: list[tuple[int, str]] = []
         for i, p in enumerate(prepared):
             try:
                 vecs.append(emb.embed_all_prepared([p])[0])
@@ -202,8 +217,8 @@ class Collector:
         """Record a decoded item; True when it still needs embedding."""
         pos, sha = rec.pos, rec.sha
         self.out.shas[pos] = sha
-        if rec.status == "rejected":
-            self.reject(pos, *rec.payload)
+        if rec.status == "rejected" or sha is None:     # only a rejected item has no hash
+            self.reject(pos, rec.reason or "unreadable", rec.detail)
         elif rec.status in ("new", "cached") and sha in self._buffered:
             self.out.status[pos] = "cached"
             self._keep(pos, sha, self._buffered[sha])
@@ -244,14 +259,20 @@ class Collector:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def item_loader(preprocess: Callable, store: EmbeddingStore, limits: EmbedLimits | None,
+def item_loader(preprocess: Preprocessor, store: EmbeddingStore, limits: EmbedLimits | None,
                 previous: Mapping[str, str] | None) -> ItemLoader:
     """The decoding step for a run into `store`."""
     return ItemLoader(preprocess, limits or EmbedLimits(), previous or {}, store.id_hashes(),
                       store.by_sha)
 
 
-def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
+def _prepared(rec: Loaded) -> PreparedImage:
+    if rec.prepared is None:
+        raise ValueError(f"catalog item {rec.pos} ({rec.status}) has no decoded image")
+    return rec.prepared
+
+
+def embed_catalog(emb: Embedder, items: list[CatalogItem], store: EmbeddingStore, *,
                   previous: Mapping[str, str] | None = None, batch_size: int = 32,
                   workers: int | None = None, part_size: int = 1024,
                   limits: EmbedLimits | None = None, progress: bool = True,
@@ -277,11 +298,11 @@ def embed_catalog(emb, items: list[CatalogItem], store: EmbeddingStore, *,
         for batch in loader:
             todo = [rec for rec in batch if col.loaded(rec)]
             if todo:
-                ok, vecs, bad = embed_batch(emb, [r.payload for r in todo])
+                ok, vecs, bad = embed_batch(emb, [_prepared(r) for r in todo])
                 for i, err in bad:
                     col.reject(todo[i].pos, "embed_error", err)
                 for j, i in enumerate(ok):
-                    col.computed(todo[i].pos, todo[i].sha, vecs[j])
+                    col.computed(todo[i].pos, str(todo[i].sha), vecs[j])
             col.batch_done(len(batch))
             col.maybe_flush()
             bar.update(len(batch))

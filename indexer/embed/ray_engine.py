@@ -12,6 +12,7 @@ with one (`ray://...` or `host:port`, or `auto`) the job joins that cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,12 +23,12 @@ from indexer.embed.local_engine import (
     EmbedOutcome,
     ItemLoader,
     Loaded,
-    available_cpus,
     embed_batch,
     set_threads,
 )
 from indexer.embed.store import EmbeddingStore
 from model.memory import one_arena_env
+from model.osutil import available_cpus
 from model.preprocess import PreparedImage
 from model.roi import CropGeometry
 
@@ -57,15 +58,14 @@ def _to_columns(recs: list[Loaded], size: int) -> dict[str, np.ndarray]:
     reason = np.array([""] * n, dtype=object)
     detail = np.array([""] * n, dtype=object)
     for k, r in enumerate(recs):
-        if r.status == "new":
-            prep: PreparedImage = r.payload
+        if r.status == "new" and (prep := r.prepared) is not None:
             pixels[k] = prep.pixels.numpy()
             src = prep.source.contiguous().numpy()
             source[k] = src.tobytes()
             shape[k] = (src.shape[1], src.shape[2], prep.geometry.width, prep.geometry.height)
             scale[k] = prep.source_scale
         elif r.status == "rejected":
-            reason[k], detail[k] = r.payload
+            reason[k], detail[k] = r.reason, r.detail
     return {"pos": np.array([r.pos for r in recs], dtype=np.int64),
             "sha": np.array([r.sha or "" for r in recs], dtype=object),
             "status": np.array([r.status for r in recs], dtype=object),
@@ -180,7 +180,7 @@ class RayEngine:
         # spare CPU): more only start more processes that import torch and take CPU from
         # the model, since decoding is some 10x faster than embedding
         decoders = max(1, int(ray.cluster_resources().get("CPU", 1)) - size)
-        decoded = ds.map_batches(_decode_batch, fn_kwargs={"loader": loader},
+        decoded = ds.map_batches(partial(_decode_batch, loader=loader),
                                  batch_size=batch_size, num_cpus=DECODE_CPUS,
                                  concurrency=decoders)
         embedded = decoded.map_batches(
@@ -190,23 +190,29 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if gpu else 0,
             num_cpus=1, runtime_env={"env_vars": one_arena_env()})
         col = Collector(items, store, attributes, part_size, dtype)
-        threads: set[int] = set()
+        model_threads: set[int] = set()
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-            threads.update(int(t) for t in batch["threads"])
-            for k in range(len(batch["pos"])):
-                pos, sha = int(batch["pos"][k]), str(batch["sha"][k]) or None
-                status = str(batch["status"][k])
-                payload = ((str(batch["reason"][k]), str(batch["detail"][k]))
-                           if status == "rejected" else None)
-                if status == "computed":
-                    # an image seen earlier in this run is a copy, as in the local engine
-                    if col.loaded(Loaded(pos, sha, "new", None)):
-                        col.computed(pos, sha, batch["vecs"][k])
-                else:
-                    col.loaded(Loaded(pos, sha, status, payload))
-            col.batch_done(len(batch["pos"]))
-            col.maybe_flush()
+            model_threads.update(int(t) for t in batch["threads"])
+            _collect(col, batch)
         out = col.finish()
-        out.model_threads = sorted(threads)
+        out.model_threads = sorted(model_threads)
         out.decode_workers = decoders
         return out
+
+
+def _collect(col: Collector, batch: dict[str, np.ndarray]) -> None:
+    """Hand one batch of the actors' results to the driver's collector, in catalog order."""
+    for k in range(len(batch["pos"])):
+        pos, sha = int(batch["pos"][k]), str(batch["sha"][k]) or None
+        status = str(batch["status"][k])
+        if status == "computed":
+            # an image seen earlier in this run is a copy, as in the local engine
+            if col.loaded(Loaded(pos, sha, "new")) and sha is not None:
+                col.computed(pos, sha, batch["vecs"][k])
+        elif status == "rejected":
+            col.loaded(Loaded(pos, sha, status, reason=str(batch["reason"][k]),
+                              detail=str(batch["detail"][k])))
+        else:
+            col.loaded(Loaded(pos, sha, status))
+    col.batch_done(len(batch["pos"]))
+    col.maybe_flush()

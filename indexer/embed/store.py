@@ -7,12 +7,13 @@ An EMB_DIR holds Parquet files (`*.parquet`, read in name order) with the column
     <attr>    list or fixed-size list of float16 / float32: the unit-norm vector of the
               attribute named by the column (one column per attribute, one dimension)
 
-plus, when written by `indexer embed`, `store.json` (the model, device and the last run's
-counts) and `rejected.csv` (`path,id,reason` of the last run). A store written by another
-tool needs only the Parquet files. A later file that repeats an id supersedes the earlier
-row (that is how a resumed or repeated `embed` replaces changed images); `embed` compacts
-superseded and deleted rows away when it finishes. Each part is written to a temporary name
-and renamed into place, so a killed job leaves only complete parts.
+plus, when written by `indexer embed`, `store.json` (:class:`StoreMeta`: the model, device
+and the last run's :class:`EmbedStats`) and `rejected.csv` (`path,id,reason` of the last
+run, :func:`write_rejected`). A store written by another tool needs only the Parquet files.
+A later file that repeats an id supersedes the earlier row (that is how a resumed or
+repeated `embed` replaces changed images); `embed` compacts superseded and deleted rows away
+when it finishes. Each part is written to a temporary name and renamed into place, so a
+killed job leaves only complete parts.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import csv
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,10 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexer.layout import WriterLock
-from model.osutil import atomic_write_bytes
+from indexer.manifest import ModelInfo
+from model.attributes import AttributeSpec
+from model.osutil import atomic_open, atomic_write_bytes, replace_atomically
 
 STORE_META = "store.json"
-STORE_REJECTS = "rejected.csv"
+REJECTED = "rejected.csv"
 STORE_LOCK = ".lock"
 STORE_FORMAT = "asen-embeddings/1"
 KEY_COLUMNS = ("id", "sha256")
@@ -54,6 +57,125 @@ class Reject(NamedTuple):
     id: str
     reason: str
     detail: str = ""
+
+
+def write_rejected(folder: Path, rejects: Iterable[Reject]) -> int:
+    """`folder/rejected.csv` (`path,id,reason`, one line per skipped item), written
+    atomically and durably; returns the count. The one writer of the file, for a store and
+    for an index version alike."""
+    n = 0
+    with atomic_open(Path(folder) / REJECTED, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "id", "reason"])
+        for r in rejects:
+            w.writerow([r.path, r.id, r.reason])
+            n += 1
+    return n
+
+
+@dataclass
+class EmbedStats:
+    """What an `embed` run did: store.json's `last_run` (and the manifest's `build` counts).
+
+    The defaults describe a run nothing is known of (a store.json without `last_run`)."""
+
+    catalog_path: str = ""
+    catalog_sha256: str = ""
+    entries: int = 0                    # catalog rows
+    seconds: float = 0.0
+    images_per_s: float | None = None
+    first_vectors_seconds: float | None = None
+    steady_images_per_s: float | None = None
+    computed: int = 0
+    cached: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    compacted: int = 0
+    engine: str | None = None
+    device: str | None = None
+    workers: int | None = None
+    batch_size: int | None = None
+    model_threads: list[int] = field(default_factory=list)
+    finished_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `last_run` document (`catalog` nested as {"path", "sha256", "entries"})."""
+        doc = asdict(self)
+        catalog = {"path": doc.pop("catalog_path"), "sha256": doc.pop("catalog_sha256"),
+                   "entries": doc.pop("entries")}
+        return {"catalog": catalog, **doc}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> EmbedStats:
+        """Parse `last_run`; keys it lacks keep their defaults, unknown keys are ignored."""
+        catalog = doc.get("catalog") or {}
+        known = {f.name for f in fields(cls)}
+        return cls(catalog_path=str(catalog.get("path", "")),
+                   catalog_sha256=str(catalog.get("sha256", "")),
+                   entries=int(catalog.get("entries", 0)),
+                   **{k: v for k, v in doc.items() if k in known and k != "entries"})
+
+
+@dataclass
+class StoreMeta:
+    """`store.json`: the model, device and dtype of a store's vectors and its last run.
+
+    On disk: `{"format": "asen-embeddings/1", "job_key", "model": {as in the manifest},
+    "attributes": [{"name", "n_values"}], "device", "dtype", "last_run": {...}}`
+    (`last_run` absent until a run has finished)."""
+
+    job_key: str | None = None
+    model: ModelInfo | None = None
+    attributes: list[AttributeSpec] = field(default_factory=list)
+    device: str | None = None
+    dtype: str | None = None
+    last_run: EmbedStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": STORE_FORMAT, "job_key": self.job_key,
+            "model": None if self.model is None else self.model.to_dict(),
+            "attributes": [a.to_dict() for a in self.attributes],
+            "device": self.device, "dtype": self.dtype}
+        if self.last_run is not None:
+            doc["last_run"] = self.last_run.to_dict()
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str = STORE_META) -> StoreMeta:
+        """Parse a store.json document (StoreError naming `where` when malformed)."""
+        try:
+            return cls(
+                job_key=doc.get("job_key"),
+                model=ModelInfo.from_dict(doc["model"]) if doc.get("model") else None,
+                attributes=[AttributeSpec(str(a["name"]), int(a.get("n_values") or 0))
+                            for a in doc.get("attributes") or []],
+                device=doc.get("device"), dtype=doc.get("dtype"),
+                last_run=EmbedStats.from_dict(doc["last_run"]) if doc.get("last_run")
+                else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def read(cls, root: str | os.PathLike[str]) -> StoreMeta | None:
+        """`root/store.json`, or None for a store written by another tool."""
+        path = Path(root) / STORE_META
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise StoreError(f"{path}: expected a JSON object")
+        return cls.from_dict(doc, str(path))
+
+    def write(self, root: str | os.PathLike[str]) -> None:
+        """Write `root/store.json` atomically."""
+        Path(root).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(root) / STORE_META,
+                           json.dumps(self.to_dict(), indent=1).encode())
 
 
 @dataclass
@@ -89,7 +211,7 @@ def _matrix(col: pa.ChunkedArray | pa.Array, dim: int | None, where: str) -> np.
 class EmbeddingStore:
     """One EMB_DIR: which ids (and image hashes) it holds, their vectors, new parts."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._parts: list[_Part] = []
         self.attributes: list[str] = []
@@ -223,14 +345,11 @@ class EmbeddingStore:
 
     @staticmethod
     def _write_table(table: pa.Table, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         # dictionary encoding only for the id columns: on the vector columns parquet tries it
         # on every part and gives up, which made writing and reading a part several times slower
-        pq.write_table(table, tmp, use_dictionary=[c for c in ("id", "sha256")
-                                                   if c in table.column_names])
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        dictionary = [c for c in ("id", "sha256") if c in table.column_names]
+        replace_atomically(path, lambda tmp: pq.write_table(table, tmp,
+                                                            use_dictionary=dictionary))
 
     def compact(self, live: set[str]) -> int:
         """Drop rows that are superseded or whose id is not in `live`; returns rows dropped."""
@@ -251,29 +370,14 @@ class EmbeddingStore:
         return dropped
 
     @staticmethod
-    def writer_lock(root: str | os.PathLike) -> WriterLock:
+    def writer_lock(root: str | os.PathLike[str]) -> WriterLock:
         """The lock `embed` holds while it writes the store at `root` (one writer at a time)."""
         return WriterLock(Path(root) / STORE_LOCK, str(root))
 
     # -- side files --------------------------------------------------------------------------
-    def read_meta(self) -> dict:
-        """store.json, or {} for a store written by another tool."""
-        path = self.root / STORE_META
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path}: not valid JSON ({exc})") from None
-
-    def write_meta(self, meta: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.root / STORE_META,
-                           json.dumps({"format": STORE_FORMAT, **meta}, indent=1).encode())
-
     def read_rejects(self) -> dict[str, Reject]:
         """id -> reject of the last embedding run ({} when there is no rejected.csv)."""
-        path = self.root / STORE_REJECTS
+        path = self.root / REJECTED
         if not path.is_file():
             return {}
         with open(path, newline="", encoding="utf-8") as f:
@@ -281,12 +385,9 @@ class EmbeddingStore:
                     for r in csv.DictReader(f)}
 
     def write_rejects(self, rejects: Sequence[Reject]) -> None:
+        """The last run's rejected.csv (see :func:`write_rejected`)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        lines = [["path", "id", "reason"]] + [[r.path, r.id, r.reason] for r in rejects]
-        tmp = self.root / f".{STORE_REJECTS}.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(lines)
-        os.replace(tmp, self.root / STORE_REJECTS)
+        write_rejected(self.root, rejects)
 
     def remove(self) -> None:
         """Delete the whole store folder."""

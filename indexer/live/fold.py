@@ -21,20 +21,20 @@ rejected is appended to the journal again (still searchable by its stored vector
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from indexer.catalog import Catalog, CatalogItem
 from indexer.layout import IndexLayout
 from indexer.live.journal import Journal
 from indexer.manifest import Manifest
-from model.osutil import atomic_write_bytes
+from model.osutil import atomic_write_bytes, sha256_file
 
 LAYER = "live.jsonl"
-Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class LayerEntry:
     op: str                        # "put" | "delete"
     seq: int
     image: str | None = None       # file name under the journal's images/
-    metadata: dict | None = None
+    metadata: dict[str, Any] | None = None
     sha256: str | None = None
 
 
@@ -64,8 +64,7 @@ def read_layer(folder: Path | None) -> dict[str, LayerEntry]:
 
 def _file_sha(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -112,13 +111,13 @@ class Fold:
                      for e in sorted(self.layer.values(), key=lambda e: e.seq)]
             atomic_write_bytes(staging / LAYER, ("\n".join(lines) + "\n").encode())
 
-    def manifest_section(self) -> dict:
+    def manifest_section(self) -> dict[str, Any]:
         ops = [e.op for e in self.layer.values()]
         return {"folded_seq": self.upto, "folded_now": self.changes,
                 "puts": ops.count("put"), "deletes": ops.count("delete"),
                 "journal": str(self.journal.db)}
 
-    def commit(self, rejected: set[str], say: Say) -> None:
+    def commit(self, rejected: set[str]) -> None:
         """After the publish: move the folded entries out of the journal, re-append the
         live puts the build rejected, delete images nothing refers to any more."""
         if not self.journal.exists():
@@ -140,13 +139,15 @@ class Fold:
             finally:
                 con.close()
         except Exception as exc:  # noqa: BLE001 - the version is published already
-            say(f"warning: the new version is published but the journal {self.journal.db} "
-                f"was not cleaned ({type(exc).__name__}: {exc}); the next build retries")
+            log.warning("warning: the new version is published but the journal %s was not "
+                        "cleaned (%s: %s); the next build retries",
+                        self.journal.db, type(exc).__name__, exc)
             return
         if self.changes or carried or removed:
-            say(f"live changes: folded {self.changes} journal entries (up to seq {self.upto})"
-                + (f", {carried} rejected live item(s) kept in the journal" if carried else "")
-                + (f", {removed} unused image(s) deleted" if removed else ""))
+            log.info("live changes: folded %d journal entries (up to seq %d)%s%s",
+                     self.changes, self.upto,
+                     f", {carried} rejected live item(s) kept in the journal" if carried else "",
+                     f", {removed} unused image(s) deleted" if removed else "")
 
 
 def _prune(layer: dict[str, LayerEntry], catalog: Catalog) -> dict[str, LayerEntry]:
@@ -164,7 +165,7 @@ def _prune(layer: dict[str, LayerEntry], catalog: Catalog) -> dict[str, LayerEnt
     return out
 
 
-def prepare_fold(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
+def prepare_fold(layout: IndexLayout, catalog: Catalog) -> Fold:
     """What a build of `layout` (its writer lock held) folds: the published layer plus the
     journal's entries after the published version's folded_seq, up to the last one now."""
     current = layout.current()
@@ -186,8 +187,8 @@ def prepare_fold(layout: IndexLayout, catalog: Catalog, say: Say) -> Fold:
         finally:
             con.close()
         if state.dropped_upto > base_seq:
-            say(f"warning: the journal dropped changes after seq {base_seq}, which the "
-                "published version does not hold")
+            log.warning("warning: the journal dropped changes after seq %d, which the "
+                        "published version does not hold", base_seq)
         for e in entries:
             layer[e.id] = LayerEntry(e.id, e.op, e.seq, e.image, e.metadata, e.sha256)
             if e.op == "put":

@@ -29,14 +29,16 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from indexer.items import metadata_json
 from indexer.layout import IndexLayout
-from model.osutil import fsync_dir
+from model.osutil import atomic_write_bytes, fsync_dir
 
 DB = "journal.sqlite"
 IMAGES = "images"
@@ -68,6 +70,10 @@ class JournalError(RuntimeError):
     """The journal cannot be read or written (read-only folder, disk full, locked too long)."""
 
 
+class LiveChangesUnavailable(JournalError):
+    """The index takes no live changes: it was opened without a journal."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One change. `image` is a file name under `images/`; `vectors` [A, D] float32."""
@@ -76,7 +82,7 @@ class Entry:
     op: str
     id: str
     image: str | None = None
-    metadata: dict | None = None
+    metadata: dict[str, object] | None = None
     sha256: str | None = None
     model: str | None = None
     attributes: tuple[str, ...] = ()
@@ -93,7 +99,7 @@ class JournalState:
     dropped_upto: int    # entries <= this are gone (not even in `folded`)
 
 
-def _entry(row: tuple) -> Entry:
+def _entry(row: tuple[Any, ...]) -> Entry:
     seq, op, item_id, image, meta, sha, model, attrs, dim, blob, created = row
     names = tuple(json.loads(attrs)) if attrs else ()
     vectors = None
@@ -202,18 +208,12 @@ class Journal:
         name = sha + image_suffix(data)
         path = self.images / name
         if not path.is_file():
-            tmp = self.images / f".{name}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(self.images)
+            atomic_write_bytes(path, data)
         return name, sha
 
     @staticmethod
     def append_put(con: sqlite3.Connection, item_id: str, image: str, sha256: str,
-                   metadata: dict, model: str | None, attributes: list[str],
+                   metadata: Mapping[str, object], model: str | None, attributes: list[str],
                    vectors: np.ndarray) -> int:
         """Record a put; returns its seq."""
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -222,15 +222,15 @@ class Journal:
         cur = con.execute(
             "INSERT INTO entries (op, id, image, metadata, sha256, model, attributes, dim, "
             "vectors, created_at) VALUES ('put', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (item_id, image, json.dumps(metadata, ensure_ascii=False, sort_keys=True), sha256,
+            (item_id, image, metadata_json(metadata), sha256,
              model, json.dumps(list(attributes)), int(vecs.shape[1]), vecs.tobytes(), _now()))
-        return int(cur.lastrowid)
+        return _seq(cur)
 
     @staticmethod
     def append_delete(con: sqlite3.Connection, item_id: str) -> int:
         cur = con.execute("INSERT INTO entries (op, id, created_at) VALUES ('delete', ?, ?)",
                           (item_id, _now()))
-        return int(cur.lastrowid)
+        return _seq(cur)
 
     @staticmethod
     def reappend(con: sqlite3.Connection, seq: int) -> int:
@@ -238,7 +238,7 @@ class Journal:
         cols = ", ".join(c for c in _COLUMNS if c != "seq")
         cur = con.execute(f"INSERT INTO entries ({cols}) SELECT {cols} FROM entries "
                           "WHERE seq = ?", (int(seq),))
-        return int(cur.lastrowid)
+        return _seq(cur)
 
     @staticmethod
     def fold(con: sqlite3.Connection, upto: int, keep_after: int) -> None:
@@ -267,6 +267,13 @@ class Journal:
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+def _seq(cur: sqlite3.Cursor) -> int:
+    """The seq an INSERT gave its entry."""
+    if cur.lastrowid is None:
+        raise JournalError("the journal returned no seq for a new entry")
+    return int(cur.lastrowid)
 
 
 def _now() -> str:

@@ -6,21 +6,23 @@ read (docs/ARCHITECTURE.md, "Live catalog changes").
 before returning, so every search sees every change committed before it started, by any
 process. Writes (:meth:`LiveOverlay.put`, :meth:`LiveOverlay.delete`) check and append under
 SQLite's write lock, so concurrent writers on several replicas are totally ordered by seq.
+
+The ``LiveView.merge_*`` methods are the one way a published version's answer (computed
+without the rows the view hides) and the live items are combined.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.filters import FilterKey, filter_key, filter_sql
-from indexer.items import Item
+from indexer.filters import FilterKey, Filters, filter_key, filter_sql
+from indexer.items import Hit, Item, metadata_json
 from indexer.live.journal import Entry, Journal, JournalError
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,20 @@ log = logging.getLogger(__name__)
 LIVE_ROW0 = 1 << 62
 
 BaseRows = Callable[[list[str]], dict[str, int]]   # ids -> rows of those in the version
+BaseVectors = Callable[[str, np.ndarray], np.ndarray]   # attribute, rows -> [len, D]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatus:
+    """The journal beside the index and what one index version applies of it."""
+
+    journal: str        # path of journal.sqlite
+    folded_seq: int     # last journal seq the version contains
+    applied_seq: int    # last journal seq applied on top of it
+    pending: int        # changes not folded into a version yet
+    live_items: int     # items served from the journal (put since the fold)
+    changed_ids: int    # ids with a live change (put or delete) since the fold
+    stale: bool         # the journal dropped changes this version needs
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,13 @@ class LiveItem:
 
     item: Item
     vectors: Mapping[str, np.ndarray]
+
+
+def merge_hits(base: list[Hit], live: list[Hit], k: int) -> list[Hit]:
+    """The best k of two ranked lists (ties: the published item first)."""
+    if not live:
+        return base[:k]
+    return sorted(base + live, key=lambda h: -h.score)[:k]
 
 
 @dataclass
@@ -70,7 +93,7 @@ class LiveView:
                 hit = self._matrices[attribute] = ([li.item for li in found], vecs)
             return hit
 
-    def matching(self, filters: Mapping | None) -> frozenset[str] | None:
+    def matching(self, filters: Filters | None) -> frozenset[str] | None:
         """Ids of live items whose metadata matches `filters` (None: no filter), by the same
         SQL as the published items."""
         if not filters:
@@ -85,7 +108,7 @@ class LiveView:
         try:
             con.execute("CREATE TABLE items (id TEXT, metadata TEXT)")
             con.executemany("INSERT INTO items VALUES (?, ?)",
-                            ((i, _json(li.item.metadata))
+                            ((i, metadata_json(li.item.metadata))
                              for i, li in self.items.items()))
             found = frozenset(i for (i,) in con.execute(
                 f"SELECT id FROM items WHERE {where}", args))
@@ -99,9 +122,109 @@ class LiveView:
         return frozenset(k for li in self.items.values()
                          for k in li.item.metadata)
 
+    # -- what to ask the published version for ---------------------------------------------
+    def base_rows(self, rows: Sequence[int]) -> list[int]:
+        """Those `rows` that are published rows the view does not hide."""
+        hidden = set(self.hidden_rows.tolist())
+        return [r for r in rows if r < LIVE_ROW0 and r not in hidden]
 
-def _json(meta: dict) -> str:
-    return json.dumps(meta, ensure_ascii=False, sort_keys=True)
+    def base_ids(self, ids: Sequence[str]) -> list[str]:
+        """Those `ids` without a live entry (the published version answers for them)."""
+        return [i for i in ids if i not in self.touched]
+
+    # -- merging a published answer with the live items --------------------------------------
+    def merge_size(self, base: int, attribute: str | None = None) -> int:
+        """A published count (of an attribute's vectors, or of items) with the live
+        changes."""
+        live = len(self.items) if attribute is None else len(self.matrix(attribute)[0])
+        return base - len(self.hidden_rows) + live
+
+    def merge_rows(self, base: dict[int, Item], rows: Sequence[int]) -> dict[int, Item]:
+        """Items by row: the published ones (of `base_rows(rows)`) and the live ones."""
+        if self:
+            live = self.by_row()
+            base.update((r, live[r]) for r in rows if r in live)
+        return base
+
+    def merge_ids(self, base: dict[str, Item], ids: Sequence[str]) -> dict[str, Item]:
+        """Items by id: the published ones (of `base_ids(ids)`) and the live ones."""
+        for i in ids:
+            if i in self.items:
+                base[i] = self.items[i].item
+        return base
+
+    def merge_page(self, total: int, page: list[Item], offset: int, limit: int
+                   ) -> tuple[int, list[Item]]:
+        """(count, page) of the published items the view does not hide, continued by the
+        live items in the order they were put."""
+        live = sorted((li.item for li in self.items.values()), key=lambda it: it.row)
+        start = max(0, int(offset) - total)
+        return total + len(live), page + live[start:start + int(limit) - len(page)]
+
+    def merge_allowed(self, base: np.ndarray, filters: Filters) -> np.ndarray:
+        """Published rows matching `filters`, without the hidden ones, plus the matching
+        live items' rows, sorted."""
+        if not self:
+            return base
+        ids = self.matching(filters) or frozenset()
+        live = [li.item.row for i, li in self.items.items() if i in ids]
+        return np.union1d(np.setdiff1d(base, self.hidden_rows), np.array(live, np.int64))
+
+    def merge_embeddings(self, found: dict[str, Item], ids: Sequence[str],
+                         attributes: Sequence[str], base_vectors: BaseVectors, dim: int
+                         ) -> tuple[list[Item], dict[str, np.ndarray]]:
+        """The items of `found` in the order of `ids` (live ones only when they have a
+        vector for every attribute) and their vectors, [len(items), D] per attribute."""
+        items = [found[i] for i in ids if i in found and (
+            i not in self.items or all(a in self.items[i].vectors for a in attributes))]
+        base = [n for n, it in enumerate(items) if it.row < LIVE_ROW0]
+        rows = np.array([items[n].row for n in base], dtype=np.int64)
+        vectors = {}
+        for a in attributes:
+            mat = np.zeros((len(items), dim), dtype=np.float32)
+            if len(rows):
+                mat[base] = base_vectors(a, rows)
+            for n, it in enumerate(items):
+                if it.row >= LIVE_ROW0:
+                    mat[n] = self.items[it.id].vectors[a]
+            vectors[a] = mat
+        return items, vectors
+
+    def merge_search(self, base: list[list[Hit]], attribute: str, q: np.ndarray, k: int,
+                     filters: Filters | None) -> list[list[Hit]]:
+        """Per query row of `q` [n, D]: the published top-k merged with the live items'
+        (exact inner product)."""
+        if not self.items:
+            return base
+        items, mat = self.matrix(attribute)
+        ids = self.matching(filters)
+        if ids is not None:
+            keep = [n for n, it in enumerate(items) if it.id in ids]
+            items, mat = [items[n] for n in keep], mat[keep]
+        if not items or k <= 0:
+            return [b[:k] for b in base]
+        scores = q @ mat.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [merge_hits(b, [Hit(items[j], float(scores[n, j])) for j in top[n]], k)
+                for n, b in enumerate(base)]
+
+    def merge_many(self, base: list[Hit], weights: Mapping[str, float],
+                   queries: Mapping[str, np.ndarray], k: int, filters: Filters | None
+                   ) -> list[Hit]:
+        """The published weighted-sum ranking merged with every live item searchable on
+        all weighted attributes (and matching `filters`), scored exactly."""
+        ids = self.matching(filters)
+        found = [li for li in self.items.values()
+                 if all(a in li.vectors for a in weights)
+                 and (ids is None or li.item.id in ids)]
+        if not found or k <= 0:
+            return base[:k]
+        per_attr = {a: np.stack([li.vectors[a] for li in found]) @ queries[a] for a in weights}
+        total = np.sum([weights[a] * per_attr[a] for a in weights], axis=0)
+        order = np.argsort(-total, kind="stable")[:k]
+        live = [Hit(found[i].item, float(total[i]), {a: float(per_attr[a][i]) for a in weights})
+                for i in order]
+        return merge_hits(base, live, k)
 
 
 @dataclass
@@ -211,7 +334,7 @@ class LiveOverlay:
             return e.op == "put"
         return bool(self._base_rows([item_id]))
 
-    def put(self, item_id: str, image: bytes, metadata: dict,
+    def put(self, item_id: str, image: bytes, metadata: Mapping[str, object],
             vectors: Mapping[str, np.ndarray]) -> tuple[int, bool]:
         """Journal a put of `item_id` (replacing any item with that id); returns (seq,
         whether it replaced one). Raises JournalError when the journal is not writable."""
@@ -258,19 +381,20 @@ class LiveOverlay:
                 raise JournalError(f"journal {self.journal.db}: {exc}") from exc
         return seq
 
-    def status(self) -> dict:
+    def status(self) -> LiveStatus:
         """The journal's path and position, and what this version applies of it."""
         view = self.view()
-        out = {"journal": str(self.journal.db), "folded_seq": self.folded_seq,
-               "applied_seq": view.applied, "live_items": len(view.items),
-               "changed_ids": len(view.touched), "pending": 0, "stale": view.stale}
+        pending = 0
         with self._lock:
             if self._con is not None:
                 try:
-                    out["pending"] = Journal.pending(self._con, self.folded_seq)
+                    pending = Journal.pending(self._con, self.folded_seq)
                 except sqlite3.Error:
                     pass
-        return out
+        return LiveStatus(journal=str(self.journal.db), folded_seq=self.folded_seq,
+                          applied_seq=view.applied, pending=pending,
+                          live_items=len(view.items), changed_ids=len(view.touched),
+                          stale=view.stale)
 
     def close(self) -> None:
         with self._write_lock, self._lock:
@@ -278,44 +402,3 @@ class LiveOverlay:
                 if con is not None:
                     con.close()
             self._con = self._wcon = None
-
-
-# -- ranking live items (exact inner product), merged with the published version's hits ------
-Hit = tuple[Item, float]
-
-
-def live_hits(view: LiveView, attribute: str, q: np.ndarray, k: int,
-              filters: Mapping | None) -> list[list[Hit]]:
-    """Top-k live items per query row of `q` [n, D] on one attribute (brute force)."""
-    items, mat = view.matrix(attribute)
-    ids = view.matching(filters)
-    if ids is not None:
-        keep = [n for n, it in enumerate(items) if it.id in ids]
-        items, mat = [items[n] for n in keep], mat[keep]
-    if not items or k <= 0:
-        return [[] for _ in range(len(q))]
-    scores = q @ mat.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [[(items[j], float(scores[i, j])) for j in top[i]] for i in range(len(q))]
-
-
-def live_many(view: LiveView, weights: Mapping[str, float], queries: Mapping[str, np.ndarray],
-              filters: Mapping | None) -> tuple[list[Item], np.ndarray, dict[str, np.ndarray]]:
-    """Every live item searchable on all weighted attributes (and matching `filters`): the
-    items, their weighted totals and per-attribute scores."""
-    ids = view.matching(filters)
-    found = [li for li in view.items.values()
-             if all(a in li.vectors for a in weights)
-             and (ids is None or li.item.id in ids)]
-    if not found:
-        return [], np.zeros(0, np.float32), {a: np.zeros(0, np.float32) for a in weights}
-    per_attr = {a: np.stack([li.vectors[a] for li in found]) @ queries[a] for a in weights}
-    total = sum(weights[a] * per_attr[a] for a in weights)
-    return [li.item for li in found], np.asarray(total), per_attr
-
-
-def merge_hits(base: list[Hit], live: list[Hit], k: int) -> list[Hit]:
-    """The best k of two ranked lists (ties: the published item first)."""
-    if not live:
-        return base[:k]
-    return sorted(base + live, key=lambda h: -h[1])[:k]

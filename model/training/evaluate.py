@@ -14,38 +14,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from model.embedder import Embedder
 from model.imageio import open_image
+from model.osutil import available_cpus
 from model.preprocess import PreparedImage
 from model.training.metrics import mean_average_precision, peak_in_box
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from model.training.data import Split
+
 Triple = tuple[int, int, int]  # (image_id, attribute index, value)
+T = TypeVar("T")
 
 
 def _default_workers() -> int:
-    return min(8, (os.cpu_count() or 2) * 2)
+    """Image loading threads: two per usable CPU (decoding waits on the disk), at most 8."""
+    return min(8, available_cpus() * 2)
 
 
-def prefetch_batches(paths: Sequence[Path], batch_size: int, load: Callable[[Path], Any],
-                     workers: int) -> Iterator[tuple[int, list[Any]]]:
+def prefetch_batches(paths: Sequence[Path], batch_size: int, load: Callable[[Path], T],
+                     workers: int) -> Iterator[tuple[int, list[T]]]:
     """Yield ``(start, [load(p) ...])`` batches, loading the next batch in a thread pool.
 
     At most two batches are in flight, so memory stays bounded.
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         starts = iter(range(0, len(paths), batch_size))
-        pending: deque = deque()
+        pending: deque[tuple[int, list[Future[T]]]] = deque()
 
         def submit() -> None:
             s = next(starts, None)
@@ -81,7 +88,7 @@ def embed_pairs(emb: Embedder, paths: Sequence[Path], attributes: Sequence[str],
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr,
@@ -117,21 +124,35 @@ def read_boxes(root: Path, split: str) -> dict[int, dict[str, list[float]]]:
     return boxes
 
 
-def _attention_batch(emb: Embedder, paths: Sequence[Path], attrs: Sequence[str], batch_size: int,
-                     workers: int) -> Iterator[tuple[np.ndarray, tuple[int, int], Any]]:
-    """Yield (attention map, original size, crop box or None) per image."""
-    for start, batch in prefetch_batches(paths, batch_size, _loader(emb), workers):
-        names = attrs[start:start + len(batch)]
+class AttentionMap(NamedTuple):
+    """The global attention of one image for one attribute, with what maps it back."""
+
+    attention: np.ndarray                         # [h, w] float32, sums to 1
+    image_size: tuple[int, int]                   # original (width, height)
+    crop_box: tuple[float, float, float, float]   # the model input's region of the original
+
+
+def attention_maps(emb: Embedder, paths: Sequence[Path], attributes: Sequence[str],
+                   batch_size: int = 32, workers: int | None = None) -> Iterator[AttentionMap]:
+    """The global attention map of image ``paths[i]`` for ``attributes[i]``, in order.
+
+    Images are decoded ahead in ``workers`` threads (:func:`prefetch_batches`), ``batch_size``
+    per network pass; :func:`model.training.metrics.peak_in_box` and ``attention_peak`` /
+    ``crop_point_to_original`` read the maps.
+    """
+    for start, batch in prefetch_batches(paths, batch_size, _loader(emb),
+                                         workers or _default_workers()):
+        names = attributes[start:start + len(batch)]
         res = emb.forward_prepared(batch, [emb.attribute_index(a) for a in names])
         maps = res.attention.float().cpu().numpy()
         for prep, att in zip(batch, maps, strict=True):
             geom = prep.geometry
-            yield att, (geom.width, geom.height), geom.crop_box()
+            yield AttentionMap(att, (geom.width, geom.height), geom.crop_box())
 
 
-def localisation(emb: Embedder, split: Any, queries: Sequence[Triple], attr_names: Sequence[str],
+def localisation(emb: Embedder, split: Split, queries: Sequence[Triple], attr_names: Sequence[str],
                  boxes: dict[int, dict[str, list[float]]], loc_limit: int, batch_size: int = 32,
-                 workers: int | None = None) -> dict | None:
+                 workers: int | None = None) -> dict[str, Any] | None:
     """Attention localisation accuracy (percent) per region attribute and overall."""
     picked: list[tuple[int, str, list[float]]] = []
     per_attr_n: dict[str, int] = {}
@@ -147,7 +168,7 @@ def localisation(emb: Embedder, split: Any, queries: Sequence[Triple], attr_name
     paths = [split.image_paths[i] for i, _, _ in picked]
     names = [n for _, n, _ in picked]
     hits: dict[str, int] = {}
-    stream = _attention_batch(emb, paths, names, batch_size, workers or _default_workers())
+    stream = attention_maps(emb, paths, names, batch_size, workers)
     for (_, name, box), (att, size, crop) in zip(picked, stream, strict=True):
         hits[name] = hits.get(name, 0) + int(peak_in_box(att, size, box, crop))
     order = [n for n in attr_names if n in per_attr_n]
@@ -181,7 +202,7 @@ def embedding_part(vecs: np.ndarray, part: str, global_dim: int) -> np.ndarray:
 
 def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_size: int = 32,
                    limit: int | None = None, loc_limit: int = 200, workers: int | None = None,
-                   progress: bool = False, part: str = "full") -> dict:
+                   progress: bool = False, part: str = "full") -> dict[str, Any]:
     """MAP (and localisation when ``boxes.jsonl`` exists) of ``emb`` on one split.
 
     ``part``: rank by the whole embedding or by one branch's block (:func:`embedding_part`).
@@ -225,7 +246,7 @@ def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_s
     return report
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
     """Plain-text table: attribute, #queries, #candidates, MAP % (+ localisation)."""
     q, c = report["counts"]["queries"], report["counts"]["candidates"]
     width = max([len("attribute"), len("overall")] + [len(n) for n in q])
@@ -245,7 +266,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _load_embedder(args: argparse.Namespace) -> Any:
+def _load_embedder(args: argparse.Namespace) -> Embedder:
     from model import load_model
     from model.errors import CheckpointError
     from model.training.data import read_attributes
@@ -312,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["embed_pairs", "embedding_part", "evaluate_split", "format_report", "localisation",
-           "main", "prefetch_batches", "read_boxes"]
+__all__ = ["AttentionMap", "attention_maps", "embed_pairs", "embedding_part", "evaluate_split",
+           "format_report", "localisation", "main", "prefetch_batches", "read_boxes"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

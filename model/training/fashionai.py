@@ -144,7 +144,8 @@ def convert(csv_path: str | os.PathLike, images: str | os.PathLike, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     splits = split_images(list(conv.labels), seed, valid_frac, test_frac)
     rng = np.random.default_rng([seed, 1])
-    counts, catalog = {}, []
+    counts: dict[str, dict[str, int]] = {}
+    catalog: list[list[int | str]] = []          # catalog.csv rows: id, image, split, values
     for split in ("train", "valid", "test"):
         paths = splits[split]
         names = [_place_image(images / p, p, out, link) for p in paths]
@@ -165,8 +166,8 @@ def convert(csv_path: str | os.PathLike, images: str | os.PathLike, out_dir: str
                              "candidates": len(candidates)}
         for i, (p, name) in enumerate(zip(paths, names, strict=True)):
             values = conv.labels[p]
-            catalog.append([f"{split}-{i:06d}", name, split]
-                           + [values.get(a, "") for a in range(len(FASHIONAI))])
+            catalog.append([f"{split}-{i:06d}", name, split,
+                            *(values.get(a, "") for a in range(len(FASHIONAI)))])
     (out / "attributes.json").write_text(json.dumps(
         [{"name": a.name, "n_values": a.n_values} for a in FASHIONAI], indent=2) + "\n")
     with open(out / "catalog.csv", "w", newline="") as fh:

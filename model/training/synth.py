@@ -22,6 +22,7 @@ import argparse
 import colorsys
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -36,10 +37,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from model.osutil import available_cpus
+
 GENERATOR_VERSION = 1
 SPLITS = ("train", "valid", "test")
 _SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 QUERY_FRACTION = 0.2  # FashionAI: 3,600 queries / 14,400 candidates
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,8 @@ def _aa(dist_px: np.ndarray) -> np.ndarray:
 def _lowfreq(rng: np.random.Generator, w: int, h: int, cells: int) -> np.ndarray:
     gw, gh = max(2, cells * w // max(w, h) + 1), max(2, cells * h // max(w, h) + 1)
     small = rng.standard_normal((gh, gw)).astype(np.float32)
-    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    big = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+    return np.asarray(big, dtype=np.float32)
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -554,7 +560,8 @@ def _limbs(nz: _Nuisances, frac: float) -> dict[str, list[np.ndarray]]:
         s0 = np.array([side * 0.33, 0.1])
         d = np.array([side * math.sin(a), math.cos(a)])
         out["arms"] += _capsule(s0, s0 + d, 0.14, 0.085)
-        out["arms"].append(_ellipse(*(s0 + d * 1.05), 0.065, 0.075, 14))
+        hand = s0 + d * 1.05
+        out["arms"].append(_ellipse(float(hand[0]), float(hand[1]), 0.065, 0.075, 14))
         if frac > 0:
             w1 = 0.14 + (0.085 - 0.14) * frac + 0.05 + (0.04 if frac < 0.7 else 0.0)
             out["sleeves"] += _capsule(s0 - d * 0.05, s0 + d * frac, 0.19, w1, cap1=False)
@@ -766,7 +773,11 @@ def _prepare_out(out: Path) -> None:
 def generate(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 6000,
              n_valid: int = 1200, n_test: int = 1200, size: int = 256,
              workers: int | None = None, quality: int = 92, progress: bool = False) -> dict:
-    """Write a synthetic dataset in the published layout; returns a summary dict."""
+    """Write a synthetic dataset in the published layout; returns a summary dict.
+
+    ``workers``: processes drawing the images (default: the usable CPUs); ``progress``: log
+    the count every 500 images (INFO).
+    """
     if size < 64:
         raise ValueError(f"size must be at least 64 pixels (224 or more for training), got {size}")
     out = Path(out_dir)
@@ -778,14 +789,14 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 6000,
         tasks += [(seed, split, i, str(out / "images" / split / f"{i:06d}.jpg"), size, quality)
                   for i in range(counts[split])]
     t0 = time.perf_counter()
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cpus()
     if workers > 1 and len(tasks) >= 64:
         with get_context().Pool(min(workers, len(tasks) // 32 + 1)) as pool:
             results = []
             for i, res in enumerate(pool.imap(_work, tasks, chunksize=16)):
                 results.append(res)
                 if progress and (i + 1) % 500 == 0:
-                    print(f"  {i + 1}/{len(tasks)} images", file=sys.stderr)
+                    log.info("  %d/%d images", i + 1, len(tasks))
     else:
         results = [_work(t) for t in tasks]
     elapsed = time.perf_counter() - t0
@@ -842,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quality", type=int, default=92, help="JPEG quality")
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         summary = generate(a.out, seed=a.seed, n_train=a.n_train, n_valid=a.n_valid,
                            n_test=a.n_test, size=a.size, workers=a.workers, quality=a.quality,

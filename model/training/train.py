@@ -7,15 +7,18 @@ weights with the local branch at a higher learning rate. ``--variant agnostic`` 
 attribute-agnostic triplet baseline (one embedding for every attribute) with the stage-1
 recipe. Every epoch writes ``RUN_DIR/last.pt`` (weights + optimizer, scheduler, RNG, epoch),
 the best epoch by validation MAP goes to ``best_stage1.pt`` / ``best.pt``, and ``--resume``
-continues an interrupted run where it stopped.
+continues an interrupted run where it stopped. The recipes (`TrainConfig`, `TRAIN_CONFIGS`)
+are in `model.config`; progress is logged (logger ``model.training.train``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
-import os
+import logging
+import operator
 import random
 import sys
 import time
@@ -29,130 +32,31 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import build_model, read_checkpoint_file, save_checkpoint
-from model.config import ModelConfig, get_config
+from model.config import (
+    TRAIN_CONFIGS,
+    ModelConfig,
+    StageConfig,
+    TrainConfig,
+    get_config,
+    get_train_config,
+)
 from model.embedder import Embedder, pick_device
+from model.errors import CheckpointError
 from model.imageio import open_image
 from model.memory import keep_freed_memory
 from model.network import ASENPlusPlus
+from model.osutil import replace_atomically
 from model.preprocess import PreparedImage, Preprocessor
 from model.training.data import TripletSampler, load_split, read_attributes
 from model.training.evaluate import evaluate_split
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class StageConfig:
-    epochs: int
-    lr: float                  # stage 1: all; stage 2: the local branch
-    step: int                  # StepLR step size (epochs)
-    gamma: float
-    lr_global: float = 0.0     # stage 2 only: the global branch (and the attribute table)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    stage1: StageConfig
-    stage2: StageConfig
-    triplets_per_epoch: int = 100_000
-    batch_size: int = 16
-    margin: float = 0.2
-    local_weight: float = 0.1
-    align_weight: float = 0.1
-    backbone_weights: str | None = None  # a torchvision weights file, or "imagenet" (offline)
-    freeze_backbones: bool = False       # train attention heads only; trunk outputs are cached
-    # "uniform" (SPEC section 4) or "loss": attributes picked in proportion to their running
-    # triplet loss, so the ones the model has not learnt yet get more of each epoch.
-    attribute_sampling: str = "uniform"
-    # Random restarts of stage 1: this many independently initialised attention heads each
-    # train the first ``start_epochs`` epochs on triplets of their own, and the one whose
-    # weakest attribute has the best validation MAP goes on (whether the attention finds a
-    # small detail depends on the draw of the first epochs' triplets; docs/RESULTS.md).
-    # 1: the paper's single start.
-    starts: int = 1
-    start_epochs: int = 1
-    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to replace
-    valid_limit: int | None = None   # queries/candidates per attribute for validation MAP
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.attribute_sampling not in ("uniform", "loss"):
-            raise ValueError(f"attribute_sampling must be 'uniform' or 'loss', "
-                             f"not {self.attribute_sampling!r}")
-        if self.starts < 1:
-            raise ValueError(f"starts must be at least 1, not {self.starts}")
-        if not 1 <= self.start_epochs <= self.stage1.epochs:
-            raise ValueError(f"start_epochs must be 1 to stage1.epochs ({self.stage1.epochs}), "
-                             f"not {self.start_epochs}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        data["stage1"] = StageConfig(**data["stage1"])
-        data["stage2"] = StageConfig(**data["stage2"])
-        return cls(**data)
-
-
-TRAIN_CONFIGS: dict[str, TrainConfig] = {
-    # SPEC section 4, as published.
-    "paper": TrainConfig(
-        model="paper",
-        stage1=StageConfig(epochs=50, lr=1e-4, step=3, gamma=0.9),
-        stage2=StageConfig(epochs=20, lr=1e-4, step=1, gamma=0.9, lr_global=1e-5),
-    ),
-    # Frozen ImageNet MobileNetV2 trunks (offline weights), attention heads trained: the demo
-    # checkpoint and docs/RESULTS.md. Minutes on two CPU cores.
-    # Four random starts of two epochs each: the draw of the first triplets decides whether
-    # the attention finds the button (docs/RESULTS.md).
-    "cpu": TrainConfig(
-        model="cpu",
-        stage1=StageConfig(epochs=8, lr=1e-3, step=2, gamma=0.8),
-        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
-        triplets_per_epoch=10_000,
-        batch_size=32,
-        backbone_weights="imagenet",
-        freeze_backbones=True,
-        attribute_sampling="loss",
-        starts=4,
-        start_epochs=2,
-        valid_limit=100,
-    ),
-    # A small network trained from scratch (every weight), for CPU experiments.
-    "small": TrainConfig(
-        model="small",
-        stage1=StageConfig(epochs=4, lr=1e-3, step=2, gamma=0.8),
-        stage2=StageConfig(epochs=2, lr=1e-3, step=1, gamma=0.8, lr_global=1e-4),
-        triplets_per_epoch=2_000,
-        batch_size=32,
-        valid_limit=100,
-    ),
-    "tiny": TrainConfig(
-        model="tiny",
-        stage1=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.9),
-        stage2=StageConfig(epochs=1, lr=1e-3, step=1, gamma=0.9, lr_global=1e-4),
-        triplets_per_epoch=64,
-        batch_size=16,
-        valid_limit=10,
-    ),
-}
-
-
-def get_train_config(name_or_file: str) -> TrainConfig:
-    """A named config, or a JSON file: {"base": NAME, ...overrides} or a full config."""
-    if name_or_file in TRAIN_CONFIGS:
-        return TRAIN_CONFIGS[name_or_file]
-    path = Path(name_or_file)
-    if not path.is_file():
-        raise SystemExit(f"unknown config {name_or_file!r}: not one of "
-                         f"{', '.join(TRAIN_CONFIGS)} and not a file")
-    data = json.loads(path.read_text())
-    base = TRAIN_CONFIGS[data.pop("base", "paper")].to_dict()
-    for key in ("stage1", "stage2"):
-        base[key].update(data.pop(key, {}))
-    base.update(data)
-    return TrainConfig.from_dict(base)
+__all__ = [
+    "TRAIN_CONFIGS", "RunState", "StageConfig", "TrainConfig", "TrainingSetup", "epoch_triplets",
+    "get_train_config", "main", "make_optimizer", "run", "set_train_mode", "setup_training",
+    "train_epoch", "train_step", "triplet_loss", "triplet_losses", "update_attr_loss",
+]
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -190,9 +94,8 @@ class TrunkCache:
         if self.path is None or len(self._cache) == self._saved:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({i: f.cpu() for i, f in self._cache.items()}, tmp)
-        os.replace(tmp, self.path)
+        outputs = {i: f.cpu() for i, f in self._cache.items()}
+        replace_atomically(self.path, lambda tmp: torch.save(outputs, tmp))
         self._saved = len(self._cache)
 
 
@@ -201,7 +104,7 @@ def cache_file(cache_dir: Path, net: ASENPlusPlus, image_paths: Sequence[Path]) 
     h = hashlib.sha256()
     h.update(json.dumps([asdict(net.config.global_branch),
                          [str(p) for p in image_paths]]).encode())
-    for key, value in net.choices["global"].basenet.state_dict().items():
+    for key, value in net.branch("global").basenet.state_dict().items():
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return cache_dir / f"trunk-{h.hexdigest()[:16]}.pt"
@@ -236,7 +139,8 @@ def triplet_loss(x: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: floa
 
 def alignment_losses(gs: Sequence[torch.Tensor], ls: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per triplet: 1 - cos(g, l) summed over anchor, positive and negative."""
-    return sum(1 - F.cosine_similarity(g, l) for g, l in zip(gs, ls, strict=True))
+    terms = [1 - F.cosine_similarity(g, l) for g, l in zip(gs, ls, strict=True)]
+    return functools.reduce(operator.add, terms)
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -267,18 +171,24 @@ class TrainingSetup:
 def set_train_mode(net: ASENPlusPlus, frozen: bool) -> None:
     """Training mode, with frozen trunks kept in eval mode (fixed BatchNorm statistics)."""
     net.train()
-    for branch in net.choices.values():
+    for name in net.choices:
+        branch = net.branch(name)
         branch.basenet.requires_grad_(not frozen)
         if frozen:
             branch.basenet.eval()
 
 
-def make_optimizer(net: ASENPlusPlus, stage: int, cfg: StageConfig):
-    glob = [p for p in net.choices["global"].parameters() if p.requires_grad]
+def make_optimizer(net: ASENPlusPlus, stage: int, cfg: StageConfig,
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+    """Adam over the trainable weights of ``stage`` with its StepLR schedule: stage 1 the
+    global branch at ``cfg.lr``; stage 2 the global branch at ``cfg.lr_global`` and the rest
+    of the local branch at ``cfg.lr``."""
+    glob = [p for p in net.branch("global").parameters() if p.requires_grad]
+    params: list[dict[str, Any]]
     if stage == 1:
         params = [{"params": glob, "lr": cfg.lr}]
     else:
-        local_only = [p for n, p in net.choices["local"].named_parameters()
+        local_only = [p for n, p in net.branch("local").named_parameters()
                       if not n.startswith("attrnet.") and p.requires_grad]
         params = [{"params": glob, "lr": cfg.lr_global}, {"params": local_only, "lr": cfg.lr}]
     opt = torch.optim.Adam(params)
@@ -295,23 +205,26 @@ def train_step(net: ASENPlusPlus, batch: list[list[int]], images: ImageCache,
     attr = torch.tensor([t[3] for t in batch] * 3, device=device)
     # the images themselves: for the trunk, or for the local branch's crops
     prepared = [images[i] for i in ids] if trunk_cache is None or stage == 2 else None
+    pixels = feats = None
     if trunk_cache is not None:      # frozen trunk: its outputs are cached, no pixels needed
-        pixels, feats = None, trunk_cache.features(ids)
-    else:
+        feats = trunk_cache.features(ids)
+    elif prepared is not None:
         pixels = torch.stack([p.pixels for p in prepared]).to(device)
-        pixels, feats = pixels.contiguous(memory_format=torch.channels_last), None
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
     out = net(pixels, attr, prepared, use_local=(stage == 2), features=feats)
     g = out.g.split(n)
-    loss = triplet_losses(*g, cfg.margin)
+    loss = triplet_losses(g[0], g[1], g[2], cfg.margin)
     if stage == 2:
+        if out.l is None:
+            raise ValueError("stage 2 needs a model with a local branch")
         l = out.l.split(n)
-        loss = loss + cfg.local_weight * triplet_losses(*l, cfg.margin)
+        loss = loss + cfg.local_weight * triplet_losses(l[0], l[1], l[2], cfg.margin)
         loss = loss + cfg.align_weight * alignment_losses(g, l)
     return loss
 
 
 def validation_report(net: ASENPlusPlus, data: Path, cfg: TrainConfig,
-                      device: torch.device, stage: int) -> dict:
+                      device: torch.device, stage: int) -> dict[str, Any]:
     """MAP on the validation split (:func:`model.evaluate.evaluate_split`'s report); in stage 1
     by the global block alone, since the local branch is not trained yet."""
     emb = Embedder(net, device=device)
@@ -323,17 +236,21 @@ def validation_report(net: ASENPlusPlus, data: Path, cfg: TrainConfig,
 
 def validate(net: ASENPlusPlus, data: Path, cfg: TrainConfig, device: torch.device,
              stage: int) -> float:
+    """The overall validation MAP (percent) of :func:`validation_report`."""
     return float(validation_report(net, data, cfg, device, stage)["overall"])
 
 
-def _rng_state() -> dict:
+def _rng_state() -> dict[str, Any]:
     """Global RNG states in types that a weights-only torch.load accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if isinstance(np_state, dict):      # never for the legacy MT19937 generator
+        raise TypeError("numpy's global RNG state is not the legacy tuple")
+    kind, keys, pos, has_gauss, gauss = np_state
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
@@ -356,8 +273,11 @@ def model_config_for(cfg: TrainConfig, variant: str) -> ModelConfig:
     return model_cfg
 
 
-def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device,
-           trunk_cache_dir: Path | None) -> TrainingSetup:
+def setup_training(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device,
+                   trunk_cache_dir: Path | None = None) -> TrainingSetup:
+    """Everything a run's epochs use: the freshly built network on ``dev`` (seeded by
+    ``cfg.seed``), its stages, the training split's triplet sampler and image cache, and for
+    frozen trunks the trunk-output cache (kept in ``trunk_cache_dir`` when given)."""
     attrs = read_attributes(data_dir)
     model_cfg = model_config_for(cfg, variant)
     stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
@@ -374,29 +294,33 @@ def _setup(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device,
                          images, trunk_cache, dev)
 
 
-def _restore(resume: Path, net: ASENPlusPlus, log) -> tuple[RunState, dict]:
+def _restore(resume: Path, net: ASENPlusPlus) -> tuple[RunState, dict[str, Any]]:
     """Weights and global RNGs from ``resume``; returns the run state and optimizer states."""
     data = read_checkpoint_file(resume)
     if "train_state" not in data:
-        raise SystemExit(f"{resume}: has no training state to resume from (use last.pt)")
+        raise CheckpointError(f"{resume}: has no training state to resume from (use last.pt)")
     ts = data["train_state"]
     net.load_state_dict(data["state_dict"])
     _set_rng_state(ts["rng"])
-    log(f"resumed from {resume}: stage {ts['stage']}, {ts['epoch']} epochs done")
+    log.info("resumed from %s: stage %s, %s epochs done", resume, ts["stage"], ts["epoch"])
     state = RunState(ts["stage"], ts["epoch"], ts["best_map"], ts["history"], ts.get("attr_loss"))
     return state, {"optimizer": ts["optimizer"], "scheduler": ts["scheduler"]}
 
 
-def _start_stage2(net: ASENPlusPlus, out: Path, log) -> None:
+def _start_stage2(net: ASENPlusPlus, out: Path) -> None:
     """Stage 2 starts from the best stage-1 weights (the local branch as initialised)."""
     best1 = read_checkpoint_file(out / "best_stage1.pt")["state_dict"]
     missing = net.load_state_dict(best1, strict=False).missing_keys
-    assert all(k.startswith("choices.local.") for k in missing), missing
-    log("stage 2: starting from best_stage1.pt")
+    if not all(k.startswith("choices.local.") for k in missing):
+        raise ValueError(f"{out / 'best_stage1.pt'}: lacks global weights, e.g. {missing[0]!r}")
+    log.info("stage 2: starting from best_stage1.pt")
 
 
-def _epoch_triplets(setup: TrainingSetup, cfg: TrainConfig, state: RunState,
-                    stage: int) -> list[list[int]]:
+def epoch_triplets(setup: TrainingSetup, cfg: TrainConfig, state: RunState,
+                   stage: int) -> list[list[int]]:
+    """The triplets ``[anchor, positive, negative, attribute]`` of the epoch after
+    ``state.epoch``: a draw of its own for each seed, stage, epoch and random start, by
+    attribute weights of ``state.attr_loss`` with "loss" sampling."""
     # start 0 (the run itself) keeps the stream of a run without restarts
     key = [cfg.seed, stage, state.epoch] + ([state.start] if state.start else [])
     rng = np.random.default_rng(key)
@@ -404,11 +328,12 @@ def _epoch_triplets(setup: TrainingSetup, cfg: TrainConfig, state: RunState,
     return setup.sampler.sample(cfg.triplets_per_epoch, rng, weights).tolist()
 
 
-def _train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: int,
-                 n_epochs: int, opt, log) -> tuple[float, np.ndarray]:
-    """One pass over fresh triplets; the mean loss overall and per attribute index (NaN for
-    an attribute that had no triplet)."""
-    triplets = _epoch_triplets(setup, cfg, state, stage)
+def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: int,
+                n_epochs: int, opt: torch.optim.Optimizer) -> tuple[float, np.ndarray]:
+    """One pass over fresh triplets (:func:`epoch_triplets`); the mean loss overall and per
+    attribute index (NaN for an attribute that had no triplet). Logs progress every 50
+    batches."""
+    triplets = epoch_triplets(setup, cfg, state, stage)
     n_attrs = len(setup.net.attributes)
     attr_sum, attr_count = np.zeros(n_attrs), np.zeros(n_attrs)
     t0, seen, total = time.perf_counter(), 0, 0.0
@@ -428,13 +353,13 @@ def _train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage:
         if (s // cfg.batch_size) % 50 == 0 or seen == len(triplets):
             rate = 3 * seen / (time.perf_counter() - t0)
             lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
-            log(f"stage {stage} epoch {state.epoch + 1}/{n_epochs} "
-                f"[{seen}/{len(triplets)}] loss {total / seen:.4f} lr {lrs} {rate:.1f} img/s")
+            log.info("stage %d epoch %d/%d [%d/%d] loss %.4f lr %s %.1f img/s", stage,
+                     state.epoch + 1, n_epochs, seen, len(triplets), total / seen, lrs, rate)
     with np.errstate(invalid="ignore", divide="ignore"):
         return total / seen, attr_sum / attr_count
 
 
-def _update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.ndarray) -> None:
+def update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.ndarray) -> None:
     """Running per-attribute loss (half-life one epoch) that "loss" sampling weights by.
 
     Attributes not sampled this epoch keep their value; the start is the margin for all.
@@ -446,7 +371,8 @@ def _update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.nda
 
 
 def _save_epoch(setup: TrainingSetup, out: Path, state: RunState, stage: int, valid_map: float,
-                opt, sched, cfg: TrainConfig) -> None:
+                opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.StepLR,
+                cfg: TrainConfig) -> None:
     """Best checkpoint of the stage (when improved) and ``last.pt`` with the training state."""
     best_name = "best_stage1.pt" if stage == 1 and len(setup.stages) > 1 else "best.pt"
     if valid_map > state.best_map:
@@ -464,10 +390,11 @@ def _save_epoch(setup: TrainingSetup, out: Path, state: RunState, stage: int, va
 def reinit_heads(net: ASENPlusPlus, seed: int) -> None:
     """Fresh attribute table, global attention head and centring; trunks keep their weights."""
     torch.manual_seed(seed)
-    branch = net.choices["global"]
+    branch = net.branch("global")
     for module in [*branch.attrnet.modules(), *branch.attnnet.modules()]:
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     if branch.center is not None:
         branch.center.running_mean.zero_()
 
@@ -478,14 +405,14 @@ class _Start:
 
     weakest: float
     valid_map: float
-    weights: dict
-    opt_states: dict
+    weights: dict[str, torch.Tensor]
+    opt_states: dict[str, Any]
     attr_loss: list[float] | None
-    rng: dict
+    rng: dict[str, Any]
 
 
 def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
-                  state: RunState, log) -> dict:
+                  state: RunState) -> dict[str, Any]:
     """Random restarts (``cfg.starts``): each start trains stage 1's first ``cfg.start_epochs``
     epochs from its own initialisation of the heads and on its own draw of triplets (start 0:
     the run's own); the start whose weakest attribute has the best validation MAP is kept, and
@@ -505,9 +432,9 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
         opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
         trial = RunState(history=state.history, start=j)
         while trial.epoch < cfg.start_epochs:
-            loss, attr_loss = _train_epoch(setup, cfg, trial, 1, cfg.stage1.epochs, opt, log)
+            loss, attr_loss = train_epoch(setup, cfg, trial, 1, cfg.stage1.epochs, opt)
             sched.step()
-            _update_attr_loss(trial, cfg, attr_loss)
+            update_attr_loss(trial, cfg, attr_loss)
             trial.epoch += 1
         report = validation_report(setup.net, data_dir, cfg, setup.device, stage=1)
         weakest = min(report["per_attribute"].values())
@@ -516,8 +443,8 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
                               "valid_per_attribute": report["per_attribute"],
                               "seconds": round(time.perf_counter() - t0, 1)})
         per_attr = " ".join(f"{k} {v:.1f}" for k, v in report["per_attribute"].items())
-        log(f"stage 1 start {j + 1}/{cfg.starts}: loss {loss:.4f} valid MAP "
-            f"{report['overall']:.2f}%, weakest attribute {weakest:.2f}% ({per_attr})")
+        log.info("stage 1 start %d/%d: loss %.4f valid MAP %.2f%%, weakest attribute %.2f%% "
+                 "(%s)", j + 1, cfg.starts, loss, report["overall"], weakest, per_attr)
         if best is None or weakest > best.weakest:
             best = _Start(weakest, float(report["overall"]),
                           {k: v.clone() for k, v in setup.net.state_dict().items()},
@@ -525,11 +452,13 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
                           trial.attr_loss, _rng_state())
         if setup.trunk_cache is not None:
             setup.trunk_cache.save()
-    assert best is not None
+    if best is None:
+        raise ValueError("no random start was trained (cfg.starts < 1)")
     setup.net.load_state_dict(best.weights)
     _set_rng_state(best.rng)
     state.epoch, state.attr_loss = cfg.start_epochs, best.attr_loss
-    log(f"stage 1: going on from the start with weakest attribute at {best.weakest:.2f}%")
+    log.info("stage 1: going on from the start with weakest attribute at %.2f%%",
+             best.weakest)
     opt, sched = make_optimizer(setup.net, 1, cfg.stage1)
     opt.load_state_dict(best.opt_states["optimizer"])
     sched.load_state_dict(best.opt_states["scheduler"])
@@ -538,7 +467,8 @@ def _choose_start(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainCon
 
 
 def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig,
-               state: RunState, stage: int, opt_states: dict | None, log) -> None:
+               state: RunState, stage: int, opt_states: dict[str, Any] | None) -> None:
+    """Train ``stage`` from ``state.epoch`` to its last epoch, validating and saving each."""
     scfg = cfg.stage1 if stage == 1 else cfg.stage2
     set_train_mode(setup.net, cfg.freeze_backbones)
     opt, sched = make_optimizer(setup.net, stage, scfg)
@@ -547,33 +477,36 @@ def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig
         sched.load_state_dict(opt_states["scheduler"])
     while state.epoch < scfg.epochs:
         t0 = time.perf_counter()
-        loss, attr_loss = _train_epoch(setup, cfg, state, stage, scfg.epochs, opt, log)
+        loss, attr_loss = train_epoch(setup, cfg, state, stage, scfg.epochs, opt)
         sched.step()
         if setup.trunk_cache is not None:
             setup.trunk_cache.save()
-        _update_attr_loss(state, cfg, attr_loss)
+        update_attr_loss(state, cfg, attr_loss)
         valid_map = validate(setup.net, data_dir, cfg, setup.device, stage)
         state.epoch += 1
         state.history.append({"stage": stage, "epoch": state.epoch, "loss": loss,
                               "valid_map": valid_map,
                               "seconds": round(time.perf_counter() - t0, 1)})
-        log(f"stage {stage} epoch {state.epoch}: loss {loss:.4f} valid MAP {valid_map:.2f}%")
+        log.info("stage %d epoch %d: loss %.4f valid MAP %.2f%%", stage, state.epoch, loss,
+                 valid_map)
         _save_epoch(setup, out, state, stage, valid_map, opt, sched, cfg)
 
 
 def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
-        resume: Path | None = None, device: str | None = None, log=print,
+        resume: Path | None = None, device: str | None = None,
         trunk_cache_dir: Path | None = None) -> Path:
-    """Train; returns the path of the best checkpoint of the final stage.
+    """Train; returns the path of the best checkpoint of the final stage. Progress goes to
+    this module's logger (INFO).
 
     ``trunk_cache_dir``: keep a frozen trunk's outputs there for later runs (:class:`TrunkCache`).
     """
     keep_freed_memory()   # a step's activations are reused, not faulted in again (1.7x)
-    setup = _setup(data_dir, cfg, variant, pick_device(device), trunk_cache_dir)
+    setup = setup_training(data_dir, cfg, variant, pick_device(device), trunk_cache_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state, opt_states = RunState(), None
+    state: RunState = RunState()
+    opt_states: dict[str, Any] | None = None
     if resume is not None:
-        state, opt_states = _restore(resume, setup.net, log)
+        state, opt_states = _restore(resume, setup.net)
     (out / "train_config.json").write_text(json.dumps(
         {"train": cfg.to_dict(), "model": setup.model_cfg.to_dict(), "variant": variant},
         indent=2))
@@ -581,11 +514,11 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
         if stage < state.stage:
             continue
         if stage == 2 and state.epoch == 0 and opt_states is None:
-            _start_stage2(setup.net, out, log)
+            _start_stage2(setup.net, out)
             state.best_map = -1.0
         if stage == 1 and state.epoch == 0 and cfg.starts > 1:
-            opt_states = _choose_start(setup, data_dir, out, cfg, state, log)
-        _run_stage(setup, data_dir, out, cfg, state, stage, opt_states, log)
+            opt_states = _choose_start(setup, data_dir, out, cfg, state)
+        _run_stage(setup, data_dir, out, cfg, state, stage, opt_states)
         opt_states = None
         if stage == 1 and len(setup.stages) > 1:
             state = RunState(2, 0, -1.0, state.history, state.attr_loss)
@@ -593,7 +526,8 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
     return out / "best.pt"
 
 
-def _save_model(net: ASENPlusPlus, model_cfg, path: Path, meta: dict) -> None:
+def _save_model(net: ASENPlusPlus, model_cfg: ModelConfig, path: Path,
+                meta: dict[str, Any]) -> None:
     """Save ``net`` restricted to ``model_cfg`` (a stage-1 model keeps its global branch)."""
     if model_cfg.local_branch is None and net.has_local:
         slim = ASENPlusPlus(model_cfg, net.attributes)
@@ -627,7 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = get_train_config(args.config)
+    try:
+        cfg = get_train_config(args.config)
+    except (OSError, ValueError, TypeError, KeyError) as exc:   # bad name, file or fields
+        print(f"error: --config: {exc}", file=sys.stderr)
+        return 2
     overrides: dict[str, Any] = {}
     if args.epochs1 is not None:
         overrides["stage1"] = replace(cfg.stage1, epochs=args.epochs1)
@@ -642,8 +580,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.starts is not None:
         overrides["starts"] = args.starts
     cfg = replace(cfg, **overrides)
-    best = run(args.data, args.out, cfg, args.variant, args.resume, args.device,
-               log=lambda m: print(m, flush=True), trunk_cache_dir=args.trunk_cache)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        best = run(args.data, args.out, cfg, args.variant, args.resume, args.device,
+                   trunk_cache_dir=args.trunk_cache)
+    except CheckpointError as exc:      # --resume of a file that cannot resume a run
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"best checkpoint: {best}")
     return 0
 

@@ -6,8 +6,7 @@ from fastapi import APIRouter, Depends
 
 from ..deps import SettingsDep, StateDep, require_admin_key
 from ..errors import error_responses
-from ..schemas import AdminStatus, LiveStatus, ReloadResponse
-from ..state import Snapshot
+from ..schemas import AdminStatus, JournalStatus, ReloadResponse
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"],
                    dependencies=[Depends(require_admin_key)],
@@ -23,24 +22,21 @@ async def reload_index(state: StateDep) -> ReloadResponse:
 
 @router.get("/status", response_model=AdminStatus, summary="Runtime status")
 async def status(settings: SettingsDep, state: StateDep) -> AdminStatus:
-    """What is served, the last load error and the batching configuration."""
-    snap = state.snapshot
-    return AdminStatus(
-        ready=snap is not None,
-        index_dir=str(settings.index_dir),
-        index_version=snap.version if snap else None,
-        model=snap.model if snap else None,
-        loaded_at=snap.loaded_at.isoformat() if snap else None,
-        last_error=state.last_error,
-        queue_depth=state.batcher.depth,
-        batching=settings.batching,
-        batch_max_size=settings.batch_max_size,
-        batch_max_wait_ms=settings.batch_max_wait_ms,
-        queue_max=settings.queue_max,
-        live=await _live_status(snap),
-    )
-
-
-async def _live_status(snap: Snapshot | None) -> LiveStatus | None:
-    status = getattr(snap.index, "live_status", None) if snap is not None else None
-    return None if status is None else LiveStatus(**await snap.call(status))
+    """What is served, the last load error, the batching configuration and the journal
+    (answers before an index is loaded too)."""
+    async with state.current() as snap:
+        live = None if snap is None else await snap.call(snap.index.live_status)
+        return AdminStatus(
+            ready=snap is not None,
+            index_dir=str(settings.index_dir),
+            index_version=snap.version if snap else None,
+            model=snap.model if snap else None,
+            loaded_at=snap.loaded_at.isoformat() if snap else None,
+            last_error=state.last_error,
+            queue_depth=state.batcher.depth,
+            batching=settings.batching,
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait_ms=settings.batch_max_wait_ms,
+            queue_max=settings.queue_max,
+            live=None if live is None else JournalStatus.model_validate(live),
+        )

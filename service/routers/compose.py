@@ -2,80 +2,50 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import TypeAdapter, ValidationError
 
-from ..deps import SettingsDep, StateDep
-from ..errors import ApiError, clean_validation_errors, error_responses
-from ..query import admitted, check_k, embed_uploads, ms_since, record, result_items
-from ..ranking import Reference, combine, index_limit, single_fetch, top_hits, weighted_fetch
-from ..schemas import (
-    MAX_REFERENCES,
-    ComposeForm,
-    ComposeReference,
-    QueryInfo,
-    ReferenceInfo,
-    SearchResponse,
-    Timings,
+from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, StoredDep
+from ..errors import error_responses
+from ..query import (
+    EmbedCost,
+    Ranking,
+    admitted,
+    embed_uploads,
+    ms_since,
+    rank,
+    search_response,
+    search_timings,
 )
-from ..state import Snapshot, require_attribute
-from ..uploads import parse_filters, parse_json_list
+from ..ranking import Reference, combine
+from ..schemas import ComposeForm, QueryInfo, ReferenceInfo, SearchResponse
+from ..settings import Settings
+from ..state import ServiceState, Snapshot, require_attribute
 from . import V1
-from .search import MULTIPART
 
 router = APIRouter(prefix=f"{V1}/search", tags=["search"])
 
-_REFERENCES = TypeAdapter(list[ComposeReference])
 
-
-def parse_references(raw: str, n_images: int) -> list[ComposeReference]:
-    """The references (1..16, each naming an upload in range or an item); 422 otherwise."""
-    value = parse_json_list(raw, "references")
-    try:
-        refs = _REFERENCES.validate_python(value)
-    except ValidationError as exc:
-        details = clean_validation_errors(exc.errors())
-        raise ApiError(422, "validation_error", "references: " + "; ".join(
-            f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5]),
-            details=details) from exc
-    if not 1 <= len(refs) <= MAX_REFERENCES:
-        raise ApiError(422, "validation_error",
-                       f"references: give 1 to {MAX_REFERENCES} references")
-    for i, ref in enumerate(refs):
-        if ref.image is not None and ref.image >= n_images:
-            raise ApiError(422, "validation_error",
-                           f"references.{i}.image: {ref.image} but {n_images} image(s) uploaded",
-                           details=[{"loc": ["body", "references", str(i), "image"],
-                                     "msg": "no such upload", "type": "image_position"}])
-    unused = sorted(set(range(n_images)) - {r.image for r in refs if r.image is not None})
-    if unused:
-        raise ApiError(422, "validation_error",
-                       f"images {unused} are uploaded but no reference names them")
-    top = max(r.weight for r in refs)
-    if top <= 0:
-        raise ApiError(422, "validation_error", "references: at least one weight must be > 0")
-    total = math.fsum(r.weight / top for r in refs)   # scaled first: no overflow
-    return [r.model_copy(update={"weight": r.weight / top / total}) for r in refs]
-
-
-async def _item_vectors(snap: Snapshot, refs: list[ComposeReference]
-                        ) -> dict[int, np.ndarray]:
-    """Stored vectors of the item references, by reference position; 404 for an unknown id."""
-    out = {}
-    for i, ref in enumerate(refs):
-        if ref.item_id is None:
-            continue
-        items, stored = await snap.call(snap.index.embeddings, [ref.item_id], [ref.attribute])
-        if not items:
-            raise ApiError(404, "item_not_found", f"no item with id {ref.item_id!r}",
-                           details={"item_id": ref.item_id})
-        out[i] = stored[ref.attribute][0]
-    return out
+async def _upload_vectors(state: ServiceState, snap: Snapshot, settings: Settings,
+                          form: ComposeForm) -> tuple[dict[int, np.ndarray], EmbedCost | None]:
+    """The query vectors of the upload references, by reference position, and what
+    embedding them cost (None: nothing to embed). Uploads only weight-0 references name are
+    not read."""
+    refs = form.references
+    wanted = {i: sorted({r.attribute for r in refs if r.image == i and r.weight > 0})
+              for i in range(len(form.images))}
+    embed = [i for i, attrs in wanted.items() if attrs]
+    if not embed:
+        return {}, None
+    async with admitted(state) as slot:
+        cost = await embed_uploads(state, snap, slot, [form.images[i] for i in embed],
+                                   [wanted[i] for i in embed], settings)
+    by_image = dict(zip(embed, cost.vectors, strict=True))
+    return {i: by_image[ref.image][ref.attribute] for i, ref in enumerate(refs)
+            if ref.image is not None and ref.weight > 0}, cost
 
 
 @router.post(
@@ -89,6 +59,8 @@ async def search_compose(
     form: Annotated[ComposeForm, MULTIPART],
     settings: SettingsDep,
     state: StateDep,
+    snap: SnapshotDep,
+    stored: StoredDep,
 ) -> SearchResponse:
     """Rank by the weighted sum of per-attribute similarities, each attribute's query taken
     from its reference: an uploaded image (`images`, by position) or an indexed item (its
@@ -98,47 +70,21 @@ async def search_compose(
     the answer is that of the plain search (`/v1/search` or `/v1/search/by-item` with
     `include_self`); reference items are not left out of the results."""
     start = time.perf_counter()
-    group_by = form.group_by or None  # an empty field: no grouping
-    k = check_k(form.k, settings)
-    filters = parse_filters(form.filters)
-    images = list(form.images or [])
-    refs = parse_references(form.references, len(images))
-    async with state.lease() as snap:
-        for ref in refs:
-            require_attribute(snap, ref.attribute)
-        vectors: dict[int, np.ndarray] = await _item_vectors(snap, refs)
-        cost = None
-        wanted = {i: sorted({r.attribute for r in refs if r.image == i and r.weight > 0})
-                  for i in range(len(images))}
-        embed = [i for i, attrs in wanted.items() if attrs]   # weight-0 uploads: not read
-        if embed:
-            async with admitted(state) as slot:
-                cost = await embed_uploads(state, snap, slot, [images[i] for i in embed],
-                                           [wanted[i] for i in embed], settings)
-            by_image = dict(zip(embed, cost.vectors, strict=True))
-            for i, ref in enumerate(refs):
-                if ref.image is not None and ref.weight > 0:
-                    vectors[i] = by_image[ref.image][ref.attribute]
-        weights, queries = combine([Reference(r.attribute, r.weight, vectors[i])
-                                    for i, r in enumerate(refs) if r.weight > 0])
-        attributes = list(weights)
-        t = time.perf_counter()
-        if len(attributes) == 1:
-            fetch = single_fetch(snap.index, attributes[0], queries[attributes[0]],
-                                 filters or None, with_scores=True)
-        else:
-            fetch = weighted_fetch(snap.index, weights, queries, filters or None, k)
-        hits = await snap.call(
-            lambda: top_hits(snap.index, fetch, k, group_by=group_by,
-                             limit=index_limit(snap.index, attributes),
-                             max_depth=settings.group_max_depth))
-        search_ms = ms_since(t)
-        timings = record(request, cost.timings(search_ms, start) if cost is not None
-                         else Timings(search_ms=search_ms, total_ms=ms_since(start)))
-        return SearchResponse(
-            query=QueryInfo(source="compose", weights=weights, k=k, filters=filters,
-                            group_by=group_by,
-                            references=[ReferenceInfo(**r.model_dump()) for r in refs]),
-            results=result_items(hits, request),
-            timings=timings, model=snap.model, index_version=snap.version,
-        )
+    ranking = Ranking.of(form.k, form.filters, form.group_by, settings)
+    refs = form.references
+    for ref in refs:
+        require_attribute(snap, ref.attribute)
+    vectors = {i: (await stored.vectors(ref.item_id, [ref.attribute]))[ref.attribute]
+               for i, ref in enumerate(refs) if ref.item_id is not None}
+    uploaded, cost = await _upload_vectors(state, snap, settings, form)
+    vectors.update(uploaded)
+    weights, queries = combine([Reference(r.attribute, r.weight, vectors[i])
+                                for i, r in enumerate(refs) if r.weight > 0])
+    t = time.perf_counter()
+    hits = await rank(snap, settings, weights, queries, ranking, single=len(weights) == 1,
+                      with_scores=True)
+    timings = search_timings(request, start, ms_since(t), cost)
+    query = QueryInfo(source="compose", weights=weights, k=ranking.k,
+                      filters=dict(ranking.filters or {}), group_by=ranking.group_by,
+                      references=[ReferenceInfo(**r.model_dump()) for r in refs])
+    return search_response(request, snap, query, hits, timings)

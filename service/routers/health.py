@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..deps import StateDep
+from ..deps import SnapshotDep
 from ..errors import error_responses
 from ..metrics import CONTENT_TYPE
 from ..schemas import HealthResponse, ReadyResponse
@@ -21,12 +21,11 @@ async def healthz() -> HealthResponse:
 
 @router.get("/readyz", response_model=ReadyResponse, summary="Readiness",
             responses=error_responses(503))
-async def readyz(state: StateDep) -> ReadyResponse:
+async def readyz(snap: SnapshotDep) -> ReadyResponse:
     """200 once a model and an index are loaded; 503 (with the reason) before."""
-    async with state.lease() as snap:
-        return ReadyResponse(index_version=snap.version, model_version=snap.model.version,
-                             items=int(await snap.call(len, snap.index)),
-                             attributes=snap.attributes)
+    return ReadyResponse(index_version=snap.version, model_version=snap.model.version,
+                         items=int(await snap.call(len, snap.index)),
+                         attributes=snap.attributes)
 
 
 @router.get(

@@ -6,16 +6,18 @@ import io
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import SettingsDep, StateDep
+from indexer.items import Item
+
+from ..deps import SettingsDep, SnapshotDep, StoredDep
 from ..errors import ApiError, error_responses
+from ..protocols import CatalogIndexLike
 from ..query import image_url
 from ..schemas import ItemResponse, ItemsPage
-from ..state import Snapshot
 from ..uploads import item_image
 from . import V1
 
@@ -24,12 +26,17 @@ router = APIRouter(prefix=f"{V1}/items", tags=["items"])
 _CACHE = "private, max-age=300"
 
 
-async def _get_item(snap: Snapshot, item_id: str):
-    item = await snap.call(snap.index.get, item_id)
-    if item is None:
-        raise ApiError(404, "item_not_found", f"no item with id {item_id!r}",
-                       details={"item_id": item_id})
-    return item
+async def path_item(item_id: str, stored: StoredDep) -> Item:
+    """The item the path names; 404 item_not_found."""
+    return await stored.item(item_id)
+
+
+PathItem = Annotated[Item, Depends(path_item)]
+
+
+def _response(request: Request, item: Item) -> ItemResponse:
+    return ItemResponse(id=item.id, metadata=dict(item.metadata),
+                        image_url=image_url(request, item.id))
 
 
 def _image_file(raw: str, roots: list[Path]) -> tuple[Path, str]:
@@ -50,10 +57,10 @@ def _image_file(raw: str, roots: list[Path]) -> tuple[Path, str]:
     return path, mime
 
 
-def _image_roots(roots: list[Path], snap: Snapshot) -> list[Path]:
+def _image_roots(roots: list[Path], index: CatalogIndexLike) -> list[Path]:
     """ASEN_IMAGE_ROOTS plus the folders where the index keeps images itself (the live
     changes' uploads); no restriction when ASEN_IMAGE_ROOTS is unset."""
-    return [*roots, *getattr(snap.index, "image_dirs", [])] if roots else []
+    return [*roots, *index.image_dirs] if roots else []
 
 
 def _thumbnail(img: Image.Image, max_side: int) -> bytes:
@@ -67,28 +74,21 @@ def _thumbnail(img: Image.Image, max_side: int) -> bytes:
             responses=error_responses(401, 422, 503))
 async def list_items(
     request: Request,
-    state: StateDep,
+    snap: SnapshotDep,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 24,
 ) -> ItemsPage:
     """A page of indexed items in index order (for pickers and browsing)."""
-    async with state.lease() as snap:
-        total, items = await snap.call(snap.index.list_items, offset, limit)
-        return ItemsPage(
-            items=[ItemResponse(id=it.id, metadata=dict(it.metadata or {}),
-                                image_url=image_url(request, it.id)) for it in items],
-            total=total, offset=offset, limit=limit, index_version=snap.version,
-        )
+    total, items = await snap.call(snap.index.list_items, offset, limit)
+    return ItemsPage(items=[_response(request, it) for it in items], total=total,
+                     offset=offset, limit=limit, index_version=snap.version)
 
 
 @router.get("/{item_id}", response_model=ItemResponse, summary="Get an item",
             responses=error_responses(401, 404, 503))
-async def get_item(request: Request, item_id: str, state: StateDep) -> ItemResponse:
+async def get_item(request: Request, item: PathItem) -> ItemResponse:
     """An indexed item's metadata."""
-    async with state.lease() as snap:
-        item = await _get_item(snap, item_id)
-        return ItemResponse(id=item.id, metadata=dict(item.metadata or {}),
-                            image_url=image_url(request, item.id))
+    return _response(request, item)
 
 
 @router.get(
@@ -99,25 +99,22 @@ async def get_item(request: Request, item_id: str, state: StateDep) -> ItemRespo
                **error_responses(401, 404, 422, 503)},
 )
 async def get_item_image(
-    item_id: str,
+    item: PathItem,
     settings: SettingsDep,
-    state: StateDep,
+    snap: SnapshotDep,
     max_side: Annotated[int | None, Query(
         ge=16, le=2048, description="Downscale to fit this size (JPEG thumbnail).")] = None,
 ) -> Response:
     """The item's catalog image, or a JPEG thumbnail with `max_side`."""
-    async with state.lease() as snap:
-        item = await _get_item(snap, item_id)
-        headers = {"Cache-Control": _CACHE, "X-Index-Version": snap.version}
-        try:
-            path, mime = await run_in_threadpool(_image_file, item.image,
-                                                 _image_roots(settings.image_roots, snap))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ApiError(404, "image_unavailable",
-                           f"the image of item {item_id!r} is not available",
-                           details={"item_id": item_id}) from exc
-        if max_side is not None:
-            img = await item_image(item, settings)
-            data = await run_in_threadpool(_thumbnail, img, max_side)
-            return Response(data, media_type="image/jpeg", headers=headers)
-        return FileResponse(path, media_type=mime, headers=headers)
+    headers = {"Cache-Control": _CACHE, "X-Index-Version": snap.version}
+    roots = await snap.call(_image_roots, settings.image_roots, snap.index)
+    try:
+        path, mime = await run_in_threadpool(_image_file, item.image, roots)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ApiError(404, "image_unavailable", f"the image of item {item.id!r} is not available",
+                       details={"item_id": item.id}) from exc
+    if max_side is not None:
+        img = await item_image(item, settings)
+        data = await run_in_threadpool(_thumbnail, img, max_side)
+        return Response(data, media_type="image/jpeg", headers=headers)
+    return FileResponse(path, media_type=mime, headers=headers)

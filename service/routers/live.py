@@ -1,75 +1,54 @@
 """Live catalog changes (admin): put an item (embedded now, searchable at once) or delete one.
 
-The change is written to the journal beside the index (indexer/journal.py) before the
+The change is written to the journal beside the index (indexer/live/journal.py) before the
 answer, so it survives a restart and every replica on the same index folder sees it on its
 next read; `python -m indexer --update` folds it into the next index version.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
-from starlette.concurrency import run_in_threadpool
 
-from ..deps import SettingsDep, StateDep, require_admin_key
+from indexer.live.journal import JournalError, LiveChangesUnavailable
+
+from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, item_not_found, require_admin_key
 from ..errors import ApiError, error_responses
 from ..query import admitted, embed_upload, image_url
 from ..schemas import ItemResponse, LiveChangeResponse, LiveItemForm
 from ..state import Snapshot
-from ..uploads import parse_json_object, read_upload
-from .search import MULTIPART
+from ..uploads import read_upload
 
 router = APIRouter(prefix="/v1/admin/items", tags=["admin"],
                    dependencies=[Depends(require_admin_key)])
 
-MAX_METADATA_BYTES = 64 * 1024
-RESERVED_KEYS = ("id", "image")
+P = ParamSpec("P")
+T = TypeVar("T")
 
-ItemId = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$",
-                             description="The catalog id (no control characters).")]
-
-
-@runtime_checkable
-class LiveIndex(Protocol):
-    """What an index needs for live changes (indexer.reader.CatalogIndex has it)."""
-
-    def put_item(self, item_id: str, image: bytes, metadata: dict,
-                 vectors: dict[str, Any]) -> tuple[int, bool]: ...
-
-    def delete_item(self, item_id: str) -> int | None: ...
+PathItemId = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                 description="The catalog id (no control characters).")]
 
 
-def _metadata(raw: str | None) -> dict[str, Any]:
-    meta = parse_json_object(raw, "metadata")
-    reserved = [k for k in RESERVED_KEYS if k in meta]
-    if reserved:
-        raise ApiError(422, "validation_error", f"metadata: {reserved} are reserved keys",
-                       details=[{"loc": ["body", "metadata", k], "msg": "reserved key",
-                                 "type": "reserved"} for k in reserved])
-    if len(json.dumps(meta, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
-        raise ApiError(422, "validation_error",
-                       f"metadata: at most {MAX_METADATA_BYTES} bytes of JSON",
-                       details=[{"loc": ["body", "metadata"], "msg": "too large",
-                                 "type": "too_long"}])
-    return meta
+def _unavailable(retry_after: int) -> ApiError:
+    return ApiError(503, "live_changes_unavailable", "the served index does not take live changes",
+                    headers={"Retry-After": str(retry_after)})
 
 
-def _live_index(snap: Snapshot, retry_after: int) -> LiveIndex:
-    if not isinstance(snap.index, LiveIndex):
-        raise ApiError(503, "live_changes_unavailable",
-                       "the served index does not take live changes",
-                       headers={"Retry-After": str(retry_after)})
-    return snap.index
+async def _takes_live_changes(snap: Snapshot, retry_after: int) -> None:
+    """503 live_changes_unavailable before any work when the index has no journal."""
+    if await snap.call(snap.index.live_status) is None:
+        raise _unavailable(retry_after)
 
 
-async def _journal(fn: Any, *args: Any, retry_after: int) -> Any:
-    """Run a journal write off the event loop; JournalError becomes a 503."""
-    from indexer.live.journal import JournalError
-
+async def _journal(snap: Snapshot, retry_after: int, fn: Callable[P, T], *args: P.args,
+                   **kwargs: P.kwargs) -> T:
+    """Run a journal write on the snapshot's index threads; its errors become 503s."""
     try:
-        return await run_in_threadpool(fn, *args)
+        return await snap.call(fn, *args, **kwargs)
+    except LiveChangesUnavailable as exc:
+        raise _unavailable(retry_after) from exc
     except JournalError as exc:
         raise ApiError(503, "journal_unavailable",
                        f"the live-changes journal cannot be written: {exc}",
@@ -84,27 +63,27 @@ async def _journal(fn: Any, *args: Any, retry_after: int) -> Any:
 )
 async def put_item(
     request: Request,
-    item_id: ItemId,
+    item_id: PathItemId,
     form: Annotated[LiveItemForm, MULTIPART],
     settings: SettingsDep,
     state: StateDep,
+    snap: SnapshotDep,
 ) -> LiveChangeResponse:
     """Embed the image for every attribute and make the item searchable at once, replacing
     any item with this id. Durable in the journal beside the index before the answer."""
-    metadata = _metadata(form.metadata)
-    async with state.lease() as snap:
-        index = _live_index(snap, settings.retry_after_s)
-        async with admitted(state) as slot:
-            up = await embed_upload(state, snap, slot, form.image, settings, snap.attributes)
-        await form.image.seek(0)
-        data = await read_upload(form.image, settings)
-        seq, replaced = await _journal(index.put_item, item_id, data, metadata, up.vectors,
-                                       retry_after=settings.retry_after_s)
-        return LiveChangeResponse(
-            id=item_id, op="put", seq=seq, replaced=replaced,
-            item=ItemResponse(id=item_id, metadata=metadata,
-                              image_url=image_url(request, item_id)),
-            index_version=snap.version)
+    retry_after = settings.retry_after_s
+    await _takes_live_changes(snap, retry_after)
+    async with admitted(state) as slot:
+        up = await embed_upload(state, snap, slot, form.image, settings, snap.attributes)
+    await form.image.seek(0)
+    data = await read_upload(form.image, settings)
+    metadata: dict[str, object] = dict(form.metadata)
+    seq, replaced = await _journal(snap, retry_after, snap.index.put_item, item_id, data,
+                                   metadata, up.vectors)
+    return LiveChangeResponse(
+        id=item_id, op="put", seq=seq, replaced=replaced,
+        item=ItemResponse(id=item_id, metadata=metadata, image_url=image_url(request, item_id)),
+        index_version=snap.version)
 
 
 @router.delete(
@@ -113,14 +92,11 @@ async def put_item(
     summary="Remove a catalog item now",
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def delete_item(item_id: ItemId, settings: SettingsDep,
-                      state: StateDep) -> LiveChangeResponse:
+async def delete_item(item_id: PathItemId, settings: SettingsDep,
+                      snap: SnapshotDep) -> LiveChangeResponse:
     """Remove the item from every result at once (404 when no item has this id)."""
-    async with state.lease() as snap:
-        index = _live_index(snap, settings.retry_after_s)
-        seq = await _journal(index.delete_item, item_id, retry_after=settings.retry_after_s)
-        if seq is None:
-            raise ApiError(404, "item_not_found", f"no item with id {item_id!r}",
-                           details={"item_id": item_id})
-        return LiveChangeResponse(id=item_id, op="delete", seq=seq, replaced=True,
-                                  index_version=snap.version)
+    seq = await _journal(snap, settings.retry_after_s, snap.index.delete_item, item_id)
+    if seq is None:
+        raise item_not_found(item_id)
+    return LiveChangeResponse(id=item_id, op="delete", seq=seq, replaced=True,
+                              index_version=snap.version)

@@ -5,35 +5,43 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request, UploadFile
 
-from ..deps import SettingsDep, StateDep
-from ..errors import ApiError, error_responses
+from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, StoredDep
+from ..errors import error_responses
 from ..query import (
+    Ranking,
     admitted,
-    check_k,
     embed_upload,
     ms_since,
-    normalise_weights,
-    record,
-    result_items,
+    rank,
+    search_response,
+    search_timings,
+    served_weights,
 )
-from ..ranking import index_limit, single_fetch, top_hits, weighted_fetch
-from ..schemas import (
-    ImageSearchForm,
-    ItemSearchRequest,
-    MultiSearchForm,
-    QueryInfo,
-    SearchResponse,
-    Timings,
-)
-from ..state import require_attribute
-from ..uploads import parse_filters, parse_json_object
+from ..schemas import ImageSearchForm, ItemSearchRequest, MultiSearchForm, QueryInfo, SearchResponse
+from ..settings import Settings
+from ..state import ServiceState, Snapshot, require_attribute
 from . import V1
 
 router = APIRouter(prefix=f"{V1}/search", tags=["search"])
 
-MULTIPART = Form(media_type="multipart/form-data")
+
+async def _by_upload(request: Request, state: ServiceState, snap: Snapshot, settings: Settings,
+                     image: UploadFile, weights: dict[str, float], ranking: Ranking, *,
+                     single: bool) -> SearchResponse:
+    """Embed the upload for the attributes of ``weights`` and rank (``single``: the one
+    attribute's index)."""
+    start = time.perf_counter()
+    async with admitted(state) as slot:
+        up = await embed_upload(state, snap, slot, image, settings, list(weights))
+        t = time.perf_counter()
+        hits = await rank(snap, settings, weights, up.vectors, ranking, single=single)
+        timings = search_timings(request, start, ms_since(t), up)
+    query = QueryInfo(source="upload", attribute=next(iter(weights)) if single else None,
+                      weights=None if single else weights, k=ranking.k,
+                      filters=dict(ranking.filters or {}), group_by=ranking.group_by)
+    return search_response(request, snap, query, hits, timings)
 
 
 @router.post(
@@ -47,29 +55,13 @@ async def search_by_image(
     form: Annotated[ImageSearchForm, MULTIPART],
     settings: SettingsDep,
     state: StateDep,
+    snap: SnapshotDep,
 ) -> SearchResponse:
     """Catalog items whose `attribute` looks most like the uploaded image's."""
-    start = time.perf_counter()
-    group_by = form.group_by or None  # an empty field: no grouping
-    k = check_k(form.k, settings)
-    filters = parse_filters(form.filters)
-    async with state.lease() as snap:
-        attribute = require_attribute(snap, form.attribute)
-        async with admitted(state) as slot:
-            up = await embed_upload(state, snap, slot, form.image, settings, [attribute])
-            t = time.perf_counter()
-            fetch = single_fetch(snap.index, attribute, up.vectors[attribute], filters or None)
-            hits = await snap.call(
-                lambda: top_hits(snap.index, fetch, k, group_by=group_by,
-                                 limit=snap.index.size(attribute),
-                                 max_depth=settings.group_max_depth))
-            timings = record(request, up.timings(ms_since(t), start))
-        return SearchResponse(
-            query=QueryInfo(source="upload", attribute=attribute, k=k, filters=filters,
-                            group_by=group_by),
-            results=result_items(hits, request),
-            timings=timings, model=snap.model, index_version=snap.version,
-        )
+    ranking = Ranking.of(form.k, form.filters, form.group_by, settings)
+    attribute = require_attribute(snap, form.attribute)
+    return await _by_upload(request, state, snap, settings, form.image, {attribute: 1.0},
+                            ranking, single=True)
 
 
 @router.post(
@@ -83,31 +75,14 @@ async def search_multi(
     form: Annotated[MultiSearchForm, MULTIPART],
     settings: SettingsDep,
     state: StateDep,
+    snap: SnapshotDep,
 ) -> SearchResponse:
     """Rank by the weighted sum of per-attribute similarities (weights normalised to sum 1).
     The image goes through the model's global trunk once for all its attributes."""
-    start = time.perf_counter()
-    group_by = form.group_by or None  # an empty field: no grouping
-    k = check_k(form.k, settings)
-    filters = parse_filters(form.filters)
-    raw_weights = parse_json_object(form.weights, "weights")
-    async with state.lease() as snap:
-        weights = normalise_weights(raw_weights, snap)
-        async with admitted(state) as slot:
-            up = await embed_upload(state, snap, slot, form.image, settings, list(weights))
-            t = time.perf_counter()
-            fetch = weighted_fetch(snap.index, weights, up.vectors, filters or None, k)
-            hits = await snap.call(
-                lambda: top_hits(snap.index, fetch, k, group_by=group_by,
-                                 limit=index_limit(snap.index, list(weights)),
-                                 max_depth=settings.group_max_depth))
-            timings = record(request, up.timings(ms_since(t), start))
-        return SearchResponse(
-            query=QueryInfo(source="upload", weights=weights, k=k, filters=filters,
-                            group_by=group_by),
-            results=result_items(hits, request),
-            timings=timings, model=snap.model, index_version=snap.version,
-        )
+    ranking = Ranking.of(form.k, form.filters, form.group_by, settings)
+    weights = served_weights(form.weights, snap)
+    return await _by_upload(request, state, snap, settings, form.image, weights, ranking,
+                            single=False)
 
 
 @router.post(
@@ -120,44 +95,25 @@ async def search_by_item(
     request: Request,
     body: ItemSearchRequest,
     settings: SettingsDep,
-    state: StateDep,
+    snap: SnapshotDep,
+    stored: StoredDep,
 ) -> SearchResponse:
     """No upload: the item's embedding from the index is the query. Give `attribute` or
     `weights`; the item itself is left out of the results unless `include_self`."""
     start = time.perf_counter()
-    group_by = body.group_by or None  # an empty field: no grouping
-    k = check_k(body.k, settings)
-    filters = parse_filters(body.filters or {})
-    if (body.attribute is None) == (body.weights is None):
-        raise ApiError(422, "validation_error", "give exactly one of attribute or weights")
-    async with state.lease() as snap:
-        if body.attribute is not None:
-            attributes = [require_attribute(snap, body.attribute)]
-            weights = None
-        else:
-            weights = normalise_weights(dict(body.weights or {}), snap)
-            attributes = list(weights)
-        t = time.perf_counter()
-        items, stored = await snap.call(snap.index.embeddings, [body.item_id], attributes)
-        if not items:
-            raise ApiError(404, "item_not_found", f"no item with id {body.item_id!r}",
-                           details={"item_id": body.item_id})
-        vectors = {a: stored[a][0] for a in attributes}
-        if weights is None:
-            fetch = single_fetch(snap.index, attributes[0], vectors[attributes[0]],
-                                 filters or None)
-        else:
-            fetch = weighted_fetch(snap.index, weights, vectors, filters or None, k)
-        exclude = None if body.include_self else body.item_id
-        hits = await snap.call(
-            lambda: top_hits(snap.index, fetch, k, group_by=group_by,
-                             limit=index_limit(snap.index, attributes),
-                             max_depth=settings.group_max_depth, exclude_id=exclude))
-        search_ms = ms_since(t)
-        return SearchResponse(
-            query=QueryInfo(source="item", item_id=body.item_id, attribute=body.attribute,
-                            weights=weights, k=k, filters=filters, group_by=group_by),
-            results=result_items(hits, request),
-            timings=record(request, Timings(search_ms=search_ms, total_ms=ms_since(start))),
-            model=snap.model, index_version=snap.version,
-        )
+    ranking = Ranking.of(body.k, body.filters, body.group_by, settings)
+    if body.attribute is not None:
+        weights = {require_attribute(snap, body.attribute): 1.0}
+    else:
+        weights = served_weights(body.weights or {}, snap)
+    t = time.perf_counter()
+    vectors = await stored.vectors(body.item_id, list(weights))
+    hits = await rank(snap, settings, weights, vectors, ranking,
+                      single=body.attribute is not None,
+                      exclude_id=None if body.include_self else body.item_id)
+    search_ms = ms_since(t)
+    query = QueryInfo(source="item", item_id=body.item_id, attribute=body.attribute,
+                      weights=None if body.attribute is not None else weights, k=ranking.k,
+                      filters=dict(ranking.filters or {}), group_by=ranking.group_by)
+    timings = search_timings(request, start, search_ms)
+    return search_response(request, snap, query, hits, timings)

@@ -1,6 +1,7 @@
 """Deployment: the one-command demo (scripts/demo.py), the container entry point, the
-Dockerfile (hadolint, the paths it copies, .dockerignore) and the compose files
-(`docker compose config`), all checked without a Docker engine."""
+start-up sequence they share (service/startup.py), the Dockerfile (hadolint, the paths it
+copies, .dockerignore) and the compose files (`docker compose config`), all checked without
+a Docker engine."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from testkit import REPO_ROOT, free_port, tiny_checkpoint, wait_until_ready
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 DEMO = REPO / "scripts" / "demo.py"
 ENTRYPOINT = REPO / "docker" / "entrypoint.py"
 HEALTHCHECK = REPO / "docker" / "healthcheck.py"
@@ -60,19 +61,10 @@ def tool(package: str, binary: str) -> str:
     pytest.fail(f"{package} is installed but its `{binary}` binary was not found")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from model import build_model, save_checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(build_model("tiny", [("a", 3), ("b", 4)]), path)
-    return path
+def checkpoint(tmp_path_factory) -> Path:
+    """A random tiny checkpoint with two attributes, a and b."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", [("a", 3), ("b", 4)])
 
 
 # ====================================================================== the demo ========
@@ -100,7 +92,8 @@ def test_demo_default_checkpoint_message(tmp_path, monkeypatch):
 
 def test_index_staleness(tmp_path):
     """The check `make demo` and the container's index job use to skip a rebuild."""
-    from indexer.freshness import index_is_current, sha256_file
+    from indexer.freshness import index_is_current
+    from model.osutil import sha256_file
     ckpt, catalog = tmp_path / "c.pt", tmp_path / "catalog.csv"
     ckpt.write_bytes(b"weights")
     catalog.write_text("id,image\n")
@@ -122,6 +115,88 @@ def test_index_staleness(tmp_path):
     (index / "manifest.json").write_text(json.dumps(manifest))
     catalog.write_text("id,image\nx,x.jpg\n")
     assert index_is_current(index, ckpt, catalog) == (False, "built from another catalog")
+
+
+def fake_synth(argv: list[str]) -> None:
+    """Stands in for `python -m model.synth`: catalog.csv and synth.json in --out."""
+    opt = {argv[i]: argv[i + 1] for i in range(3, len(argv) - 1, 2)}
+    out = Path(opt["--out"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "catalog.csv").write_text("id,image\n")
+    (out / "synth.json").write_text(json.dumps({
+        "generator": "model.synth", "seed": int(opt["--seed"]), "size": int(opt["--size"]),
+        "counts": {"train": 0, "valid": 0, "test": int(opt["--n-test"])}}))
+
+
+def test_startup_catalog_rules(tmp_path, monkeypatch):
+    """The catalog step the demo and the container share (service/startup.py)."""
+    from service import startup
+
+    runs: list[list[str]] = []
+    monkeypatch.setattr(startup, "run", lambda argv: (runs.append(argv), fake_synth(argv)))
+    catalog, index = tmp_path / "catalog" / "catalog.csv", tmp_path / "index"
+    d = startup.Deployment(checkpoint=tmp_path / "c.pt", catalog=catalog, index_dir=index,
+                           synth=startup.SynthSpec(5, size=64))
+    assert startup.ensure_catalog(d) and len(runs) == 1           # missing: generated
+    assert runs[0][1:3] == ["-m", "model.synth"] and "--n-test" in runs[0]
+    assert not list(tmp_path.glob(".catalog.tmp-*"))              # renamed into place
+    assert not startup.ensure_catalog(d) and len(runs) == 1       # same options: reused
+    index.mkdir()
+    other = startup.Deployment(checkpoint=d.checkpoint, catalog=catalog, index_dir=index,
+                               synth=startup.SynthSpec(7, size=64))
+    assert startup.ensure_catalog(other) and len(runs) == 2       # other options: regenerated
+    assert not index.exists()                                     # the old index went with it
+    # a catalog model.synth did not write: used as it is, or refused by the demo
+    (catalog.parent / "synth.json").unlink()
+    assert not startup.ensure_catalog(other) and len(runs) == 2
+    with pytest.raises(startup.StartupError) as err:
+        startup.ensure_catalog(startup.Deployment(
+            checkpoint=d.checkpoint, catalog=catalog, index_dir=index,
+            synth=other.synth, synthetic_only=True))
+    assert err.value.code == 2 and "not written by model.synth" in str(err.value)
+    # no catalog and none to synthesize
+    with pytest.raises(startup.StartupError) as err:
+        startup.ensure_catalog(startup.Deployment(
+            checkpoint=d.checkpoint, catalog=tmp_path / "none.csv", index_dir=index,
+            missing_catalog_hint="mount one"))
+    assert err.value.code == 2 and "catalog not found" in str(err.value)
+    assert "mount one" in str(err.value)
+
+
+def test_startup_index_plan(tmp_path):
+    """The freshness and index steps: --update of an existing index, a full build when forced,
+    a folder catalog always re-scanned."""
+    from service import startup
+
+    ckpt, folder, index = tmp_path / "c.pt", tmp_path / "images", tmp_path / "index"
+    ckpt.write_bytes(b"weights")
+    folder.mkdir()
+    d = startup.Deployment(checkpoint=ckpt, catalog=folder, index_dir=index,
+                           indexer_options=("--device", "cpu"))
+    plan = startup.prepare(d)
+    assert not plan.current and plan.reason == "no index yet"
+    assert plan.command[1:3] == ["-m", "indexer"] and "--update" not in plan.command
+    assert plan.command[-2:] == ["--device", "cpu"]
+    index.mkdir()
+    (index / "manifest.json").write_text("{}")
+    plan = startup.prepare(d)
+    assert "--update" in plan.command and not plan.current
+    forced = startup.prepare(startup.Deployment(checkpoint=ckpt, catalog=folder,
+                                                index_dir=index, force_index=True))
+    assert "--update" not in forced.command
+    with pytest.raises(startup.StartupError) as err:
+        startup.prepare(startup.Deployment(checkpoint=tmp_path / "no.pt", catalog=folder,
+                                           index_dir=index))
+    assert err.value.code == 2 and "checkpoint not found" in str(err.value)
+
+
+def test_startup_imports_no_torch():
+    """The container's entry point hands over without paying torch's import time."""
+    code = ("import sys; import service.startup; "
+            "sys.exit('torch' in sys.modules or 'model.training' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=clean_env())
+    assert res.returncode == 0, res.stderr
 
 
 @contextlib.contextmanager
@@ -146,16 +221,14 @@ def background_demo(args: list[str], log: Path):
 
 
 def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"demo exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            resp = httpx.get(url, timeout=5)
-            if resp.status_code == 200:
-                return resp
-        time.sleep(0.5)
-    pytest.fail(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+    """The first 200 answer of ``url`` (fails when the demo exits or after ``timeout``)."""
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"demo exited with {proc.returncode}"
+
+    try:
+        return wait_until_ready(url, timeout, interval=0.5, exited=exited)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-3000:]}")
 
 
 def search_route(openapi: dict) -> str:
@@ -170,10 +243,10 @@ def search_route(openapi: dict) -> str:
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, tiny_checkpoint):
+def test_demo_end_to_end(tmp_path, checkpoint):
     """The demo's steps on a tiny catalog, a second run that reuses them, the server queried."""
     work = tmp_path / "demo"
-    common = ["--workdir", str(work), "--checkpoint", str(tiny_checkpoint),
+    common = ["--workdir", str(work), "--checkpoint", str(checkpoint),
               "--n-items", "24", "--size", "64", "--device", "cpu"]
     first = run_demo(*common, "--no-serve")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -244,11 +317,11 @@ def test_entrypoint_indexer_command_options(monkeypatch):
 
 
 @pytest.mark.slow
-def test_entrypoint_index_job(tmp_path, tiny_checkpoint):
+def test_entrypoint_index_job(tmp_path, checkpoint):
     """`index` as the compose job runs it: synthesize, build; then nothing to do."""
     data = tmp_path / "data"
     env = clean_env(ASEN_CATALOG=str(data / "catalog" / "catalog.csv"),
-                    ASEN_INDEX_DIR=str(data / "index"), ASEN_CHECKPOINT=str(tiny_checkpoint),
+                    ASEN_INDEX_DIR=str(data / "index"), ASEN_CHECKPOINT=str(checkpoint),
                     ASEN_DEMO_ITEMS="12", ASEN_DEVICE="cpu", ASEN_INDEXER_ARGS="--workers 0")
 
     def index() -> subprocess.CompletedProcess:

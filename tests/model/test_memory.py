@@ -6,11 +6,9 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from testkit import REPO_ROOT
 
 # glibc's own account (mallinfo2): bytes in mmap'd blocks while a 100 MB tensor (a batch's
 # activations) is held, and bytes the heap keeps after it is freed
@@ -43,7 +41,7 @@ PROBE = textwrap.dedent("""
 
 
 def probe(mode: str, where: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(repo=str(REPO)), mode, where],
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(repo=str(REPO_ROOT)), mode, where],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testkit import encode_image, image_bytes, tiny_checkpoint
 
 from model import (
     CONFIGS,
@@ -22,7 +26,9 @@ from model import (
 )
 from model.attention import AttributeCentering
 from model.checkpoint import published_state_dict
+from model.embedder import Embedder
 from model.imageio import open_image
+from model.preprocess import PreparedImage
 from model.roi import CropGeometry, attention_boxes
 
 ATTRS = [("collar", 3), ("sleeve", 4), ("colour", 5)]
@@ -41,11 +47,7 @@ def random_images(n: int, seed: int = 0, sizes=((96, 128), (128, 96), (80, 80)))
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    net = build_model("tiny", ATTRS)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(net, path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", ATTRS)
 
 
 @pytest.fixture(scope="module")
@@ -260,19 +262,55 @@ def test_configs_are_data():
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
 
 
+def test_train_configs_are_data_beside_the_model_configs(tmp_path):
+    from model.config import TRAIN_CONFIGS, TrainConfig, get_train_config
+
+    for name, cfg in TRAIN_CONFIGS.items():
+        assert cfg.model in CONFIGS, name
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+        assert get_train_config(name) is cfg
+    with pytest.raises(ValueError, match="unknown config"):
+        get_train_config(str(tmp_path / "missing.json"))
+    code = ("import sys, model.config; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_embedder_records_the_checkpoint_sha256(tiny, tiny_ckpt):
+    """Contract 3: the attribute always exists; load_model sets it to the file's sha256."""
+    assert tiny.checkpoint_sha256 == hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()
+    assert tiny.checkpoint == str(tiny_ckpt)
+    net = build_model("tiny", ATTRS)
+    assert Embedder(net, device="cpu").checkpoint_sha256 is None
+    assert Embedder(net, device="cpu", checkpoint_sha256="ab12").checkpoint_sha256 == "ab12"
+    assert isinstance(tiny.device, torch.device) and tiny.config == tiny.net.config
+    assert isinstance(tiny.preprocess(random_images(1)[0]), PreparedImage)
+
+
+def test_save_checkpoint_replaces_the_file_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_checkpoint(build_model("tiny", ATTRS), path)
+    before = path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(build_model("tiny", ATTRS), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 # -- image decoding ----------------------------------------------------------------------------
-
-def _png_bytes(w=32, h=24) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), (200, 10, 10)).save(buf, "PNG")
-    return buf.getvalue()
-
 
 @pytest.mark.parametrize("reason,make", [
     ("missing", lambda p: None),
     ("empty", lambda p: p.write_bytes(b"")),
     ("not_an_image", lambda p: p.write_text("plain text")),
-    ("truncated", lambda p: p.write_bytes(_png_bytes(256, 256)[:120])),
+    ("truncated", lambda p: p.write_bytes(image_bytes((200, 10, 10), (256, 256))[:120])),
 ])
 def test_open_image_reasons(tmp_path, reason, make):
     path = tmp_path / "img.png"
@@ -284,15 +322,14 @@ def test_open_image_reasons(tmp_path, reason, make):
 
 
 def test_open_image_rejects_decompression_bomb():
-    buf = io.BytesIO()
-    Image.new("1", (20000, 20000)).save(buf, "PNG")  # tiny file, 400 Mpx when decoded
+    bomb = encode_image(Image.new("1", (20000, 20000)))  # tiny file, 400 Mpx when decoded
     with pytest.raises(ImageError) as err:
-        open_image(buf.getvalue())
+        open_image(bomb)
     assert err.value.reason == "too_large"
 
 
 def test_open_image_ok():
-    img = open_image(_png_bytes())
+    img = open_image(image_bytes((200, 10, 10), (32, 24)))
     assert img.mode == "RGB" and img.size == (32, 24)
 
 

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import importlib.util
 
 import pytest
-import torch
+from testkit import REPO_ROOT, synthetic_dataset, tiny_checkpoint
 
 from model import load_model
-from model.checkpoint import build_model, save_checkpoint
-from model.training.data import read_attributes
 from model.training.evaluate import evaluate_split
-from model.training.synth import generate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import attention_offsets  # noqa: E402
+SCRIPT = REPO_ROOT / "scripts" / "attention_offsets.py"
+_spec = importlib.util.spec_from_file_location("attention_offsets", SCRIPT)
+attention_offsets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(attention_offsets)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """240 synthetic test images with their boxes, and a random tiny checkpoint."""
+    base = tmp_path_factory.mktemp("offsets")
+    root = synthetic_dataset(base / "synth", seed=5, n_train=0, n_valid=0, n_test=240)
+    return root, tiny_checkpoint(base / "tiny.pt", root)
 
 
 @pytest.mark.parametrize("attribute", ["sleeve_length", "hem_length"])
-def test_offsets_agree_with_localisation(tmp_path, attribute):
-    root = tmp_path / "synth"
-    generate(root, seed=5, n_train=0, n_valid=0, n_test=240, size=64, workers=1)
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(build_model("tiny", read_attributes(root)), ckpt)
+def test_offsets_agree_with_localisation(split, attribute):
+    root, ckpt = split
     rows = attention_offsets.offsets(ckpt, root, attribute)
     report = evaluate_split(load_model(ckpt, device="cpu"), root, "test", loc_limit=1000)
     loc = report["localisation"]

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import encode_image, error_of, image_file
 
 ADMIN_KEY = "admin-test-key"
 
@@ -25,30 +26,6 @@ def server_env(fx):
 @pytest.fixture(scope="module")
 def attributes(client):
     return [a["name"] for a in client.get("/v1/attributes").json()["attributes"]]
-
-
-def upload(path_or_bytes, name="q.jpg", ctype="image/jpeg"):
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
-    return {"image": (name, data, ctype)}
-
-
-def assert_error(resp, status, code=None):
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error", "request_id"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["message"]
-    assert body["request_id"] == resp.headers["x-request-id"]
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]
-
-
-def png_bytes(img):
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()
 
 
 # ---------------------------------------------------------------- health
@@ -106,12 +83,12 @@ def test_items_list_get_and_image(client, fx):
 
 
 def test_unknown_item_is_404_everywhere(client, attributes):
-    assert_error(client.get("/v1/items/nope"), 404, "item_not_found")
-    assert_error(client.get("/v1/items/nope/image"), 404, "item_not_found")
-    assert_error(client.post("/v1/search/by-item",
+    error_of(client.get("/v1/items/nope"), 404, "item_not_found")
+    error_of(client.get("/v1/items/nope/image"), 404, "item_not_found")
+    error_of(client.post("/v1/search/by-item",
                              json={"item_id": "nope", "attribute": attributes[0]}),
                  404, "item_not_found")
-    assert_error(client.post("/v1/explain", data={"item_id": "nope",
+    error_of(client.post("/v1/explain", data={"item_id": "nope",
                                                   "attribute": attributes[0]}),
                  404, "item_not_found")
 
@@ -125,7 +102,7 @@ def test_no_path_traversal_through_item_images(client):
         assert "root:" not in resp.text
     resp = client.post("/v1/search/by-item",
                        json={"item_id": "../../../../etc/passwd", "attribute": "colour"})
-    assert_error(resp, 404, "item_not_found")
+    error_of(resp, 404, "item_not_found")
 
 
 # ---------------------------------------------------------------- search
@@ -133,7 +110,7 @@ def test_no_path_traversal_through_item_images(client):
 
 def test_search_by_upload(client, fx):
     query_id = "test-000001"
-    resp = client.post("/v1/search", files=upload(fx.image(query_id)),
+    resp = client.post("/v1/search", files=image_file(fx.image(query_id)),
                        data={"attribute": "neckline", "k": "5"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -157,20 +134,20 @@ def test_search_by_upload(client, fx):
 
 def test_search_accepts_png_and_filters(client, fx):
     img = Image.open(fx.image("test-000002")).convert("RGB")
-    resp = client.post("/v1/search", files=upload(png_bytes(img), "q.png", "image/png"),
+    resp = client.post("/v1/search", files=image_file(encode_image(img), "q.png", "image/png"),
                        data={"attribute": "colour", "k": "50",
                              "filters": json.dumps({"split": "train"})})
     assert resp.status_code == 200, resp.text
     results = resp.json()["results"]
     assert results and all(r["metadata"]["split"] == "train" for r in results)
-    none = client.post("/v1/search", files=upload(fx.image("test-000002")),
+    none = client.post("/v1/search", files=image_file(fx.image("test-000002")),
                        data={"attribute": "colour", "filters": '{"split": "nowhere"}'})
     assert none.status_code == 200 and none.json()["results"] == []
 
 
 def test_search_multi_combines_weighted_scores(client, fx):
     weights = {"neckline": 0.7, "sleeve_length": 0.3}
-    resp = client.post("/v1/search/multi", files=upload(fx.image("test-000003")),
+    resp = client.post("/v1/search/multi", files=image_file(fx.image("test-000003")),
                        data={"weights": json.dumps(weights), "k": "6"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -180,7 +157,7 @@ def test_search_multi_combines_weighted_scores(client, fx):
         assert r["score"] == pytest.approx(combined, abs=1e-4)
     assert body["results"][0]["id"] == "test-000003"
     # weights are normalised: 7 and 3 rank exactly like 0.7 and 0.3
-    again = client.post("/v1/search/multi", files=upload(fx.image("test-000003")),
+    again = client.post("/v1/search/multi", files=image_file(fx.image("test-000003")),
                         data={"weights": '{"neckline": 7, "sleeve_length": 3}', "k": "6"})
     assert [r["id"] for r in again.json()["results"]] == [r["id"] for r in body["results"]]
 
@@ -205,7 +182,7 @@ def test_search_by_item(client):
 
 
 def test_same_upload_same_answer_as_by_item(client, fx):
-    up = client.post("/v1/search", files=upload(fx.image("train-000005")),
+    up = client.post("/v1/search", files=image_file(fx.image("train-000005")),
                      data={"attribute": "hem_length", "k": "4"}).json()
     by = client.post("/v1/search/by-item", json={
         "item_id": "train-000005", "attribute": "hem_length", "k": 4,
@@ -219,7 +196,7 @@ def test_same_upload_same_answer_as_by_item(client, fx):
 def test_explain_json_and_png(client, fx):
     path = fx.image("test-000001")
     w, h = Image.open(path).size
-    resp = client.post("/v1/explain", files=upload(path), data={"attribute": "sleeve_length"})
+    resp = client.post("/v1/explain", files=image_file(path), data={"attribute": "sleeve_length"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     att = np.array(body["attention"])
@@ -240,90 +217,90 @@ def test_explain_json_and_png(client, fx):
 
 
 def test_non_image_upload_is_415(client):
-    resp = client.post("/v1/search", files=upload(b"not an image at all", "x.jpg"),
+    resp = client.post("/v1/search", files=image_file(b"not an image at all", "x.jpg"),
                        data={"attribute": "colour"})
-    err = assert_error(resp, 415, "unsupported_media_type")
+    err = error_of(resp, 415, "unsupported_media_type")
     assert "not a supported image" in err["message"]
-    pdf = client.post("/v1/search", files=upload(b"%PDF-1.4\n%%EOF\n", "x.pdf", "application/pdf"),
-                      data={"attribute": "colour"})
-    assert_error(pdf, 415)
+    pdf = client.post("/v1/search", data={"attribute": "colour"},
+                      files=image_file(b"%PDF-1.4\n%%EOF\n", "x.pdf", "application/pdf"))
+    error_of(pdf, 415)
 
 
 def test_corrupt_and_empty_uploads_are_422(client, fx):
     data = fx.image("train-000001").read_bytes()
-    assert_error(client.post("/v1/search", files=upload(data[: len(data) // 3]),
+    error_of(client.post("/v1/search", files=image_file(data[: len(data) // 3]),
                              data={"attribute": "colour"}), 422, "corrupt_image")
-    assert_error(client.post("/v1/search", files=upload(b""), data={"attribute": "colour"}),
+    error_of(client.post("/v1/search", files=image_file(b""), data={"attribute": "colour"}),
                  422, "empty_image")
-    assert_error(client.post("/v1/search", data={"attribute": "colour"}), 422,
+    error_of(client.post("/v1/search", data={"attribute": "colour"}), 422,
                  "validation_error")
 
 
 def test_oversized_upload_is_413(client):
     limit = 10 * 1024 * 1024
-    just_over = client.post("/v1/search", files=upload(b"\xff" * (limit + 1)),
+    just_over = client.post("/v1/search", files=image_file(b"\xff" * (limit + 1)),
                             data={"attribute": "colour"})
-    err = assert_error(just_over, 413, "payload_too_large")
+    err = error_of(just_over, 413, "payload_too_large")
     assert str(limit) in err["message"]
-    way_over = client.post("/v1/search", files=upload(b"\xff" * (limit + 2 * 1024 * 1024)),
+    way_over = client.post("/v1/search", files=image_file(b"\xff" * (limit + 2 * 1024 * 1024)),
                            data={"attribute": "colour"})
-    assert_error(way_over, 413, "payload_too_large")
+    error_of(way_over, 413, "payload_too_large")
 
 
 def test_decompression_bomb_is_rejected(client):
-    bomb = png_bytes(Image.new("1", (9000, 9000)))  # 81 Mpx in a few kB
+    bomb = encode_image(Image.new("1", (9000, 9000)))  # 81 Mpx in a few kB
     assert len(bomb) < 100_000
-    err = assert_error(client.post("/v1/search", files=upload(bomb, "bomb.png", "image/png"),
+    err = error_of(client.post("/v1/search", files=image_file(bomb, "bomb.png", "image/png"),
                                    data={"attribute": "colour"}), 413, "image_too_large")
     assert "pixels" in err["message"]
 
 
 def test_unknown_attribute_lists_valid_ones(client, fx, attributes):
-    err = assert_error(client.post("/v1/search", files=upload(fx.image("train-000001")),
+    err = error_of(client.post("/v1/search", files=image_file(fx.image("train-000001")),
                                    data={"attribute": "collar"}), 422, "unknown_attribute")
     assert err["details"]["valid"] == attributes
     assert all(a in err["message"] for a in attributes)
-    err = assert_error(client.post("/v1/search/multi", files=upload(fx.image("train-000001")),
+    err = error_of(client.post("/v1/search/multi", files=image_file(fx.image("train-000001")),
                                    data={"weights": '{"collar": 1}'}), 422, "unknown_attribute")
-    assert_error(client.post("/v1/search/by-item",
+    error_of(client.post("/v1/search/by-item",
                              json={"item_id": "train-000001", "attribute": "collar"}),
                  422, "unknown_attribute")
-    assert_error(client.post("/v1/explain", files=upload(fx.image("train-000001")),
+    error_of(client.post("/v1/explain", files=image_file(fx.image("train-000001")),
                              data={"attribute": "collar"}), 422, "unknown_attribute")
 
 
 @pytest.mark.parametrize("k", ["0", "-1", "101", "100000", "ten"])
 def test_k_out_of_range(client, fx, k):
-    assert_error(client.post("/v1/search", files=upload(fx.image("train-000001")),
+    error_of(client.post("/v1/search", files=image_file(fx.image("train-000001")),
                              data={"attribute": "colour", "k": k}), 422, "validation_error")
 
 
 def test_other_invalid_parameters(client, fx):
-    img = upload(fx.image("train-000001"))
+    img = image_file(fx.image("train-000001"))
     for bad in ('{"neckline": -1}', '{"neckline": 0}', "[]", "{", '{"neckline": "x"}', "{}"):
-        assert_error(client.post("/v1/search/multi", files=img, data={"weights": bad}), 422)
-    assert_error(client.post("/v1/search", files=img,
+        error_of(client.post("/v1/search/multi", files=img, data={"weights": bad}), 422)
+    error_of(client.post("/v1/search", files=img,
                              data={"attribute": "colour", "filters": "[1, 2]"}), 422)
-    assert_error(client.post("/v1/search/by-item", json={"item_id": "train-000001"}), 422)
-    assert_error(client.post("/v1/search/by-item", json={
+    error_of(client.post("/v1/search/by-item", json={"item_id": "train-000001"}), 422)
+    error_of(client.post("/v1/search/by-item", json={
         "item_id": "train-000001", "attribute": "colour", "weights": {"colour": 1}}), 422)
-    assert_error(client.post("/v1/search/by-item", content=b"{not json",
+    error_of(client.post("/v1/search/by-item", content=b"{not json",
                              headers={"content-type": "application/json"}), 422)
-    assert_error(client.post("/v1/explain", data={"attribute": "colour"}), 422)
-    assert_error(client.get("/v1/items", params={"limit": 0}), 422)
+    error_of(client.post("/v1/explain", data={"attribute": "colour"}), 422)
+    error_of(client.get("/v1/items", params={"limit": 0}), 422)
 
 
 def test_unknown_route_and_method_share_error_shape(client):
-    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
-    assert_error(client.get("/v1/search"), 405, "method_not_allowed")
+    error_of(client.get("/v1/nothing-here"), 404, "not_found")
+    error_of(client.get("/v1/search"), 405, "method_not_allowed")
 
 
 # ---------------------------------------------------------------- admin and ops
 
 
 def test_admin_endpoints_need_the_admin_key(client):
-    assert_error(client.post("/v1/admin/reload"), 401, "unauthorized")
-    assert_error(client.post("/v1/admin/reload", headers={"X-API-Key": "wrong"}), 401)
+    error_of(client.post("/v1/admin/reload"), 401, "unauthorized")
+    error_of(client.post("/v1/admin/reload", headers={"X-API-Key": "wrong"}), 401)
     ok = client.post("/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY})
     assert ok.status_code == 200 and ok.json()["reloaded"] is False
     status = client.get("/v1/admin/status",
@@ -339,8 +316,9 @@ def test_request_id_is_echoed(client):
 
 
 def test_metrics(client, fx):
-    client.post("/v1/search", files=upload(fx.image("train-000002")), data={"attribute": "colour"})
-    client.post("/v1/search", files=upload(b"nope"), data={"attribute": "colour"})
+    client.post("/v1/search", files=image_file(fx.image("train-000002")),
+                data={"attribute": "colour"})
+    client.post("/v1/search", files=image_file(b"nope"), data={"attribute": "colour"})
     text = client.get("/metrics").text
     assert 'asen_http_requests_total{method="POST",route="/v1/search",status="200"}' in text
     assert 'asen_http_request_duration_seconds_bucket{' in text

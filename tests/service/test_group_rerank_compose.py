@@ -11,19 +11,15 @@ import json
 
 import numpy as np
 import pytest
-from testkit import build_product_fixture
+from testkit import error_of, image_file, ok
 
 from indexer.embed.store import EmbeddingStore
+from indexer.items import Hit, Item
 from model import load_model
 from model.imageio import open_image
 from service.grouping import grouped
 
 N_ITEMS = 50   # the tiny fixture: 40 train + 2 valid + 8 test
-
-
-@pytest.fixture(scope="module")
-def products(fx):
-    return build_product_fixture(fx)
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +42,6 @@ def model(fx):
     return load_model(fx.checkpoint, device="cpu")
 
 
-def upload(fx, item_id):
-    return {"image": ("q.jpg", fx.image(item_id).read_bytes(), "image/jpeg")}
-
-
-def ok(resp):
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def error_code(resp, status):
-    assert resp.status_code == status, resp.text
-    return resp.json()["error"]["code"]
-
-
 def first_per_group(results, column, k):
     """The reference answer: the best item of each group, from a full ungrouped ranking."""
     seen, out = set(), []
@@ -77,10 +59,10 @@ def _search(client, fx, kind, k, **extra):
     """One query of each search endpoint, for the same image/item."""
     data = {"k": str(k), **{key: str(v) for key, v in extra.items()}}
     if kind == "upload":
-        return client.post("/v1/search", files=upload(fx, "test-000002"),
+        return client.post("/v1/search", files=image_file(fx.image("test-000002")),
                            data={"attribute": "neckline", **data})
     if kind == "multi":
-        return client.post("/v1/search/multi", files=upload(fx, "test-000002"),
+        return client.post("/v1/search/multi", files=image_file(fx.image("test-000002")),
                            data={"weights": '{"neckline": 2, "colour": 1}', **data})
     if kind == "compose":
         refs = [{"attribute": "neckline", "weight": 0.5, "image": 0},
@@ -155,7 +137,7 @@ def test_unknown_group_column_is_422(client, fx, kind):
             "candidates": '["train-000002"]'})
     else:
         resp = _search(client, fx, kind, 3, group_by="nope")
-    assert error_code(resp, 422) == "unknown_column"
+    error_of(resp, 422, "unknown_column")
     details = resp.json()["error"]["details"]
     assert details["group_by"] == "nope" and "product_id" in details["valid"]
 
@@ -168,11 +150,8 @@ def test_attributes_list_the_metadata_columns(client):
 def test_grouped_deepens_geometrically_until_k_groups_or_exhausted():
     """The deepening loop on its own: a ranking of 100 items, groups of 10 consecutive."""
 
-    class Item:
-        def __init__(self, i):
-            self.id, self.metadata = f"i{i}", {"g": str(i // 10)}
-
-    ranking = [(Item(i), 1.0 - i / 100) for i in range(100)]
+    ranking = [Hit(Item(i, f"i{i}", "", {"g": str(i // 10)}), 1.0 - i / 100)
+               for i in range(100)]
     depths: list[int] = []
 
     def fetch(depth):
@@ -180,7 +159,7 @@ def test_grouped_deepens_geometrically_until_k_groups_or_exhausted():
         return ranking[:depth]
 
     out = grouped(fetch, 5, "g", limit=100, max_depth=1000)
-    assert [h[0].id for h, _ in out.hits] == ["i0", "i10", "i20", "i30", "i40"]
+    assert [h.item.id for h, _ in out.hits] == ["i0", "i10", "i20", "i30", "i40"]
     assert depths == [32, 100]
     depths.clear()
     assert len(grouped(fetch, 20, "g", limit=100, max_depth=1000).hits) == 10  # exhausted
@@ -212,7 +191,7 @@ def test_rerank_equals_brute_force_on_stored_embeddings(client, store, ids):
 def test_rerank_by_upload_with_weights(client, fx, store, model, ids):
     weights = {"colour": 3.0, "pattern": 1.0}
     candidates = ids[::3]
-    body = ok(client.post("/v1/rerank", files=upload(fx, "test-000004"), data={
+    body = ok(client.post("/v1/rerank", files=image_file(fx.image("test-000004")), data={
         "weights": json.dumps(weights), "candidates": json.dumps(candidates)}))
     image = open_image(fx.image("test-000004"))
     total = np.zeros(len(candidates))
@@ -253,12 +232,11 @@ def test_rerank_groups_and_validates(client, ids):
          "candidates": "[]"},
         {"item_id": ids[0], "attribute": "colour"},
     ):
-        assert error_code(client.post("/v1/rerank", data=data), 422) == "validation_error"
-    assert error_code(client.post("/v1/rerank", data={
-        "item_id": ids[0], "attribute": "collar", "candidates": "[]"}), 422) == \
-        "unknown_attribute"
-    assert error_code(client.post("/v1/rerank", data={
-        "item_id": "nope", "attribute": "colour", "candidates": "[]"}), 404) == "item_not_found"
+        error_of(client.post("/v1/rerank", data=data), 422, "validation_error")
+    error_of(client.post("/v1/rerank", data={
+        "item_id": ids[0], "attribute": "collar", "candidates": "[]"}), 422, "unknown_attribute")
+    error_of(client.post("/v1/rerank", data={
+        "item_id": "nope", "attribute": "colour", "candidates": "[]"}), 404, "item_not_found")
 
 
 # ---------------------------------------------------------------- composed queries
@@ -272,7 +250,7 @@ def _compose(client, fx, refs, uploads=(), **data):
 
 
 def test_compose_with_one_reference_equals_plain_search(client, fx):
-    plain = ok(client.post("/v1/search", files=upload(fx, "test-000005"),
+    plain = ok(client.post("/v1/search", files=image_file(fx.image("test-000005")),
                            data={"attribute": "neckline", "k": "8"}))["results"]
     composed = ok(_compose(client, fx, [{"attribute": "neckline", "weight": 0.7, "image": 0}],
                            ["test-000005"], k=8))
@@ -347,22 +325,30 @@ def test_compose_mixes_uploads_and_items(client, fx, store, model, ids):
     ([{"attribute": "colour", "weight": 1, "item_id": "nope"}], [], 404, "item_not_found"),
 ])
 def test_compose_rejects_bad_references(client, fx, refs, uploads, status, code):
-    assert error_code(_compose(client, fx, refs, uploads), status) == code
+    error_of(_compose(client, fx, refs, uploads), status, code)
 
 
 def test_compose_rejects_malformed_fields(client, fx):
     for raw in ("{", '{"attribute": "colour"}', "[1]", "[" * 5000):
         resp = client.post("/v1/search/compose", data={"references": raw})
-        assert error_code(resp, 422) == "validation_error"
+        error_of(resp, 422, "validation_error")
     bad_image = client.post("/v1/search/compose",
                             files=[("images", ("x.jpg", b"not an image", "image/jpeg"))],
                             data={"references": '[{"attribute": "colour", "image": 0}]'})
-    assert error_code(bad_image, 415) == "unsupported_media_type"
-    assert error_code(_compose(client, fx, [{"attribute": "colour", "item_id": "train-000001"}],
-                               k=0), 422) == "validation_error"
+    error_of(bad_image, 415, "unsupported_media_type")
+    error_of(_compose(client, fx, [{"attribute": "colour", "item_id": "train-000001"}], k=0),
+             422, "validation_error")
 
 
-def test_new_endpoints_are_in_the_metrics(client):
+def test_compose_and_rerank_are_in_the_metrics(client, fx):
+    ok(_compose(client, fx, [{"attribute": "colour", "weight": 1, "item_id": "train-000001"}],
+                k=3))
+    ok(client.post("/v1/rerank", data={"item_id": "train-000001", "attribute": "colour",
+                                       "candidates": '["train-000002"]'}))
+    error_of(client.post("/v1/rerank", data={"item_id": "train-000001", "attribute": "colour",
+                                              "group_by": "nope",
+                                              "candidates": '["train-000002"]'}),
+             422, "unknown_column")
     text = client.get("/metrics").text
     for route in ("/v1/search/compose", "/v1/rerank"):
         assert f'asen_http_requests_total{{method="POST",route="{route}",status="200"}}' in text

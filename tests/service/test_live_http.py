@@ -2,26 +2,28 @@
 `python -m service` processes, the journal beside a real index folder, restarts, two replicas
 on one folder, concurrent load, and `python -m indexer --update` folding the journal.
 
-The tests of this module run in order on one index folder of their own (a copy of the tiny
-fixture's catalog indexed into a temporary folder): later tests check that what the earlier
-ones changed survived. ASEN_LIVE_STRESS_SECONDS shortens the concurrency test (default 30 s).
+The module's two servers share one index folder of the module's own (the tiny catalog
+indexed into a temporary folder). Each test makes the changes it checks, on ids of its own
+(new ids with its own prefix, and the catalog items of ``REPLACED`` and ``DELETED``), and
+checks only those, so that any test runs alone or in any order. ASEN_LIVE_STRESS_SECONDS
+shortens the concurrency test (default 30 s).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image, ImageOps
-from testkit import ServerProcess, run_indexer
+from testkit import ServerProcess, encode_image, error_of, ok, run_indexer
 
 from indexer.live.fold import read_layer
 from indexer.live.journal import Journal
@@ -29,6 +31,9 @@ from indexer.live.journal import Journal
 ADMIN_KEY = "live-admin-key"
 HEADERS = {"X-API-Key": ADMIN_KEY}
 STRESS_SECONDS = float(os.environ.get("ASEN_LIVE_STRESS_SECONDS", "30"))
+#: catalog positions each test replaces / deletes (no two tests change the same item)
+REPLACED = {"replace": 5, "restart": 9, "fold": 13, "kept": 17}
+DELETED = {"delete": 7, "restart": 11, "fold": 15, "kept": 19}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -55,12 +60,6 @@ def attributes(client) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def state() -> dict:
-    """What the tests changed, for the later ones to check."""
-    return {"alive": {}, "deleted": set()}   # alive: id -> image bytes
-
-
-@pytest.fixture(scope="module")
 def second_server(server_env):
     """Another replica on the same index folder."""
     with ServerProcess(server_env) as srv:
@@ -74,10 +73,7 @@ def new_image(fx, seed: int) -> bytes:
     img = Image.open(fx.image(ids[seed % len(ids)])).convert("RGB")
     img = ImageOps.mirror(img).rotate(7 + (seed * 37) % 340, expand=True)
     tint = Image.new("RGB", img.size, ((seed * 53) % 256, (seed * 97) % 256, (seed * 29) % 256))
-    img = Image.blend(img, tint, 0.15 + (seed % 7) * 0.05)
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()
+    return encode_image(Image.blend(img, tint, 0.15 + (seed % 7) * 0.05))
 
 
 def put(client: httpx.Client, item_id: str, image: bytes, metadata: dict | None = None,
@@ -89,16 +85,6 @@ def put(client: httpx.Client, item_id: str, image: bytes, metadata: dict | None 
 
 def delete(client: httpx.Client, item_id: str) -> httpx.Response:
     return client.delete(f"/v1/admin/items/{item_id}", headers=HEADERS)
-
-
-def ok(resp: httpx.Response) -> dict:
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def error_code(resp: httpx.Response, status: int) -> str:
-    assert resp.status_code == status, resp.text
-    return resp.json()["error"]["code"]
 
 
 def search_ids(client, image: bytes, attribute: str, k: int = 5,
@@ -137,16 +123,58 @@ def journal_entries(index_dir: Path) -> int:
         con.close()
 
 
+@dataclass
+class Changes:
+    """The live changes one test made (``tag``): id -> image of the items put (a new item
+    and the catalog item ``replaced``, both with metadata ``{"category": "changed-<tag>"}``)
+    and the ids deleted."""
+
+    tag: str
+    replaced: str
+    alive: dict[str, bytes] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"category": f"changed-{self.tag}"}
+
+
+def make_changes(client: httpx.Client, fx, tag: str, seed: int) -> Changes:
+    """Put a new item ``<tag>-new``, replace the catalog item ``REPLACED[tag]``, delete the
+    catalog item ``DELETED[tag]``, and put and delete ``<tag>-gone`` (new images from ``seed``
+    to ``seed + 2``)."""
+    ids = fx.item_ids()
+    changes = Changes(tag, replaced=ids[REPLACED[tag]])
+    for n, item_id in enumerate((f"{tag}-new", changes.replaced)):
+        image = new_image(fx, seed + n)
+        ok(put(client, item_id, image, changes.metadata))
+        changes.alive[item_id] = image
+    victim = ids[DELETED[tag]]
+    ok(delete(client, victim))
+    ok(put(client, f"{tag}-gone", new_image(fx, seed + 2)))      # a live item deleted
+    ok(delete(client, f"{tag}-gone"))
+    changes.deleted |= {victim, f"{tag}-gone"}
+    return changes
+
+
+def assert_changes_served(c: httpx.Client, changes: Changes, attribute: str) -> None:
+    """Each item put is its own top-1 with the metadata it was put with, and no deleted one
+    is listed."""
+    for item_id, image in changes.alive.items():
+        assert_own_top1(c, item_id, image, attribute)
+        assert ok(c.get(f"/v1/items/{item_id}"))["metadata"] == changes.metadata
+    assert not changes.deleted & set(all_ids(c))
+
+
 # ---------------------------------------------------------------- put, replace, delete
 
 
-def test_put_is_searchable_at_once(client, fx, attributes, state):
+def test_put_is_searchable_at_once(client, fx, attributes):
     n = ok(client.get("/readyz"))["items"]
     image = new_image(fx, 1)
     body = ok(put(client, "live-a", image, {"category": "live-test", "product_id": "p-live"}))
     assert body["op"] == "put" and body["replaced"] is False and body["seq"] >= 1
     assert body["item"]["metadata"] == {"category": "live-test", "product_id": "p-live"}
-    state["alive"]["live-a"] = image
     for attribute in attributes:
         assert_own_top1(client, "live-a", image, attribute)
     assert [i for i, _ in search_ids(client, image, attributes[0], k=10,
@@ -166,14 +194,13 @@ def test_put_is_searchable_at_once(client, fx, attributes, state):
     assert ok(client.get("/readyz"))["items"] == n + 1
 
 
-def test_put_replaces_an_existing_item(client, fx, attributes, state):
+def test_put_replaces_an_existing_item(client, fx, attributes):
     ids = all_ids(client)
-    target = fx.item_ids()[5]
+    target = fx.item_ids()[REPLACED["replace"]]
     old_image = fx.image(target).read_bytes()
     image = new_image(fx, 2)
     body = ok(put(client, target, image, {"category": "replaced"}))
     assert body["replaced"] is True
-    state["alive"][target] = image
     assert ok(client.get(f"/v1/items/{target}"))["metadata"] == {"category": "replaced"}
     assert_own_top1(client, target, image, attributes[0])
     everything = search_ids(client, old_image, attributes[0], k=100)
@@ -182,17 +209,16 @@ def test_put_replaces_an_existing_item(client, fx, attributes, state):
     assert sorted(all_ids(client)) == sorted(ids)
 
 
-def test_delete_removes_it_from_every_result(client, fx, attributes, state):
-    victim = fx.item_ids()[7]
+def test_delete_removes_it_from_every_result(client, fx, attributes):
+    victim = fx.item_ids()[DELETED["delete"]]
     image = fx.image(victim).read_bytes()
     assert search_ids(client, image, attributes[0], k=1)[0][0] == victim
     body = ok(delete(client, victim))
     assert body["op"] == "delete" and body["seq"] >= 1
-    state["deleted"].add(victim)
-    assert error_code(client.get(f"/v1/items/{victim}"), 404) == "item_not_found"
-    assert error_code(client.get(f"/v1/items/{victim}/image"), 404) == "item_not_found"
-    assert error_code(client.post("/v1/search/by-item", json={
-        "item_id": victim, "attribute": attributes[0]}), 404) == "item_not_found"
+    error_of(client.get(f"/v1/items/{victim}"), 404, "item_not_found")
+    error_of(client.get(f"/v1/items/{victim}/image"), 404, "item_not_found")
+    error_of(client.post("/v1/search/by-item", json={
+        "item_id": victim, "attribute": attributes[0]}), 404, "item_not_found")
     for attribute in attributes:
         assert victim not in [i for i, _ in search_ids(client, image, attribute, k=100)]
     multi = ok(client.post("/v1/search/multi", files={"image": ("q.png", image, "image/png")},
@@ -200,37 +226,32 @@ def test_delete_removes_it_from_every_result(client, fx, attributes, state):
                                  "k": "100"}))
     assert victim not in [r["id"] for r in multi["results"]]
     assert victim not in all_ids(client)
-    assert error_code(delete(client, victim), 404) == "item_not_found"
-    assert error_code(delete(client, "no-such-item"), 404) == "item_not_found"
+    error_of(delete(client, victim), 404, "item_not_found")
+    error_of(delete(client, "no-such-item"), 404, "item_not_found")
     # a live item can be deleted too
     ok(put(client, "live-gone", new_image(fx, 3)))
     ok(delete(client, "live-gone"))
-    state["deleted"].add("live-gone")
-    assert error_code(client.get("/v1/items/live-gone"), 404) == "item_not_found"
+    error_of(client.get("/v1/items/live-gone"), 404, "item_not_found")
 
 
-def test_changes_survive_a_restart(server_env, fx, attributes, state):
+def test_changes_survive_a_restart(client, server_env, fx, attributes):
+    changes = make_changes(client, fx, "restart", seed=200)
     with ServerProcess(server_env) as srv:
         srv.wait("/readyz")
         with httpx.Client(base_url=srv.url, timeout=30.0) as fresh:
-            for item_id, image in state["alive"].items():
-                assert_own_top1(fresh, item_id, image, attributes[0])
-            ids = all_ids(fresh)
-            assert not state["deleted"] & set(ids)
-            assert ok(fresh.get(f"/v1/items/{fx.item_ids()[5]}"))["metadata"] == {
-                "category": "replaced"}
+            assert_changes_served(fresh, changes, attributes[0])
 
 
 # ---------------------------------------------------------------- replicas and concurrency
 
 
-def test_two_replicas_see_each_others_changes(client, second_server, fx, attributes, state):
+def test_two_replicas_see_each_others_changes(client, second_server, fx, attributes):
     with httpx.Client(base_url=second_server.url, timeout=30.0) as other:
         image = new_image(fx, 4)
         ok(put(client, "rep-1", image, {"category": "replica"}))
         assert_own_top1(other, "rep-1", image, attributes[2])        # at once, on the other
         ok(delete(other, "rep-1"))
-        assert error_code(client.get("/v1/items/rep-1"), 404) == "item_not_found"
+        error_of(client.get("/v1/items/rep-1"), 404, "item_not_found")
         assert "rep-1" not in [i for i, _ in search_ids(client, image, attributes[2], k=100)]
         # both replicas put the same ids and their own, concurrently
         shared = [f"rep-shared-{n}" for n in range(6)]
@@ -261,11 +282,10 @@ def test_two_replicas_see_each_others_changes(client, second_server, fx, attribu
         for item_id in (shared[0], own[client][0], own[other][0]):
             assert_own_top1(other, item_id, images[item_id], attributes[0])
             assert_own_top1(client, item_id, images[item_id], attributes[0])
-        state["alive"].update(images)
     assert "Traceback" not in second_server.log(), second_server.log()[-3000:]
 
 
-def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attributes, state):
+def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attributes):
     """Writers and readers on both replicas for STRESS_SECONDS: no error, nothing lost."""
     lock = threading.Lock()
     alive: dict[str, bytes] = {}
@@ -274,7 +294,7 @@ def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attribu
     errors: list[str] = []
     counts: Counter = Counter()
     stop = time.monotonic() + STRESS_SECONDS
-    catalog_ids = [i for i in fx.item_ids() if i not in state["deleted"]]
+    catalog_ids = [i for n, i in enumerate(fx.item_ids()) if n not in DELETED.values()]
     urls = [client.base_url, second_server.url]
 
     def check(resp: httpx.Response, what: str) -> None:
@@ -348,9 +368,6 @@ def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attribu
                 with lock:
                     counts["search"] += 1
 
-    # the catalog items already changed stay out of the putters' and deleter's way
-    for item_id in [i for i in state["alive"] if i.startswith("rep-")][:4]:
-        alive[item_id] = state["alive"].pop(item_id)
     threads = [threading.Thread(target=putter, args=(w,)) for w in range(2)]
     threads += [threading.Thread(target=deleter)]
     threads += [threading.Thread(target=searcher, args=(w,)) for w in range(2)]
@@ -368,8 +385,6 @@ def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attribu
             assert not deleted & set(ids), f"not deleted: {sorted(deleted & set(ids))[:10]}"
             for item_id in sorted(alive)[:3]:
                 assert_own_top1(c, item_id, alive[item_id], attributes[0])
-    state["alive"].update(alive)
-    state["deleted"] |= deleted
 
 
 # ---------------------------------------------------------------- folding with --update
@@ -380,18 +395,19 @@ def _reload(client) -> str:
     return body["index_version"]
 
 
-def _check_folded(c: httpx.Client, state: dict) -> None:
+def _check_folded(c: httpx.Client, alive: dict[str, bytes], deleted: set[str]) -> None:
     _reload(c)
     status = ok(c.get("/v1/admin/status", headers=HEADERS))
     assert status["live"]["pending"] == 0 and status["live"]["live_items"] == 0, status
     ids = all_ids(c)
     assert len(ids) == len(set(ids))
-    assert set(state["alive"]) <= set(ids), sorted(set(state["alive"]) - set(ids))[:10]
-    assert not state["deleted"] & set(ids)
+    assert set(alive) <= set(ids), sorted(set(alive) - set(ids))[:10]
+    assert not deleted & set(ids)
 
 
 def test_update_folds_the_journal_and_loses_no_put_made_during_it(
-        client, second_server, fx, live_index, attributes, state):
+        client, second_server, fx, live_index, attributes):
+    changes = make_changes(client, fx, "fold", seed=300)
     before = ok(client.get("/readyz"))["index_version"]
     assert journal_entries(live_index) > 0
     during: dict[str, bytes] = {}
@@ -422,7 +438,7 @@ def test_update_folds_the_journal_and_loses_no_put_made_during_it(
     assert {i for i in during if i in layer}, "no put landed before the fold's snapshot"
     assert journal_entries(live_index) >= 3, "the puts after the fold are pending"
     assert _reload(client) != before
-    state["alive"].update(during)
+    alive = {**changes.alive, **during}
     for item_id in sorted(during)[-2:]:            # puts at the end came after the fold
         assert_own_top1(client, item_id, during[item_id], attributes[0])
     # a second update with no writes folds the rest: the journal is empty
@@ -430,35 +446,36 @@ def test_update_folds_the_journal_and_loses_no_put_made_during_it(
     assert journal_entries(live_index) == 0
     with httpx.Client(base_url=second_server.url, timeout=30.0) as other:
         for c in (client, other):
-            _check_folded(c, state)
+            _check_folded(c, alive, changes.deleted)
     manifest = json.loads((live_index / "manifest.json").read_text())
     assert manifest["live"]["folded_seq"] > 0
     assert manifest["catalog"]["items"] == len(all_ids(client))
-    for item_id in ["live-a", fx.item_ids()[5], *sorted(during)[:2]]:
-        assert_own_top1(client, item_id, state["alive"][item_id], attributes[0])
+    for item_id in ["fold-new", changes.replaced, *sorted(during)[:2]]:
+        assert_own_top1(client, item_id, alive[item_id], attributes[0])
 
 
 def test_folded_changes_stay_after_more_updates_and_a_restart(
-        server_env, fx, live_index, attributes, state):
-    run_indexer(fx.catalog, fx.checkpoint, live_index, "--update")
+        client, second_server, server_env, fx, live_index, attributes):
+    changes = make_changes(client, fx, "kept", seed=400)
+    run_indexer(fx.catalog, fx.checkpoint, live_index, "--update")     # folds the changes
+    run_indexer(fx.catalog, fx.checkpoint, live_index, "--update")     # and one more
     assert journal_entries(live_index) == 0
     # the stored images are exactly those of the live puts still in the layer
     layer = read_layer(live_index.resolve())
-    assert {i for i, e in layer.items() if e.op == "put"} >= set(state["alive"]) - set(
+    assert {i for i, e in layer.items() if e.op == "put"} >= set(changes.alive) - set(
         fx.item_ids())
     assert {p.name for p in Journal.of(live_index).images.iterdir()} == {
         e.image for e in layer.values() if e.op == "put"}
+    # the module's replicas load the new version (the journal dropped what theirs needs)
+    with httpx.Client(base_url=second_server.url, timeout=30.0) as other:
+        for c in (client, other):
+            _reload(c)
     with ServerProcess(server_env) as srv:
         srv.wait("/readyz")
         with httpx.Client(base_url=srv.url, timeout=30.0) as fresh:
-            ids = all_ids(fresh)
-            assert set(state["alive"]) <= set(ids)
-            assert not state["deleted"] & set(ids)
-            assert ok(fresh.get(f"/v1/items/{fx.item_ids()[5]}"))["metadata"] == {
-                "category": "replaced"}
-            assert_own_top1(fresh, "live-a", state["alive"]["live-a"], attributes[0])
-            image = fresh.get(ok(fresh.get("/v1/items/live-a"))["image_url"])
-            assert image.status_code == 200 and image.content == state["alive"]["live-a"]
+            assert_changes_served(fresh, changes, attributes[0])
+            image = fresh.get(ok(fresh.get("/v1/items/kept-new"))["image_url"])
+            assert image.status_code == 200 and image.content == changes.alive["kept-new"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -466,23 +483,22 @@ def test_folded_changes_stay_after_more_updates_and_a_restart(
 
 def test_bad_input_is_a_clear_4xx(client, fx, server):
     image = new_image(fx, 5)
-    assert error_code(put(client, "bad-1", image, headers={}), 401) == "unauthorized"
-    assert error_code(put(client, "bad-1", image, headers={"X-API-Key": "wrong"}),
-                      401) == "unauthorized"
-    assert error_code(client.delete("/v1/admin/items/live-a"), 401) == "unauthorized"
+    error_of(put(client, "bad-1", image, headers={}), 401, "unauthorized")
+    error_of(put(client, "bad-1", image, headers={"X-API-Key": "wrong"}), 401, "unauthorized")
+    error_of(client.delete("/v1/admin/items/live-a"), 401, "unauthorized")
     assert put(client, "bad-1", b"\xff\xd8\xff\xe0 not really a jpeg").status_code in (415, 422)
-    assert error_code(put(client, "bad-1", image[: len(image) // 2]), 422) == "corrupt_image"
-    assert error_code(put(client, "bad-1", b"just text"), 415) == "unsupported_media_type"
-    assert error_code(put(client, "bad-1", b""), 422) == "empty_image"
+    error_of(put(client, "bad-1", image[: len(image) // 2]), 422, "corrupt_image")
+    error_of(put(client, "bad-1", b"just text"), 415, "unsupported_media_type")
+    error_of(put(client, "bad-1", b""), 422, "empty_image")
     resp = client.put("/v1/admin/items/bad-1", files={"image": ("x.png", image, "image/png")},
                       data={"metadata": "{not json"}, headers=HEADERS)
-    assert error_code(resp, 422) == "validation_error"
+    error_of(resp, 422, "validation_error")
     resp = client.put("/v1/admin/items/bad-1", files={"image": ("x.png", image, "image/png")},
                       data={"metadata": "[1, 2]"}, headers=HEADERS)
-    assert error_code(resp, 422) == "validation_error"
-    assert error_code(put(client, "bad-1", image, {"id": "other"}), 422) == "validation_error"
+    error_of(resp, 422, "validation_error")
+    error_of(put(client, "bad-1", image, {"id": "other"}), 422, "validation_error")
     resp = client.put("/v1/admin/items/bad-1", data={"metadata": "{}"}, headers=HEADERS)
-    assert error_code(resp, 422) == "validation_error"                  # no image
-    assert error_code(put(client, "x" * 600, image), 422) == "validation_error"
-    assert error_code(client.get("/v1/items/bad-1"), 404) == "item_not_found"  # nothing kept
+    error_of(resp, 422, "validation_error")                  # no image
+    error_of(put(client, "x" * 600, image), 422, "validation_error")
+    error_of(client.get("/v1/items/bad-1"), 404, "item_not_found")  # nothing kept
     assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import threading
 
 import httpx
 import pytest
 from PIL import Image
+from testkit import encode_image
 
 API_KEY = "search-key-123"
 ORIGIN = "https://shop.example"
@@ -33,10 +33,9 @@ AUTH = {"X-API-Key": API_KEY}
 
 
 def jpeg(size=(64, 64), quality=90):
-    img = Image.linear_gradient("L").resize(size).convert("RGB")
-    out = io.BytesIO()
-    img.save(out, format="JPEG", quality=quality)
-    return out.getvalue()
+    """A JPEG of a grey gradient (slow to decode when large)."""
+    return encode_image(Image.linear_gradient("L").resize(size).convert("RGB"), "JPEG",
+                        quality=quality)
 
 
 def test_search_needs_the_api_key(client, fx):

@@ -9,42 +9,25 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 
 import httpx
 import pytest
-import uvicorn
-from testkit import free_port
+from testkit import InProcessServer
 
+from indexer.items import Item
 from model.imageio import open_image
 from service.app import create_app
-from service.protocols import CatalogIndexLike, EmbedderLike, ItemLike
+from service.protocols import CatalogIndexLike, EmbedderLike
 from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def live(fx):
+    """The app on a real uvicorn in this process: (app, url)."""
     settings = Settings(index_dir=fx.index_dir, reload_interval_s=0, log_level="warning")
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "in-process server not ready"
-        time.sleep(0.1)
-    yield app, url
-    server.should_exit = True
-    thread.join(timeout=15)
+    with InProcessServer(create_app(settings)) as server:
+        yield server.app, server.url
 
 
 class Probe:
@@ -158,7 +141,7 @@ def test_served_index_and_model_satisfy_the_service_protocols(live):
     snap = app.state.service.snapshot
     assert isinstance(snap.index, CatalogIndexLike)
     assert isinstance(snap.embedder, EmbedderLike)
-    assert isinstance(snap.index.get("train-000001"), ItemLike)
+    assert isinstance(snap.index.get("train-000001"), Item)
 
 
 def test_explain_preprocesses_off_the_inference_thread(live, probe, fx):

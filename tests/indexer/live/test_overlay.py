@@ -4,27 +4,26 @@ the journal positions (folded, dropped, another model's vectors)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from testkit import image_bytes, random_unit_vectors
 
-import indexer.reader as reader
-from indexer.live.journal import Journal
-from indexer.reader import CatalogIndex
+import indexer.published as published
+from indexer.live.journal import Journal, JournalError, LiveChangesUnavailable
+from indexer.live.overlay import LiveStatus
+from indexer.published import PublishedIndex
+from indexer.reader import CatalogIndex, Hit
 
 
 def png(seed: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), (seed % 256, 7, 9)).save(out, format="PNG")
-    return out.getvalue()
+    """An 8 x 8 PNG of one colour, by ``seed``."""
+    return image_bytes((seed % 256, 7, 9), (8, 8))
 
 
 def unit(rng: np.random.Generator, dim: int) -> np.ndarray:
-    v = rng.standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
+    return random_unit_vectors(rng, (dim,))
 
 
 @pytest.fixture()
@@ -59,14 +58,14 @@ def test_search_equals_brute_force_with_hidden_rows_both_ways(idx, monkeypatch):
     q = unit(rng, idx.dim)
     k = len(idx)
     want = brute_force(idx, attribute, q, k)
-    deepened = [it.id for it, _ in idx.search(attribute, q, k)[0]]
-    monkeypatch.setattr(reader, "EXCLUDE_DEEPEN_MAX", 0)      # the NOT-selector path
-    selected = [it.id for it, _ in idx.search(attribute, q, k)[0]]
+    deepened = [h.item.id for h in idx.search(attribute, q, k)[0]]
+    monkeypatch.setattr(published, "EXCLUDE_DEEPEN_MAX", 0)   # the NOT-selector path
+    selected = [h.item.id for h in idx.search(attribute, q, k)[0]]
     assert deepened == want and selected == want
     top = idx.search_many({a: 1.0 for a in idx.attributes[:2]},
                           {a: q for a in idx.attributes[:2]}, 5)
-    assert len(top) == 5 and len({it.id for it, _, _ in top}) == 5
-    assert not {it.id for it, _, _ in idx.search_many({attribute: 1.0}, {attribute: q}, k)} & {
+    assert len(top) == 5 and len({h.item.id for h in top}) == 5
+    assert not {h.item.id for h in idx.search_many({attribute: 1.0}, {attribute: q}, k)} & {
         ids[n] for n in range(12) if n % 3}
 
 
@@ -79,8 +78,8 @@ def test_filters_match_live_items_as_they_match_published_ones(idx):
     a = idx.attributes[0]
 
     def found(filters):
-        return sorted(it.id for it, _ in idx.search(a, vectors[a], 100, filters)[0]
-                      if it.id in ("int", "text", "real", "flag", "none"))
+        return sorted(h.item.id for h in idx.search(a, vectors[a], 100, filters)[0]
+                      if h.item.id in ("int", "text", "real", "flag", "none"))
 
     assert found({"n": "3"}) == ["int", "text"]      # the published items' SQL semantics
     assert found({"n": ["3.5", "9"]}) == ["real"]
@@ -94,16 +93,18 @@ def test_positions_stale_view_and_foreign_model(idx):
     rng = np.random.default_rng(2)
     vectors = {a: unit(rng, idx.dim) for a in idx.attributes}
     seq, replaced = idx.put_item("p-1", png(2), {}, vectors)
-    assert replaced is False and idx.live_status()["pending"] == 1
-    journal = Journal(Path(idx.live_status()["journal"]).parent)
+    status = idx.live_status()
+    assert isinstance(status, LiveStatus)
+    assert replaced is False and status.pending == 1 and status.live_items == 1
+    journal = Journal(Path(status.journal).parent)
     con = journal.connect()
     try:
         with Journal.transaction(con):                 # a put embedded by another model
             Journal.append_put(con, "p-2", "x.png", "0" * 64, {}, "another-model",
                                idx.attributes, np.stack([vectors[a] for a in idx.attributes]))
         assert idx.get("p-2") is not None and idx.embedding("p-2", idx.attributes[0]) is None
-        assert "p-2" not in [it.id for it, _ in idx.search(idx.attributes[0],
-                                                           vectors[idx.attributes[0]], 5)[0]]
+        assert "p-2" not in [h.item.id for h in idx.search(idx.attributes[0],
+                                                            vectors[idx.attributes[0]], 5)[0]]
         assert idx.live.stale is False
         with Journal.transaction(con):                 # not read by idx before it is dropped
             dropped = Journal.append_put(con, "p-3", "y.png", "1" * 64, {}, None,
@@ -117,3 +118,36 @@ def test_positions_stale_view_and_foreign_model(idx):
     view = idx.live
     assert view.stale is True                          # it has no way to know what it missed
     assert idx.get("p-1") is None                      # but still applies what is there
+
+
+def test_search_many_merges_live_items_as_one_ranking(idx):
+    """Published and live candidates rank together by the weighted total; each hit carries
+    its per-attribute scores."""
+    rng = np.random.default_rng(3)
+    a, b = idx.attributes[:2]
+    q = {a: unit(rng, idx.dim), b: unit(rng, idx.dim)}
+    idx.put_item("best", png(3), {}, {n: q.get(n, unit(rng, idx.dim)) for n in idx.attributes})
+    hits = idx.search_many({a: 1.0, b: 0.5}, q, 4)
+    assert all(isinstance(h, Hit) for h in hits) and hits[0].item.id == "best"
+    assert hits[0].score == pytest.approx(1.5, abs=1e-5)
+    for h in hits:
+        assert h.score == pytest.approx(h.scores[a] + 0.5 * h.scores[b], abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_published_index_alone_and_an_index_without_journal(fx):
+    """PublishedIndex reads the version as built; CatalogIndex over it without a journal
+    serves the same and refuses live changes with LiveChangesUnavailable."""
+    with PublishedIndex.open(fx.index_dir) as pub:
+        a = pub.attributes[0]
+        q = pub.embedding(pub.items.page(0, 1)[0].id, a)
+        base = pub.search(a, q, 5)
+        total, page = pub.list_items(0, 3, exclude=np.array([0]))
+        assert total == len(pub) - 1 and [it.row for it in page] == [1, 2, 3]
+        index = CatalogIndex(pub)
+        assert index.search(a, q, 5) == base and len(index) == len(pub)
+        assert index.live_status() is None and index.image_dirs == []
+        with pytest.raises(LiveChangesUnavailable):
+            index.put_item("x", png(4), {}, {n: q for n in pub.attributes})
+        with pytest.raises(JournalError):           # what a caller of put_item catches
+            index.delete_item(base[0][0].item.id)

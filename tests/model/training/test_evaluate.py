@@ -5,32 +5,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from testkit import REPO_ROOT, synthetic_dataset, tiny_checkpoint
 
-from model import build_model, load_model, save_checkpoint
+from model import load_model
 from model.imageio import open_image
 from model.training.data import load_split, read_attributes
 from model.training.evaluate import embed_pairs, main
 from model.training.metrics import mean_average_precision
-from model.training.synth import generate
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    """A synthetic dataset of 40 test images and a random tiny checkpoint (seed 1: its global
+    and local blocks rank differently)."""
     base = tmp_path_factory.mktemp("eval")
-    data = base / "data"
-    generate(data, seed=0, n_train=8, n_valid=8, n_test=40, size=64, workers=1)
-    attrs = read_attributes(data)
-    ckpt = base / "tiny.pt"
-    torch.manual_seed(1)   # one model whatever ran before; its blocks rank differently
-    save_checkpoint(build_model("tiny", attrs), ckpt)
-    return data, ckpt, attrs
+    data = synthetic_dataset(base / "data", seed=0, n_train=8, n_valid=8, n_test=40)
+    ckpt = tiny_checkpoint(base / "tiny.pt", data, seed=1)
+    return data, ckpt, read_attributes(data)
 
 
 def _run(setup, tmp_path, *extra):
@@ -120,7 +114,7 @@ def test_module_entry_point(setup, tmp_path):
         [sys.executable, "-m", "model.evaluate", "--data", str(data), "--checkpoint", str(ckpt),
          "--split", "test", "--device", "cpu", "--limit", "3", "--loc-limit", "0",
          "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "overall" in proc.stdout

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from testkit import REPO_ROOT, synthetic_dataset
 
 from model import load_model
 from model.checkpoint import read_checkpoint_file
-from model.training.synth import generate
+from model.config import TRAIN_CONFIGS, get_train_config
 from model.training.train import (
-    TRAIN_CONFIGS,
     RunState,
-    _epoch_triplets,
-    _setup,
-    get_train_config,
+    epoch_triplets,
     run,
+    setup_training,
     triplet_loss,
+    update_attr_loss,
 )
 
 CFG = replace(TRAIN_CONFIGS["tiny"], triplets_per_epoch=32, batch_size=8, valid_limit=4,
@@ -30,13 +33,42 @@ CFG = replace(TRAIN_CONFIGS["tiny"], triplets_per_epoch=32, batch_size=8, valid_
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, seed=3, n_train=48, n_valid=24, n_test=24, size=64, workers=1)
-    return root
+    """96 synthetic images of 64 px (48 train, 24 valid, 24 test); read-only."""
+    return synthetic_dataset(tmp_path_factory.mktemp("synth"), seed=3, n_train=48, n_valid=24,
+                             n_test=24)
 
 
 class Interrupt(Exception):
     pass
+
+
+class Messages(logging.Handler):
+    """The training log's messages; raises Interrupt at the first that starts with
+    ``stop_at``."""
+
+    def __init__(self, stop_at: str | None = None):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+        self.stop_at = stop_at
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if self.stop_at is not None and self.messages[-1].startswith(self.stop_at):
+            raise Interrupt
+
+
+@contextlib.contextmanager
+def training_log(stop_at: str | None = None) -> Iterator[list[str]]:
+    """The messages `run` logs (logger model.training.train) while the block runs."""
+    handler, logger = Messages(stop_at), logging.getLogger("model.training.train")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_triplet_loss_matches_definition():
@@ -48,8 +80,8 @@ def test_triplet_loss_matches_definition():
 
 
 def test_two_stage_run_and_evaluate(dataset, tmp_path):
-    logs: list[str] = []
-    best = run(dataset, tmp_path / "run", CFG, log=logs.append)
+    with training_log() as logs:
+        best = run(dataset, tmp_path / "run", CFG)
     assert best.exists() and (tmp_path / "run" / "best_stage1.pt").exists()
     assert any("img/s" in m and "lr" in m and "loss" in m for m in logs)
     stage1 = load_model(tmp_path / "run" / "best_stage1.pt", device="cpu")
@@ -78,18 +110,12 @@ def test_two_stage_run_and_evaluate(dataset, tmp_path):
     replace(CFG, starts=2, attribute_sampling="loss", model_overrides={"center_embeddings": True}),
 ], ids=["paper-recipe", "loss-sampling-centred", "random-restarts"])
 def test_resume_continues_exactly(dataset, tmp_path, cfg):
-    straight = run(dataset, tmp_path / "a", cfg, log=lambda m: None)
-
-    def crash_at_second_epoch(message: str) -> None:
-        if message.startswith("stage 1 epoch 2/"):
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run(dataset, tmp_path / "b", cfg, log=crash_at_second_epoch)
+    straight = run(dataset, tmp_path / "a", cfg)
+    with pytest.raises(Interrupt), training_log(stop_at="stage 1 epoch 2/"):  # crash there
+        run(dataset, tmp_path / "b", cfg)
     ts = read_checkpoint_file(tmp_path / "b" / "last.pt")["train_state"]
     assert (ts["stage"], ts["epoch"]) == (1, 1)
-    resumed = run(dataset, tmp_path / "b", cfg, resume=tmp_path / "b" / "last.pt",
-                  log=lambda m: None)
+    resumed = run(dataset, tmp_path / "b", cfg, resume=tmp_path / "b" / "last.pt")
     a = read_checkpoint_file(tmp_path / "a" / "last.pt")
     b = read_checkpoint_file(tmp_path / "b" / "last.pt")
     assert a["train_state"]["history"][-1]["loss"] == b["train_state"]["history"][-1]["loss"]
@@ -102,8 +128,8 @@ def test_resume_continues_exactly(dataset, tmp_path, cfg):
 def test_random_restarts_keep_the_start_whose_weakest_attribute_is_best(dataset, tmp_path):
     cfg = replace(CFG, starts=3, start_epochs=2, model_overrides={"center_embeddings": True},
                   stage1=replace(CFG.stage1, epochs=3), stage2=replace(CFG.stage2, epochs=0))
-    logs: list[str] = []
-    run(dataset, tmp_path / "r", cfg, log=logs.append)
+    with training_log() as logs:
+        run(dataset, tmp_path / "r", cfg)
     history = json.loads((tmp_path / "r" / "history.json").read_text())
     starts = [h for h in history if "start" in h]
     assert [(h["start"], h["epoch"]) for h in starts] == [(0, 2), (1, 2), (2, 2)]
@@ -123,12 +149,12 @@ def test_random_restarts_keep_the_start_whose_weakest_attribute_is_best(dataset,
 def test_each_random_start_draws_its_own_triplets(dataset):
     """Start 0 keeps a plain run's triplets; the others draw their own (docs/RESULTS.md: the
     draw, more than the initialisation, decides whether the button is found)."""
-    setup = _setup(dataset, CFG, "asen", torch.device("cpu"), None)
+    setup = setup_training(dataset, CFG, "asen", torch.device("cpu"), None)
 
     def triplets(start: int, epoch: int = 0) -> list[list[int]]:
-        return _epoch_triplets(setup, CFG, RunState(epoch=epoch, start=start), 1)
+        return epoch_triplets(setup, CFG, RunState(epoch=epoch, start=start), 1)
 
-    assert triplets(0) == _epoch_triplets(setup, CFG, RunState(), 1)
+    assert triplets(0) == epoch_triplets(setup, CFG, RunState(), 1)
     assert triplets(1) == triplets(1)
     assert len({str(triplets(j)) for j in range(3)}) == 3
     assert triplets(1, epoch=1) != triplets(1)
@@ -136,7 +162,7 @@ def test_each_random_start_draws_its_own_triplets(dataset):
 
 def test_agnostic_baseline_gives_one_embedding_for_all_attributes(dataset, tmp_path):
     cfg = replace(CFG, stage1=replace(CFG.stage1, epochs=1))
-    best = run(dataset, tmp_path / "agn", cfg, variant="agnostic", log=lambda m: None)
+    best = run(dataset, tmp_path / "agn", cfg, variant="agnostic")
     emb = load_model(best, device="cpu")
     from PIL import Image
     img = Image.new("RGB", (80, 64), (120, 30, 30))
@@ -153,7 +179,7 @@ def test_config_file_overrides(tmp_path):
 
 
 def test_every_ablation_config_file_parses():
-    files = sorted((Path(__file__).resolve().parents[3] / "configs" / "ablation").glob("*.json"))
+    files = sorted((REPO_ROOT / "configs" / "ablation").glob("*.json"))
     assert files
     configs = {f.name: get_train_config(str(f)) for f in files}
     # every ablation step but the last isolates its own change: restarts only in the recipe
@@ -168,7 +194,7 @@ def test_frozen_backbones_train_heads_only(dataset, tmp_path):
     cfg = replace(CFG, freeze_backbones=True, stage1=replace(CFG.stage1, epochs=1))
     torch.manual_seed(cfg.seed)
     initial = build_model(cfg.model, read_attributes(dataset)).state_dict()
-    best = run(dataset, tmp_path / "frozen", cfg, log=lambda m: None)
+    best = run(dataset, tmp_path / "frozen", cfg)
     trained = read_checkpoint_file(best)["state_dict"]
     changed = {k for k, v in trained.items() if not torch.equal(v, initial[k])}
     assert changed, "nothing was trained"
@@ -179,10 +205,33 @@ def test_frozen_backbones_train_heads_only(dataset, tmp_path):
 def test_loss_sampling_favours_the_attributes_with_higher_loss(dataset, tmp_path):
     cfg = replace(CFG, attribute_sampling="loss", triplets_per_epoch=64,
                   stage1=replace(CFG.stage1, epochs=2), stage2=replace(CFG.stage2, epochs=0))
-    run(dataset, tmp_path / "w", cfg, log=lambda m: None)
+    run(dataset, tmp_path / "w", cfg)
     ts = read_checkpoint_file(tmp_path / "w" / "last.pt")["train_state"]
-    weights = ts["attr_loss"]
-    assert len(weights) == 6 and min(weights) > 0 and max(weights) > min(weights)
+    weights = np.asarray(ts["attr_loss"])        # the running loss of each attribute
+    assert len(weights) == 6 and weights.min() > 0 and weights.max() > weights.min()
+    # the next epoch draws each attribute in proportion to its running loss (and, without
+    # "loss" sampling, uniformly whatever the losses)
+    many = replace(cfg, triplets_per_epoch=6000)
+    setup = setup_training(dataset, many, "asen", torch.device("cpu"), None)
+    state = RunState(epoch=2, attr_loss=weights.tolist())
+
+    def drawn(c) -> np.ndarray:
+        attrs = [t[3] for t in epoch_triplets(setup, c, state, 1)]
+        return np.bincount(attrs, minlength=6) / len(attrs)
+
+    favoured = drawn(many)
+    np.testing.assert_allclose(favoured, weights / weights.sum(), atol=0.02)
+    gap = (weights.max() - weights.min()) / weights.sum()
+    assert favoured[weights.argmax()] - favoured[weights.argmin()] > gap / 2
+    np.testing.assert_allclose(drawn(replace(many, attribute_sampling="uniform")), 1 / 6,
+                               atol=0.02)
+    # the running loss: half the last value and half the epoch's mean (the margin at first);
+    # an attribute with no triplet in the epoch keeps its value
+    fresh = RunState()
+    update_attr_loss(fresh, cfg, np.array([0.4, np.nan, 0.0, 0.1, 0.2, 0.3]))
+    assert fresh.attr_loss == pytest.approx([0.3, 0.2, 0.1, 0.15, 0.2, 0.25])
+    update_attr_loss(fresh, cfg, np.array([np.nan, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    assert fresh.attr_loss == pytest.approx([0.3, 0.1, 0.05, 0.075, 0.1, 0.125])
     with pytest.raises(ValueError, match="attribute_sampling"):
         replace(CFG, attribute_sampling="hardest")
 
@@ -191,17 +240,17 @@ def test_trunk_cache_persists_and_reruns_exactly(dataset, tmp_path):
     cfg = replace(CFG, freeze_backbones=True, stage1=replace(CFG.stage1, epochs=1),
                   stage2=replace(CFG.stage2, epochs=0))
     cache = tmp_path / "cache"
-    first = run(dataset, tmp_path / "one", cfg, log=lambda m: None, trunk_cache_dir=cache)
+    first = run(dataset, tmp_path / "one", cfg, trunk_cache_dir=cache)
     files = list(cache.glob("trunk-*.pt"))
     assert len(files) == 1
     stored = torch.load(files[0], weights_only=True)
     assert stored and all(v.dtype == torch.float32 for v in stored.values())
     mtime = files[0].stat().st_mtime_ns
-    second = run(dataset, tmp_path / "two", cfg, log=lambda m: None, trunk_cache_dir=cache)
+    second = run(dataset, tmp_path / "two", cfg, trunk_cache_dir=cache)
     assert files[0].stat().st_mtime_ns == mtime          # read, not written again
     a, b = read_checkpoint_file(first)["state_dict"], read_checkpoint_file(second)["state_dict"]
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
     other = replace(cfg, model_overrides={"global_branch": {"input_size": 48}})
-    run(dataset, tmp_path / "three", other, log=lambda m: None, trunk_cache_dir=cache)
+    run(dataset, tmp_path / "three", other, trunk_cache_dir=cache)
     assert len(list(cache.glob("trunk-*.pt"))) == 2     # another trunk input: its own file

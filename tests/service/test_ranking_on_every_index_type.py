@@ -14,7 +14,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from testkit import build_product_fixture
 
 from indexer.embed.store import EmbeddingStore
 
@@ -22,11 +21,6 @@ ADMIN = {"X-API-Key": "types-admin"}
 TYPES = ("flat", "hnsw", "ivfpq", "ivfpq_refine")
 #: how far an index's stored vectors may be from the embeddings it was built from
 STORE_TOLERANCE = {"flat": 1e-6, "hnsw": 1e-6, "ivfpq_refine": 2e-3, "ivfpq": None}
-
-
-@pytest.fixture(scope="module")
-def products(fx):
-    return build_product_fixture(fx)
 
 
 @pytest.fixture(scope="module")

@@ -1,28 +1,23 @@
-"""Unit tests of the service's parts that need no server: settings, batcher, overlay."""
+"""The micro-batcher (service/batching.py) over a recording embedder: concurrent requests
+gathered into batches, no wait for a lone request, load shed and recovered, model errors."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from service.batching import MicroBatcher, Overloaded
-from service.errors import ApiError
-from service.heatmap import centre_crop_region, render_overlay
-from service.settings import Settings
-from service.uploads import in_decode_pool, parse_filters, parse_json_object
 
 
-class FakeEmbedder:
+class RecordingEmbedder:
     """Records batch sizes (images); each row is [image id, len(attribute name)] padded to
     dim 4. (The batcher's own logic under test; the real model's path is tested in
-    test_search_features.py.)"""
+    test_trunk_sharing.py.)"""
 
     def __init__(self, delay: float = 0.02):
         self.delay = delay
@@ -37,56 +32,9 @@ class FakeEmbedder:
                 for img, attrs in zip(images, attributes, strict=True)]
 
 
-def test_settings_from_environment(monkeypatch):
-    monkeypatch.setenv("ASEN_PORT", "9001")
-    monkeypatch.setenv("ASEN_CORS_ORIGINS", "https://a.example, https://b.example")
-    monkeypatch.setenv("ASEN_API_KEY", "")
-    monkeypatch.setenv("ASEN_ADMIN_API_KEY", "s3cret")
-    monkeypatch.setenv("ASEN_BATCH_MAX_SIZE", "1")
-    monkeypatch.setenv("ASEN_MAX_UPLOAD_BYTES", "2048")
-    s = Settings()
-    assert s.port == 9001 and s.host == "127.0.0.1"
-    assert s.cors_origins == ["https://a.example", "https://b.example"]
-    assert s.api_key is None
-    assert s.admin_api_key is not None and s.admin_api_key.get_secret_value() == "s3cret"
-    assert "s3cret" not in repr(s)
-    assert s.batching is False and s.max_upload_bytes == 2048
-
-
-def test_settings_defaults(monkeypatch):
-    for name in ("ASEN_PORT", "ASEN_HOST", "ASEN_MAX_UPLOAD_BYTES", "ASEN_INDEX_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    s = Settings()
-    assert (s.host, s.port) == ("127.0.0.1", 8000)
-    assert s.max_upload_bytes == 10 * 1024 * 1024
-    assert s.batching and s.checkpoint is None
-
-
-@pytest.mark.parametrize("limit", [1, 2, 5])
-def test_decode_pool_runs_at_most_its_limit_at_once(limit):
-    running, peak, lock = 0, 0, threading.Lock()
-
-    def decode(i: int) -> int:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.05)
-        with lock:
-            running -= 1
-        return i
-
-    async def scenario():
-        settings = Settings(decode_concurrency=limit)
-        return await asyncio.gather(*(in_decode_pool(settings, decode, i) for i in range(12)))
-
-    assert asyncio.run(scenario()) == list(range(12))   # every call ran, results in order
-    assert peak == limit
-
-
 def test_batcher_gathers_concurrent_requests():
     async def scenario():
-        emb = FakeEmbedder(delay=0.03)
+        emb = RecordingEmbedder(delay=0.03)
         pool = ThreadPoolExecutor(1)
         batcher = MicroBatcher(pool, max_size=8, max_wait_ms=20, queue_max=64)
         batcher.start()
@@ -112,7 +60,7 @@ def test_batcher_gathers_concurrent_requests():
 
 def test_batcher_single_request_does_not_wait():
     async def scenario():
-        emb = FakeEmbedder(delay=0.0)
+        emb = RecordingEmbedder(delay=0.0)
         pool = ThreadPoolExecutor(1)
         batcher = MicroBatcher(pool, max_size=8, max_wait_ms=500, queue_max=4)
         batcher.start()
@@ -160,7 +108,7 @@ def test_batcher_model_error_reaches_every_caller():
         results = await asyncio.gather(one(), one(), return_exceptions=True)
         # the worker survives a failing model
         async with batcher.slot() as slot:
-            ok = await batcher.embed(slot, FakeEmbedder(0), [(7, ["a", "bb"])])
+            ok = await batcher.embed(slot, RecordingEmbedder(0), [(7, ["a", "bb"])])
         await batcher.stop()
         return results, ok
 
@@ -169,37 +117,8 @@ def test_batcher_model_error_reaches_every_caller():
     assert ok[0].vectors[:, 0].tolist() == [7, 7] and ok[0].vectors[:, 1].tolist() == [1, 2]
 
 
-def test_overlay_png_has_image_size_and_box():
-    img = Image.new("RGB", (300, 200), (90, 90, 90))
-    att = np.zeros((14, 14), np.float32)
-    att[3:6, 4:9] = 1.0
-    region = centre_crop_region(300, 200)
-    assert region == (50, 0, 250, 200)
-    png = render_overlay(img, att / att.sum(), region, (60, 10, 120, 70))
-    out = Image.open(io.BytesIO(png))
-    assert out.format == "PNG" and out.size == (300, 200)
-    px = np.asarray(out.convert("RGB"))
-    assert px[0, 0].tolist() == [90, 90, 90]          # outside the crop: untouched
-    assert px[40, 150].tolist() != [90, 90, 90]       # inside: heat-map blended
-    big = render_overlay(Image.new("RGB", (2000, 1000)), att, (500, 0, 1500, 1000), None)
-    assert max(Image.open(io.BytesIO(big)).size) == 512
-
-
-def test_json_field_parsing():
-    assert parse_json_object(None, "filters") == {}
-    assert parse_json_object(" ", "filters") == {}
-    assert parse_filters('{"category": "top", "size": 38, "sale": true}') == {
-        "category": "top", "size": "38", "sale": "true"}
-    for bad in ("[1]", "{", '"x"'):
-        with pytest.raises(ApiError) as err:
-            parse_json_object(bad, "filters")
-        assert err.value.status == 422
-    with pytest.raises(ApiError):
-        parse_filters('{"a": {"nested": 1}}')
-
-
 def test_one_failing_image_does_not_fail_its_batch_mates():
-    class Picky(FakeEmbedder):
+    class Picky(RecordingEmbedder):
         def embed_each_prepared(self, images, attributes):
             if -1 in images:
                 raise ValueError("cannot embed image -1")

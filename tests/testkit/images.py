@@ -1,0 +1,21 @@
+"""Encoded images for the tests."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image
+
+
+def encode_image(img: Image.Image, fmt: str = "PNG", **save: Any) -> bytes:
+    """``img`` encoded as ``fmt`` (Pillow's ``save`` options in ``save``)."""
+    out = io.BytesIO()
+    img.save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+def image_bytes(rgb: tuple[int, int, int] = (230, 30, 30), size: tuple[int, int] = (48, 64),
+                fmt: str = "PNG") -> bytes:
+    """An encoded image of one colour, ``size`` = (width, height)."""
+    return encode_image(Image.new("RGB", size, rgb), fmt)
