@@ -18,6 +18,7 @@ install: $(STAMP)
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: install lint
 	$(PY) -m pytest -q

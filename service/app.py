@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import __version__
+from . import __version__, runtime  # noqa: F401  (runtime: process settings, first)
 from .deps import require_api_key
 from .errors import install_error_handlers
 from .metrics import Metrics

@@ -29,9 +29,10 @@ def server_ready_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(server_env: dict[str, str], server_ready_path: str) -> Iterator[ServerProcess]:
+def server(server_env: dict[str, str], server_ready_path: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The module's live uvicorn server (``.url``, ``.log()``)."""
-    with ServerProcess(server_env) as srv:
+    with ServerProcess(server_env, log_dir=tmp_path_factory.mktemp("server")) as srv:
         srv.wait(server_ready_path)
         yield srv
 

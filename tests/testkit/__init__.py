@@ -21,7 +21,7 @@ from testkit.datasets import (
     tiny_checkpoint,
     write_rows,
 )
-from testkit.images import encode_image, image_bytes
+from testkit.images import encode_image, image_bytes, write_image
 from testkit.indexes import (
     FAST,
     REPO_ROOT,
@@ -45,5 +45,5 @@ __all__ = [
     "error_of", "free_port", "image_bytes", "image_file", "index_catalog", "ok",
     "product_catalog", "product_id", "random_unit_vectors", "read_rows", "run_indexer",
     "run_indexer_killed", "run_indexer_stage", "subset_catalog", "synthetic_dataset",
-    "tiny_checkpoint", "tiny_index", "wait_until_ready", "write_rows",
+    "tiny_checkpoint", "tiny_index", "wait_until_ready", "write_image", "write_rows",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -19,3 +20,11 @@ def image_bytes(rgb: tuple[int, int, int] = (230, 30, 30), size: tuple[int, int]
                 fmt: str = "PNG") -> bytes:
     """An encoded image of one colour, ``size`` = (width, height)."""
     return encode_image(Image.new("RGB", size, rgb), fmt)
+
+
+def write_image(path: Path, rgb: tuple[int, int, int] = (200, 10, 10),
+                size: tuple[int, int] = (32, 24)) -> Path:
+    """An image of one colour saved to ``path`` (format from its suffix; folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, rgb).save(path)
+    return path

@@ -16,13 +16,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/testkit/ is two levels 
 def run_indexer(catalog: Path, checkpoint: Path, out: Path, *extra: str) -> str:
     """``python -m indexer`` (the one-shot job) as a subprocess; returns its output (raises
     on failure)."""
-    return run_indexer_stage("--catalog", str(catalog), "--checkpoint", str(checkpoint),
-                             "--out", str(out), "--workers", "0", "--no-progress", *extra)
+    return _indexer("--catalog", str(catalog), "--checkpoint", str(checkpoint), "--out",
+                    str(out), "--workers", "0", "--no-progress", *extra)
 
 
-def run_indexer_stage(*args: str) -> str:
-    """``python -m indexer ARGS`` (e.g. ``embed ...``, ``build ...``) as a subprocess;
-    returns its output (raises on failure)."""
+def run_indexer_stage(stage: str, *args: str) -> str:
+    """``python -m indexer embed|build ARGS`` as a subprocess; returns its output (raises on
+    failure)."""
+    return _indexer(stage, *args)
+
+
+def _indexer(*args: str) -> str:
     cmd = [sys.executable, "-m", "indexer", *args]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:

@@ -1,4 +1,4 @@
-"""Loaders of the published layout, triplet sampling, FashionAI converter."""
+"""Loaders of the published layout (model/training/data.py) and triplet sampling."""
 
 from __future__ import annotations
 
@@ -8,22 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from testkit import write_image
 
 from model.attributes import BUILTIN_ATTRIBUTES, AttributeSpec
-from model.training import fashionai as fashionai_convert
 from model.training.data import (
     DataError,
     TripletSampler,
     load_split,
     read_attributes,
 )
-
-
-def _image(path: Path, colour: tuple[int, int, int] = (200, 10, 10)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 24), colour).save(path)
-    return path
 
 
 def _dataset(root: Path, n_train: int = 6, n_test: int = 5) -> Path:
@@ -34,7 +27,7 @@ def _dataset(root: Path, n_train: int = 6, n_test: int = 5) -> Path:
     for split, n in (("train", n_train), ("valid", n_test), ("test", n_test)):
         names = [f"img/{split}/{i}.png" for i in range(n)]
         for name in names:
-            _image(root / name)
+            write_image(root / name)
         (root / f"filenames_{split}.txt").write_text("\n".join(names) + "\n")
     (root / "label_train.txt").write_text(
         "".join(f"{i} 0 {i % 3} 1 {i % 2}\n" for i in range(n_train)))
@@ -163,54 +156,3 @@ def test_triplet_sampler_attribute_weights() -> None:
 def test_triplet_sampler_without_usable_attribute() -> None:
     with pytest.raises(DataError, match="no attribute"):
         TripletSampler({0: {0: 1}, 1: {0: 1}}, n_attrs=1)
-
-
-# ------------------------------------------------------------------ FashionAI converter
-
-
-def test_fashionai_convert_round_trip(tmp_path: Path) -> None:
-    images = tmp_path / "fashionAI"
-    rows = ["image_path,attribute,label"]
-    expected = {}
-    for i in range(20):
-        attr = ("skirt_length_labels", "collar_design_labels")[i % 2]
-        n = 6 if i % 2 == 0 else 5
-        value = i % n
-        path = f"Images/{attr}/{i:03d}.jpg"
-        _image(images / path, (i * 10, 50, 100))
-        label = "".join("y" if k == value else ("m" if k == (value + 1) % n else "n")
-                        for k in range(n))
-        rows.append(f"{path},{attr},{label}")
-        expected[path] = (0 if i % 2 == 0 else 4, value)
-    _image(images / "Images/neck_design_labels/x.jpg")
-    rows += [
-        "Images/skirt_length_labels/000.jpg,skirt_length_labels,nnnnnn",   # line 22: no y
-        "Images/neck_design_labels/x.jpg,neck_design_labels,ynyn",         # 23: wrong length
-        "Images/neck_design_labels/x.jpg,neck_design_labels,ynnny",        # 24: several y
-        "Images/neck_design_labels/x.jpg,hat_labels,ynnnn",                # 25: unknown attr
-        "Images/neck_design_labels/gone.jpg,neck_design_labels,nynnn",     # 26: missing image
-        "Images/neck_design_labels/x.jpg,neck_design_labels,nnnyn",        # 27: ok
-    ]
-    expected["Images/neck_design_labels/x.jpg"] = (7, 3)
-    csv_path = tmp_path / "label.csv"
-    csv_path.write_text("\n".join(rows) + "\n")
-    out = tmp_path / "out"
-    assert fashionai_convert.main(["--csv", str(csv_path), "--images", str(images),
-                                   "--out", str(out), "--valid-frac", "0.2",
-                                   "--test-frac", "0.3"]) == 0
-    report = (out / "conversion_report.txt").read_text()
-    for line in (22, 23, 24, 25, 26):
-        assert f"label.csv:{line}: skipped" in report
-    assert report.count("skipped") == 5
-    assert read_attributes(out) == list(BUILTIN_ATTRIBUTES["FashionAI"])
-    seen = {}
-    for split in ("train", "valid", "test"):
-        s = load_split(out, split)
-        rel = [p.relative_to(images).as_posix() for p in s.image_paths]
-        for image_id, labs in s.labels.items():
-            seen[rel[image_id]] = next(iter(labs.items()))
-        if split != "train":
-            ids = sorted(i for i, _, _ in s.queries + s.candidates)
-            assert ids == list(range(len(s)))
-    assert seen == expected
-    assert len(load_split(out, "test")) == 6 and len(load_split(out, "valid")) == 4
