@@ -23,8 +23,10 @@ N_ITEMS = 50   # the tiny fixture: 40 train + 2 valid + 8 test
 
 
 @pytest.fixture(scope="module")
-def server_env(products):
-    return {"ASEN_INDEX_DIR": str(products.index_dir), "ASEN_RELOAD_INTERVAL_S": "0"}
+def server(products_server):
+    """The product catalog's shared server, serving its flat index."""
+    products_server.serve(products_server.products.index_dir)
+    return products_server.process
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Re-ranking and grouping on every index type: the stored vectors are read back from
 flat, hnsw, ivfpq (its PQ approximation) and ivfpq_refine (float16) indexes alike.
 
-One server; the test points its ASEN_INDEX_DIR symlink at each index in turn and reloads.
+One server (``products_server``); each test points its ASEN_INDEX_DIR symlink at the index
+it checks and reloads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 
 from indexer.embed.store import EmbeddingStore
 
-ADMIN = {"X-API-Key": "types-admin"}
 TYPES = ("flat", "hnsw", "ivfpq", "ivfpq_refine")
 #: how far an index's stored vectors may be from the embeddings it was built from
 STORE_TOLERANCE = {"flat": 1e-6, "hnsw": 1e-6, "ivfpq_refine": 2e-3, "ivfpq": None}
@@ -33,26 +33,9 @@ def indexes(products, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def served(indexes, tmp_path_factory) -> Path:
-    link = tmp_path_factory.mktemp("served") / "index"
-    os.symlink(os.path.realpath(indexes["flat"]), link)
-    return link
-
-
-@pytest.fixture(scope="module")
-def server_env(served):
-    return {"ASEN_INDEX_DIR": str(served), "ASEN_RELOAD_INTERVAL_S": "0",
-            "ASEN_ADMIN_API_KEY": ADMIN["X-API-Key"]}
-
-
-def serve(client, link: Path, folder: Path) -> None:
-    """Point the served symlink at `folder` (atomically) and reload."""
-    tmp = link.with_name(link.name + ".next")
-    os.symlink(os.path.realpath(folder), tmp)
-    os.replace(tmp, link)
-    version = json.loads((folder / "manifest.json").read_text())["index_version"]
-    resp = client.post("/v1/admin/reload", headers=ADMIN)
-    assert resp.status_code == 200 and resp.json()["index_version"] == version, resp.text
+def server(products_server):
+    """The product catalog's shared server (each test serves the index it checks)."""
+    return products_server.process
 
 
 def stored_vectors(folder: Path, attribute: str, ids: list[str]) -> np.ndarray:
@@ -70,9 +53,9 @@ def stored_vectors(folder: Path, attribute: str, ids: list[str]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", TYPES)
-def test_rerank_reads_stored_vectors_of_every_index_type(client, served, indexes, products,
-                                                        fx, kind):
-    serve(client, served, indexes[kind])
+def test_rerank_reads_stored_vectors_of_every_index_type(client, products_server, indexes,
+                                                        products, fx, kind):
+    products_server.serve(indexes[kind])
     attrs = client.get("/v1/attributes").json()["attributes"]
     assert {a["index_type"] for a in attrs} == {kind}
     ids = fx.item_ids()
@@ -93,8 +76,8 @@ def test_rerank_reads_stored_vectors_of_every_index_type(client, served, indexes
 
 
 @pytest.mark.parametrize("kind", TYPES)
-def test_grouping_and_compose_on_every_index_type(client, served, indexes, kind):
-    serve(client, served, indexes[kind])
+def test_grouping_and_compose_on_every_index_type(client, products_server, indexes, kind):
+    products_server.serve(indexes[kind])
     body = client.post("/v1/search/by-item", json={
         "item_id": "train-000010", "attribute": "neckline", "k": 6,
         "group_by": "product_id"}).json()

@@ -31,13 +31,13 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory):
+def fx(fx, tmp_path_factory):
     """The tiny catalog indexed with the trained demo checkpoint (a meaningful screenshot),
-    or with a random tiny one when that is absent."""
-    root = tmp_path_factory.mktemp("web-index")
-    if DEMO_CHECKPOINT.is_file():
-        return tiny_index(root, n_train=40, n_test=8, size=192, checkpoint=DEMO_CHECKPOINT)
-    return tiny_index(root)
+    or the shared tiny index (a random tiny checkpoint) when that is absent."""
+    if not DEMO_CHECKPOINT.is_file():
+        return fx
+    return tiny_index(tmp_path_factory.mktemp("web-index"), n_train=40, n_test=8, size=192,
+                      checkpoint=DEMO_CHECKPOINT)
 
 
 @pytest.fixture(scope="module")
