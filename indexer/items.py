@@ -138,22 +138,18 @@ class ItemsTable:
 
     def by_rows(self, rows: Iterable[int]) -> dict[int, Item]:
         """row -> item of those `rows` the table has."""
-        wanted = [int(r) for r in rows]
-        out: dict[int, Item] = {}
-        for s in range(0, len(wanted), _CHUNK):
-            part = wanted[s:s + _CHUNK]
-            out.update((it.row, it) for it in self._items(
-                f"row IN ({','.join('?' * len(part))})", part))
-        return out
+        return {it.row: it for it in self._where_in("row", [int(r) for r in rows])}
 
     def by_ids(self, ids: Iterable[str]) -> dict[str, Item]:
         """id -> item of those `ids` the table has."""
-        wanted = [str(i) for i in ids]
-        out: dict[str, Item] = {}
-        for s in range(0, len(wanted), _CHUNK):
-            part = wanted[s:s + _CHUNK]
-            out.update((it.id, it) for it in self._items(
-                f"id IN ({','.join('?' * len(part))})", part))
+        return {it.id: it for it in self._where_in("id", [str(i) for i in ids])}
+
+    def _where_in(self, column: str, values: Sequence[object]) -> list[Item]:
+        """Items whose `column` is one of `values`, in chunks of SQLite's parameter limit."""
+        out: list[Item] = []
+        for s in range(0, len(values), _CHUNK):
+            part = values[s:s + _CHUNK]
+            out.extend(self._items(f"{column} IN ({','.join('?' * len(part))})", part))
         return out
 
     def page(self, offset: int, limit: int, exclude: np.ndarray | None = None) -> list[Item]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model.osutil import available_cpus
 
 #: Hard ceiling on ``k`` whatever ``ASEN_MAX_K`` says (also the documented schema maximum).
 K_CEILING = 1000
@@ -56,8 +57,9 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Longest a query waits for others to join its batch."
     )
     decode_concurrency: int = Field(
-        max(1, os.cpu_count() or 1), ge=1,
-        description="Uploads decoded and preprocessed at once (default: the CPU count); more "
+        default_factory=available_cpus, ge=1,
+        description="Uploads decoded and preprocessed at once (default: the usable CPUs, "
+                    "cgroup limit included); more "
                     "wait, so that decoding does not crowd out the model.")
     queue_max: int = Field(
         64, ge=1, description="Queries admitted at once (waiting + running); more get 503."

@@ -13,10 +13,11 @@ without the rows the view hides) and the live items are combined.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -334,6 +335,23 @@ class LiveOverlay:
             return e.op == "put"
         return bool(self._base_rows([item_id]))
 
+    @contextlib.contextmanager
+    def _journal_write(self) -> Iterator[sqlite3.Connection]:
+        """One journal write: the writers' lock, a transaction that starts caught up with the
+        journal, the overlay caught up again after the commit; SQLite and file errors raise
+        JournalError."""
+        with self._write_lock:
+            try:
+                con = self._writer()
+                with self.journal.transaction(con):
+                    with self._lock:
+                        self._catch_up(con)
+                    yield con
+                with self._lock:
+                    self._catch_up(con)
+            except (sqlite3.Error, OSError) as exc:
+                raise JournalError(f"journal {self.journal.db}: {exc}") from exc
+
     def put(self, item_id: str, image: bytes, metadata: Mapping[str, object],
             vectors: Mapping[str, np.ndarray]) -> tuple[int, bool]:
         """Journal a put of `item_id` (replacing any item with that id); returns (seq,
@@ -346,39 +364,23 @@ class LiveOverlay:
                            for a in schema.attributes])
         if matrix.shape[1] != schema.dim or not np.isfinite(matrix).all():
             raise ValueError(f"vectors must be finite and of dimension {schema.dim}")
-        with self._write_lock:
-            try:
-                con = self._writer()
-                with self.journal.transaction(con):
-                    with self._lock:
-                        self._catch_up(con)
-                        existed = self._exists(item_id)
-                    name, sha = self.journal.store_image(image)
-                    seq = Journal.append_put(con, item_id, name, sha, metadata, schema.model,
-                                             schema.attributes, matrix)
-                with self._lock:
-                    self._catch_up(con)
-            except (sqlite3.Error, OSError) as exc:
-                raise JournalError(f"journal {self.journal.db}: {exc}") from exc
+        with self._journal_write() as con:
+            with self._lock:
+                existed = self._exists(item_id)
+            name, sha = self.journal.store_image(image)
+            seq = Journal.append_put(con, item_id, name, sha, metadata, schema.model,
+                                     schema.attributes, matrix)
         return seq, existed
 
     def delete(self, item_id: str) -> int | None:
         """Journal a delete; returns its seq, or None when no item has this id."""
         if not self.journal.exists() and not self._base_rows([item_id]):
             return None          # nothing to delete, and no journal to create for it
-        with self._write_lock:
-            try:
-                con = self._writer()
-                with self.journal.transaction(con):
-                    with self._lock:
-                        self._catch_up(con)
-                        if not self._exists(item_id):
-                            return None
-                    seq = Journal.append_delete(con, item_id)
-                with self._lock:
-                    self._catch_up(con)
-            except (sqlite3.Error, OSError) as exc:
-                raise JournalError(f"journal {self.journal.db}: {exc}") from exc
+        with self._journal_write() as con:
+            with self._lock:
+                if not self._exists(item_id):
+                    return None
+            seq = Journal.append_delete(con, item_id)
         return seq
 
     def status(self) -> LiveStatus:
