@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,12 @@ from typing import Any
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
+#: the longest id, in characters (the service's id fields take as much)
+MAX_ID_LENGTH = 512
+#: what follows an id in its image URL, GET /v1/items/{id}/image
+IMAGE_URL_SUFFIX = "/image"
+#: control characters (Unicode category Cc) and lone surrogates (Cs, not encodable as UTF-8)
+_UNSERVABLE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class CatalogError(ValueError):
@@ -40,8 +47,39 @@ class Catalog:
         return len(self.items)
 
 
+def id_problem(item_id: str) -> str | None:
+    """Why ``item_id`` cannot be a catalog id, or None when it can.
+
+    The rule the indexer's catalogs and the service's PUT share: every id accepted is
+    addressable at ``/v1/items/{id}`` and ``/v1/items/{id}/image`` with the id percent-encoded
+    as one path segment (any character, ``/`` included, round-trips). Refused: an empty or
+    blank id, one over MAX_ID_LENGTH characters, control characters or lone surrogates, the
+    ids ``.`` and ``..`` (dot segments, which clients remove from URLs before sending them),
+    and an id ending in ``/image`` (servers decode ``%2F`` before routing, so its item URL
+    would be the image URL of another id).
+    """
+    if not item_id.strip():
+        return "empty"
+    if len(item_id) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} characters"
+    if (bad := _UNSERVABLE_CHARS.search(item_id)) is not None:
+        kind = "a lone surrogate" if bad.group() >= "\ud800" else "a control character"
+        return f"{kind} ({bad.group()!r})"
+    if item_id in (".", ".."):
+        return "'.' and '..' are dot segments that clients remove from URLs"
+    if item_id.endswith(IMAGE_URL_SUFFIX):
+        return f"ends in {IMAGE_URL_SUFFIX!r}, the suffix of an image URL"
+    return None
+
+
+def _check_id(item_id: str, where: str) -> None:
+    if (problem := id_problem(item_id)) is not None:
+        raise CatalogError(f"{where}: id {item_id!r} cannot be served: {problem}")
+
+
 def load_catalog(path: str | os.PathLike[str]) -> Catalog:
-    """Load a catalog file or folder; raises CatalogError on duplicate ids or bad format."""
+    """Load a catalog file or folder; raises CatalogError on duplicate ids, ids that cannot
+    be served (``id_problem``) or bad format."""
     p = Path(path)
     if p.is_dir():
         items, digest = _read_folder(p)
@@ -71,6 +109,7 @@ def _make_item(record: dict[str, Any], base: Path, where: str) -> CatalogItem:
         raise CatalogError(f"{where}: empty or missing 'id'")
     if image is None or str(image).strip() == "":
         raise CatalogError(f"{where}: empty or missing 'image' (id {item_id!r})")
+    _check_id(str(item_id), where)
     meta = {k: v for k, v in record.items() if k not in ("id", "image")}
     return CatalogItem(str(item_id), _resolve_image(str(image), base), meta)
 
@@ -115,6 +154,7 @@ def _read_folder(root: Path) -> tuple[list[CatalogItem], str]:
                 continue
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
+            _check_id(rel, str(full))
             st = full.stat()
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             items.append(CatalogItem(rel, os.path.abspath(full), {}))

@@ -19,7 +19,7 @@ class UnknownAttributeError(ValueError):
 class ImageError(ValueError):
     """An image that cannot be used. ``reason`` is a short machine-readable code."""
 
-    REASONS = ("missing", "empty", "not_an_image", "truncated", "too_large")
+    REASONS = ("missing", "empty", "not_an_image", "truncated", "too_large", "not_a_file")
 
     def __init__(self, reason: str, message: str, source: str | None = None):
         assert reason in self.REASONS, reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
+import stat
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,17 +16,58 @@ DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; larger is treated as a decompr
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading, only if it is a regular file (symlinks followed).
+
+    The file is opened without blocking (a FIFO with no writer would hang ``open``) and
+    checked with ``fstat`` on the open descriptor (no race with a swapped path); a FIFO, a
+    device (``/dev/zero``), a socket or a directory is an ImageError ``not_a_file``, an
+    absent file ``missing``."""
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ImageError("missing", "no such file", name) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+            raise ImageError("not_a_file", f"{kind}, not a regular file", name)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_image_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file (:func:`open_regular_file`), read at most ``max_bytes``
+    + 1: ImageError ``too_large`` when it holds more (whatever its size said)."""
+    with open_regular_file(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ImageError("too_large", f"{size} bytes exceeds {max_bytes}", str(path))
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError("too_large", f"more than {max_bytes} bytes", str(path))
+    return data
+
+
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image fully into RGB, checking its size before decoding pixels."""
+    """Decode an image fully into RGB, checking its size before decoding pixels (a path
+    must name a regular file: :func:`open_regular_file`)."""
     name = None
     if isinstance(source, (str, os.PathLike)):
         name = str(source)
-        path = Path(source)
-        if not path.is_file():
-            raise ImageError("missing", "no such file", name)
-        if path.stat().st_size == 0:
+        fp: BinaryIO = open_regular_file(source)
+        if os.fstat(fp.fileno()).st_size == 0:
+            fp.close()
             raise ImageError("empty", "file is empty", name)
-        fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed below
     elif isinstance(source, bytes):
         if not source:
             raise ImageError("empty", "no image data")

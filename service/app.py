@@ -24,12 +24,6 @@ from .settings import Settings, get_settings
 from .state import ServiceState, load_embedder, open_catalog_index
 
 STATIC_DIR = Path(__file__).parent / "static"
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-}
-
 DESCRIPTION = """
 Fine-grained fashion retrieval with ASEN++: items whose **attribute** (collar, sleeve
 length, ...) looks like the query's. One embedding space per attribute; similarity is the
@@ -67,6 +61,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         root_path=settings.root_path,
+        docs_url=None,      # FastAPI's pages load scripts from a CDN: ours below is offline
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -76,12 +72,29 @@ def create_app(
     for module in (admin, live, health):
         app.include_router(module.router)
 
+    _add_pages(app)
+    _add_middleware(app, settings, metrics)
+    _document_auth_truthfully(app, settings)
+    _configure_logging(settings)
+    return app
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The web page, the offline API reference and their static files."""
     @app.get("/", include_in_schema=False)
     async def index_page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> FileResponse:
+        """The API reference, rendered from /openapi.json by static/docs.js (no CDN)."""
+        return FileResponse(STATIC_DIR / "docs.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """CORS (when origins are configured) inside the request-context middleware."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -93,9 +106,6 @@ def create_app(
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics,
                        max_body_bytes=settings.max_upload_bytes)
-    _document_auth_truthfully(app, settings)
-    _configure_logging(settings)
-    return app
 
 
 def api_v1() -> APIRouter:

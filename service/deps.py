@@ -10,6 +10,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Form, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.convertors import Convertor, register_url_convertor
 
 from indexer.items import Item
 
@@ -34,6 +35,23 @@ def app_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
+
+class _AnyText(Convertor[str]):
+    """Any text, ``/`` and newlines included (Starlette's ``path`` convertor, ``.*``, stops
+    at a newline and would then match a shorter id)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", _AnyText())
+#: the path parameter of every route that names an item (items.py, live.py)
+ITEM_ID = "{item_id:any_text}"
 
 #: A form model read from a multipart body: ``Annotated[SomeForm, MULTIPART]``.
 MULTIPART = Form(media_type="multipart/form-data")

@@ -62,16 +62,47 @@ _HTTP_CODES = {
 }
 
 
+def _text(value: object) -> str:
+    """``value`` as text that encodes to UTF-8 (a client's lone surrogate as ``\\udXXX``)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def clean_validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Keep only JSON-safe parts of pydantic's errors (inputs may be raw bytes)."""
+    """Keep only JSON-safe parts of pydantic's errors (inputs may be raw bytes, locations
+    may be a client's dict keys)."""
     out = []
     for err in errors:
         out.append({
-            "loc": [str(part) for part in err.get("loc", ())],
-            "msg": str(err.get("msg", "")),
-            "type": str(err.get("type", "")),
+            "loc": [_text(part) for part in err.get("loc", ())],
+            "msg": _text(err.get("msg", "")),
+            "type": _text(err.get("type", "")),
         })
     return out
+
+
+#: Starlette's multipart limits (request.form()): message prefix -> (status, code, message).
+_FORM_LIMITS = {
+    "Too many fields": (422, "too_many_fields", "more than 1000 form fields"),
+    "Too many files": (422, "too_many_fields", "more than 1000 files in the form"),
+    "Part exceeded maximum size": (413, "payload_too_large", "a form field is over 1 MB "
+                                   "(the limit of one text field of a multipart form)"),
+    "Field exceeded maximum size": (413, "payload_too_large", "a form field is over 1 MB "
+                                    "(the limit of one text field of a form)"),
+}
+
+
+def _framework_error(status: int, message: str) -> tuple[int, str, str]:
+    """The documented status, code and message of an HTTP error the framework raised."""
+    code = _HTTP_CODES.get(status, "http_error")
+    if status != 400:
+        return status, code, message
+    for prefix, answer in _FORM_LIMITS.items():
+        if message.startswith(prefix):
+            return answer
+    # undecodable JSON or multipart ("There was an error parsing the body", "Invalid
+    # multipart data.", "Missing boundary in multipart.", ...)
+    return 422, "malformed_body", ("the request body cannot be parsed (malformed JSON or "
+                                   "multipart data)")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -90,12 +121,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        status = exc.status_code
-        if status == 400 and "parsing the body" in message:  # undecodable JSON or multipart
-            status, code = 422, "malformed_body"
-            message = "the request body cannot be parsed (malformed JSON or multipart data)"
+        default = _HTTP_CODES.get(exc.status_code, "http_error").replace("_", " ")
+        status, code, message = _framework_error(
+            exc.status_code, exc.detail if isinstance(exc.detail, str) else default)
         return error_json(request, status, code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)

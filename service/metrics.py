@@ -28,7 +28,8 @@ class Metrics:
     route, status, latency and stage timings by :class:`~service.middleware.
     RequestContextMiddleware` once it is answered (routes only hand over their timings), error
     codes by the error renderer, forward passes and the queue depth by the batcher's
-    callbacks, index loads by the reloader.
+    callbacks, index loads by the reloader, the index sizes and staleness (live changes
+    included) by the /metrics endpoint before each scrape.
     """
 
     def __init__(self) -> None:
@@ -56,7 +57,12 @@ class Metrics:
             registry=r,
         )
         self.index_items = Gauge(
-            "asen_index_items", "Items in each attribute's index.", ["attribute"], registry=r,
+            "asen_index_items", "Searchable items of each attribute, live changes included.",
+            ["attribute"], registry=r,
+        )
+        self.live_stale = Gauge(
+            "asen_live_stale", "1 while the served index version is stale (the live-changes "
+            "journal dropped changes it needs).", registry=r,
         )
         self.rejects = Counter(
             "asen_rejected_requests_total", "Requests answered with an error, by error code.",
@@ -110,6 +116,14 @@ class Metrics:
         self.index_info.clear()
         self.index_info.labels(index_version, model_version).set(1)
         self.ready.set(1)
+
+    def set_live(self, sizes: Mapping[str, int], stale: bool | None) -> None:
+        """The served index's sizes and staleness now (refreshed at every scrape, so live
+        changes of every replica count; ``stale`` None: an index without live changes)."""
+        self.index_items.clear()
+        for name, n in sizes.items():
+            self.index_items.labels(name).set(n)
+        self.live_stale.set(1 if stale else 0)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from indexer.catalog import MAX_ID_LENGTH
+
 from .settings import K_CEILING
 
 _K_DOC = "Number of results, 1..ASEN_MAX_K (100); default ASEN_DEFAULT_K (10)."
@@ -41,8 +44,8 @@ _GROUP_DOC = (
 )
 MAX_CANDIDATES = 1000
 MAX_REFERENCES = 16
-MAX_ID_LENGTH = 512
 MAX_FILTER_VALUES = 100
+MAX_FILTER_KEYS = 64
 MAX_METADATA_BYTES = 64 * 1024
 RESERVED_KEYS = ("id", "image")
 
@@ -191,6 +194,8 @@ def _filter_text(value: object) -> object:
 def _filter_values(value: object) -> object:
     if not isinstance(value, dict):
         return value
+    if len(value) > MAX_FILTER_KEYS:
+        raise ValueError(f"at most {MAX_FILTER_KEYS} filter keys, got {len(value)}")
     return {key: [_filter_text(v) for v in val] if isinstance(val, list) else _filter_text(val)
             for key, val in value.items()}
 
@@ -204,7 +209,60 @@ def _id_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+#: Control characters (Unicode category Cc) and lone surrogates (not text: they cannot be
+#: encoded as UTF-8). Values may hold tab, line feed and carriage return; keys may not.
+_KEY_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_VALUE_REFUSED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refused(text: str, pattern: re.Pattern[str]) -> str:
+    found = pattern.search(text)
+    if found is None:
+        return text
+    char = found.group()
+    what = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+    raise ValueError(f"contains {what} (U+{ord(char):04X}) at position {found.start()}")
+
+
+def clean_key(text: str) -> str:
+    """A metadata key or filter key: no control character, no lone surrogate."""
+    return _refused(text, _KEY_REFUSED)
+
+
+def clean_value(text: str) -> str:
+    """A text value: no control character but tab, line feed and carriage return, no lone
+    surrogate."""
+    return _refused(text, _VALUE_REFUSED)
+
+
+def no_surrogate(text: str) -> str:
+    """Any text: no lone surrogate (it cannot be stored, searched or answered as UTF-8)."""
+    return _refused(text, _SURROGATE)
+
+
+def _clean_json(value: JsonValue, where: str = "metadata") -> None:
+    """Every key and text value of a JSON value is clean (:func:`clean_key`,
+    :func:`clean_value`); ValueError naming the first that is not."""
+    if isinstance(value, str):
+        try:
+            clean_value(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _clean_json(v, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            try:
+                clean_key(k)
+            except ValueError as exc:
+                raise ValueError(f"{where}: key {ascii(k)} {exc}") from None
+            _clean_json(v, f"{where}.{k}")
+
+
 def _metadata_checked(meta: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    _clean_json(meta)
     reserved = [k for k in RESERVED_KEYS if k in meta]
     if reserved:
         raise ValueError(f"{reserved} are reserved keys")
@@ -221,8 +279,11 @@ def exactly_one(first: object, second: object, names: str) -> None:
 
 #: Exact metadata matches: field -> value, or -> a list of values (any of them matches).
 #: Numbers and booleans are sent to the index as their JSON text.
+FilterKeyText = Annotated[str, AfterValidator(clean_key)]
+FilterValueText = Annotated[str, AfterValidator(clean_value)]
 MetadataFilters = Annotated[
-    dict[str, str | Annotated[list[str], Field(min_length=1, max_length=MAX_FILTER_VALUES)]],
+    dict[FilterKeyText, FilterValueText | Annotated[
+        list[FilterValueText], Field(min_length=1, max_length=MAX_FILTER_VALUES)]],
     BeforeValidator(_filter_values, json_schema_input_type=dict[
         str, str | float | bool | list[str | float | bool]]),
 ]
@@ -231,14 +292,16 @@ Weights = Annotated[
     dict[str, Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]],
     Field(min_length=1), AfterValidator(_normalised_weights),
 ]
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
-CandidateId = Annotated[ItemId, Field(strict=True),
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+                   AfterValidator(no_surrogate)]
+CandidateId = Annotated[ItemId, Field(strict=True), AfterValidator(clean_key),
                         BeforeValidator(_id_text, json_schema_input_type=str | int)]
 #: The same types as multipart form fields: a JSON text (blank: not given).
 FormFilters = Annotated[Json[MetadataFilters] | None, BeforeValidator(_blank_is_none)]
 FormWeights = Annotated[Json[Weights] | None, BeforeValidator(_blank_is_none)]
 FormItemId = Annotated[ItemId | None, BeforeValidator(_blank_is_none)]
-GroupBy = Annotated[Annotated[str, StringConstraints(max_length=256)] | None,
+GroupBy = Annotated[Annotated[str, StringConstraints(max_length=256),
+                              AfterValidator(clean_key)] | None,
                     BeforeValidator(_blank_is_none)]
 Metadata = Annotated[Json[dict[str, JsonValue]], AfterValidator(_metadata_checked),
                      BeforeValidator(_blank_is_empty_object)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -18,6 +18,10 @@ from indexer.items import Item
 
 from .errors import ApiError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .protocols import CatalogIndexLike
+    from .state import Snapshot
 
 Prepared = TypeVar("Prepared")
 P = ParamSpec("P")
@@ -33,6 +37,7 @@ _IMAGE_ERRORS = {
     "empty": (422, "empty_image", "the uploaded file is empty"),
     "too_large": (413, "image_too_large", "the image has too many pixels"),
     "missing": (404, "image_missing", "the image file is missing"),
+    "not_a_file": (404, "image_missing", "the image is not a regular file"),
 }
 
 
@@ -104,10 +109,55 @@ async def prepare_image(source: bytes | Path, settings: Settings,
                                 settings.max_image_pixels, prepare)
 
 
-async def item_image(item: Item, settings: Settings) -> Image.Image:
-    """Decode an indexed item's image; 404 when the server-side file is unusable."""
+def _image_roots(roots: Sequence[Path], index: CatalogIndexLike) -> list[Path]:
+    """ASEN_IMAGE_ROOTS plus the folders where the index keeps images itself (the live
+    changes' uploads); no restriction when ASEN_IMAGE_ROOTS is unset."""
+    return [*roots, *index.image_dirs] if roots else []
+
+
+def _servable(raw: str, roots: Sequence[Path]) -> tuple[Path, str]:
+    """An item's image file (symlinks resolved) and its sniffed media type; ValueError or
+    OSError when it is not servable.
+
+    The path comes from the index, never from the client; it must be a regular image file
+    and, when ASEN_IMAGE_ROOTS is set, lie inside one of those folders (symlinks resolved).
+    """
+    path = Path(raw).resolve(strict=True)
+    if not path.is_file():
+        raise ValueError("not a regular file")
+    if roots and not any(path.is_relative_to(root.resolve()) for root in roots):
+        raise ValueError("outside ASEN_IMAGE_ROOTS")
+    with Image.open(path) as img:
+        mime = Image.MIME.get(img.format or "", "")
+    if not mime.startswith("image/"):
+        raise ValueError("not an image")
+    return path, mime
+
+
+def _unavailable(item: Item, reason: str | None = None) -> ApiError:
+    details: dict[str, object] = {"item_id": item.id}
+    if reason is not None:
+        details["reason"] = reason
+    return ApiError(404, "image_unavailable", f"the image of item {item.id!r} is not available",
+                    details=details)
+
+
+async def item_image_file(item: Item, settings: Settings, snap: Snapshot) -> tuple[Path, str]:
+    """The file of an indexed item's image and its media type: the one check (a regular
+    image file, inside ASEN_IMAGE_ROOTS when set) before any item image is opened; 404
+    image_unavailable otherwise."""
+    roots = await snap.call(_image_roots, settings.image_roots, snap.index)
     try:
-        return await decode_image(Path(item.image), settings)
+        return await in_decode_pool(settings, _servable, item.image, roots)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _unavailable(item) from exc
+
+
+async def item_image(item: Item, settings: Settings, snap: Snapshot) -> Image.Image:
+    """Decode an indexed item's image, checked by :func:`item_image_file` first; 404 when
+    the server-side file is unusable."""
+    path, _ = await item_image_file(item, settings, snap)
+    try:
+        return await decode_image(path, settings)
     except ApiError as exc:
-        raise ApiError(404, "image_unavailable", f"the image of item {item.id!r} is not available",
-                       details={"item_id": item.id, "reason": exc.code}) from exc
+        raise _unavailable(item, exc.code) from exc

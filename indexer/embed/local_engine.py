@@ -27,7 +27,7 @@ from indexer.catalog import CatalogItem
 from indexer.embed.store import EmbeddingStore, Reject
 from model.embedder import Embedder
 from model.errors import ImageError
-from model.imageio import DEFAULT_MAX_PIXELS, open_image
+from model.imageio import DEFAULT_MAX_PIXELS, open_image, read_image_file
 from model.osutil import available_cpus
 from model.preprocess import PreparedImage, Preprocessor
 
@@ -97,17 +97,12 @@ class ItemLoader:
     stored: Mapping[str, str]          # id -> sha256 already in the store
     stored_shas: Mapping[str, tuple[int, int]]     # sha256 -> (part, offset) in the store
 
-    def _read(self, path: str) -> bytes:
-        st = os.stat(path)
-        if st.st_size > self.limits.max_bytes:
-            raise ImageError("too_large", f"{st.st_size} bytes exceeds {self.limits.max_bytes}")
-        with open(path, "rb") as f:
-            return f.read()
-
     def load(self, pos: int, item_id: str, path: str) -> Loaded:
         sha = None
         try:
-            data = self._read(path)
+            # a regular file only (a FIFO would hang the job, /dev/zero fill the memory),
+            # read at most max_bytes + 1
+            data = read_image_file(path, self.limits.max_bytes)
             sha = hashlib.sha256(data).hexdigest()
             if self.previous.get(item_id) == sha:
                 return Loaded(pos, sha, "unchanged", None)

@@ -6,7 +6,7 @@ row with its id, a live delete hides it. Each version keeps the whole layer in `
 journal's `images/`), `metadata`, `sha256`), so the changes outlive the fold: the next build
 applies them to the catalog again. A layer entry goes away when the catalog catches up: a
 delete whose id left the catalog, a put whose id the catalog now has with the same image
-bytes and metadata.
+bytes and metadata (compared as the catalog holds it: see :func:`same_metadata`).
 
 A fold (the one-shot command, full or `--update`) reads the journal up to its last seq S
 (under the INDEX_DIR lock; puts keep arriving), adds those entries to the published layer,
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.catalog import Catalog, CatalogItem
+from indexer.catalog import Catalog, CatalogError, CatalogItem
 from indexer.layout import IndexLayout
 from indexer.live.journal import Journal
 from indexer.manifest import Manifest
@@ -35,6 +36,10 @@ from model.osutil import atomic_write_bytes, sha256_file
 
 LAYER = "live.jsonl"
 log = logging.getLogger(__name__)
+
+
+class AllItemsDeleted(CatalogError):
+    """The live deletes leave no item: there is nothing to build an index of."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,8 @@ class Fold:
         return CatalogItem(e.id, str(self.journal.images / str(e.image)), dict(e.metadata or {}))
 
     def apply(self, catalog: Catalog) -> Catalog:
-        """The catalog with the layer applied (same path and sha256: the file's)."""
+        """The catalog with the layer applied (same path and sha256: the file's);
+        AllItemsDeleted when the live deletes leave no item (nothing is changed)."""
         if not self.layer:
             return catalog
         items = []
@@ -102,7 +108,20 @@ class Fold:
         ids = {it.id for it in catalog.items}
         added = sorted((e for e in self.layer.values() if e.op == "put" and e.id not in ids),
                        key=lambda e: e.seq)
-        return Catalog(catalog.path, items + [self._item(e) for e in added], catalog.sha256)
+        items += [self._item(e) for e in added]
+        if not items:
+            self._refuse_empty(catalog)
+        return Catalog(catalog.path, items, catalog.sha256)
+
+    def _refuse_empty(self, catalog: Catalog) -> None:
+        deletes = sum(e.op == "delete" for e in self.layer.values())
+        raise AllItemsDeleted(
+            f"live changes deleted every item: all {len(catalog)} item(s) of the catalog "
+            f"{catalog.path} are deleted live ({deletes} live delete(s), journal "
+            f"{self.journal.db}) and no live put is left, so there is nothing to index; "
+            "nothing was built or published (the served version and the journal are kept). "
+            "Put an item (PUT /v1/admin/items/{id}) or add rows to the catalog, then run "
+            "the indexer again")
 
     def write(self, staging: Path) -> None:
         """`live.jsonl` of the new version (when the layer has entries)."""
@@ -150,6 +169,36 @@ class Fold:
                      f", {removed} unused image(s) deleted" if removed else "")
 
 
+def catalog_text(value: object) -> str:
+    """A metadata value as a CSV catalog holds it: text as it is, null as an empty cell,
+    anything else (number, boolean, list, object) as its JSON text (`3`, `9.5`, `true`)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def same_metadata(catalog: Mapping[str, object], put: Mapping[str, object]) -> bool:
+    """Whether a catalog row's metadata is a live put's: every key with an equal JSON value,
+    or, where the catalog holds text (a CSV catalog holds nothing else), the put's value as
+    :func:`catalog_text` writes it, a key the put lacks matching an empty cell."""
+    for key in catalog.keys() | put.keys():
+        if key not in catalog:
+            return False
+        have, want = catalog[key], put.get(key)
+        if isinstance(have, str):
+            if have != catalog_text(want):
+                return False
+        elif key not in put or _json(have) != _json(want):
+            return False
+    return True
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
 def _prune(layer: dict[str, LayerEntry], catalog: Catalog) -> dict[str, LayerEntry]:
     """Drop the entries the catalog has caught up with."""
     rows = {it.id: it for it in catalog.items}
@@ -158,7 +207,7 @@ def _prune(layer: dict[str, LayerEntry], catalog: Catalog) -> dict[str, LayerEnt
         row = rows.get(item_id)
         if e.op == "delete" and row is None:
             continue
-        if (e.op == "put" and row is not None and row.metadata == (e.metadata or {})
+        if (e.op == "put" and row is not None and same_metadata(row.metadata, e.metadata or {})
                 and _file_sha(row.image) == e.sha256):
             continue
         out[item_id] = e

@@ -277,15 +277,14 @@ class LiveOverlay:
         state = Journal.state(con)
         applied = self._view.applied
         stale = self._view.stale or state.dropped_upto > applied     # missed entries: sticky
-        if stale and not self._view.stale:
-            log.warning("journal %s dropped changes this index version (%s) still needs: "
-                        "reload the newer version", self.journal.db, self.folded_seq)
-        if state.last_seq <= applied:
+        if stale and not self._view.stale:      # recorded below, so logged once
+            log.warning("journal %s dropped changes this index version (folded seq %s) "
+                        "still needs: reload the newer version", self.journal.db,
+                        self.folded_seq)
+        entries = Journal.read(con, applied) if state.last_seq > applied else []
+        if not entries:      # nothing new to apply (or all of it dropped): the flag alone
             if stale != self._view.stale:
                 self._view = self._rebuild(applied, stale)
-            return
-        entries = Journal.read(con, applied)
-        if not entries:
             return
         new_ids = [e.id for e in entries if e.id not in self._latest]
         if new_ids:

@@ -48,7 +48,7 @@ async def _decoded(form: ExplainForm, snap: Snapshot, settings: Settings, stored
         return await prepare_image(data, settings,
                                    lambda image: (image, embedder.preprocess(image)))
     assert form.item_id is not None   # the form's validator: exactly one of the two
-    image = await item_image(await stored.item(form.item_id), settings)
+    image = await item_image(await stored.item(form.item_id), settings, snap)
     return image, await run_in_threadpool(embedder.preprocess, image)
 
 

@@ -1,9 +1,12 @@
-"""Catalog items: list, get one, and its image."""
+"""Catalog items: list, get one, and its image.
+
+The id is a path parameter that takes any id, `/` included (a folder catalog's ids are
+relative paths): sent percent-encoded as one segment (``%2F``) or not, it routes the same.
+"""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,15 +16,15 @@ from starlette.concurrency import run_in_threadpool
 
 from indexer.items import Item
 
-from ..deps import SettingsDep, SnapshotDep, StoredDep
-from ..errors import ApiError, error_responses
-from ..protocols import CatalogIndexLike
+from ..deps import ITEM_ID, SettingsDep, SnapshotDep, StoredDep
+from ..errors import error_responses
 from ..query import image_url
 from ..schemas import ItemResponse, ItemsPage
-from ..uploads import item_image
+from ..uploads import item_image, item_image_file
 from . import V1
 
 router = APIRouter(prefix=f"{V1}/items", tags=["items"])
+
 
 _CACHE = "private, max-age=300"
 
@@ -39,30 +42,6 @@ def _response(request: Request, item: Item) -> ItemResponse:
                         image_url=image_url(request, item.id))
 
 
-def _image_file(raw: str, roots: list[Path]) -> tuple[Path, str]:
-    """The item's image file and its sniffed media type; ValueError when not servable.
-
-    The path comes from the index, never from the client; it must be a regular image file
-    and, when ASEN_IMAGE_ROOTS is set, lie inside one of those folders (symlinks resolved).
-    """
-    path = Path(raw).resolve(strict=True)
-    if not path.is_file():
-        raise ValueError("not a regular file")
-    if roots and not any(path.is_relative_to(root.resolve()) for root in roots):
-        raise ValueError("outside ASEN_IMAGE_ROOTS")
-    with Image.open(path) as img:
-        mime = Image.MIME.get(img.format or "", "")
-    if not mime.startswith("image/"):
-        raise ValueError("not an image")
-    return path, mime
-
-
-def _image_roots(roots: list[Path], index: CatalogIndexLike) -> list[Path]:
-    """ASEN_IMAGE_ROOTS plus the folders where the index keeps images itself (the live
-    changes' uploads); no restriction when ASEN_IMAGE_ROOTS is unset."""
-    return [*roots, *index.image_dirs] if roots else []
-
-
 def _thumbnail(img: Image.Image, max_side: int) -> bytes:
     img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     out = io.BytesIO()
@@ -76,7 +55,7 @@ async def list_items(
     request: Request,
     snap: SnapshotDep,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 24,
+    limit: Annotated[int, Query(ge=1, le=200, description="Items per page, 1 to 200.")] = 24,
 ) -> ItemsPage:
     """A page of indexed items in index order (for pickers and browsing)."""
     total, items = await snap.call(snap.index.list_items, offset, limit)
@@ -84,15 +63,8 @@ async def list_items(
                      offset=offset, limit=limit, index_version=snap.version)
 
 
-@router.get("/{item_id}", response_model=ItemResponse, summary="Get an item",
-            responses=error_responses(401, 404, 503))
-async def get_item(request: Request, item: PathItem) -> ItemResponse:
-    """An indexed item's metadata."""
-    return _response(request, item)
-
-
 @router.get(
-    "/{item_id}/image",
+    f"/{ITEM_ID}/image",
     summary="Get an item's image",
     response_class=Response,
     responses={200: {"content": {"image/*": {}}, "description": "The image file."},
@@ -107,14 +79,18 @@ async def get_item_image(
 ) -> Response:
     """The item's catalog image, or a JPEG thumbnail with `max_side`."""
     headers = {"Cache-Control": _CACHE, "X-Index-Version": snap.version}
-    roots = await snap.call(_image_roots, settings.image_roots, snap.index)
-    try:
-        path, mime = await run_in_threadpool(_image_file, item.image, roots)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ApiError(404, "image_unavailable", f"the image of item {item.id!r} is not available",
-                       details={"item_id": item.id}) from exc
+    path, mime = await item_image_file(item, settings, snap)
     if max_side is not None:
-        img = await item_image(item, settings)
+        img = await item_image(item, settings, snap)
         data = await run_in_threadpool(_thumbnail, img, max_side)
         return Response(data, media_type="image/jpeg", headers=headers)
     return FileResponse(path, media_type=mime, headers=headers)
+
+
+# After the image route: ITEM_ID matches any path, one ending in /image too (no id
+# ends in /image: indexer.catalog.id_problem).
+@router.get(f"/{ITEM_ID}", response_model=ItemResponse, summary="Get an item",
+            responses=error_responses(401, 404, 503))
+async def get_item(request: Request, item: PathItem) -> ItemResponse:
+    """An indexed item's metadata."""
+    return _response(request, item)

@@ -11,10 +11,20 @@ from collections.abc import Callable
 from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
+from pydantic import AfterValidator
 
+from indexer.catalog import MAX_ID_LENGTH, id_problem
 from indexer.live.journal import JournalError, LiveChangesUnavailable
 
-from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, item_not_found, require_admin_key
+from ..deps import (
+    ITEM_ID,
+    MULTIPART,
+    SettingsDep,
+    SnapshotDep,
+    StateDep,
+    item_not_found,
+    require_admin_key,
+)
 from ..errors import ApiError, error_responses
 from ..query import admitted, embed_upload, image_url
 from ..schemas import ItemResponse, LiveChangeResponse, LiveItemForm
@@ -27,8 +37,23 @@ router = APIRouter(prefix="/v1/admin/items", tags=["admin"],
 P = ParamSpec("P")
 T = TypeVar("T")
 
-PathItemId = Annotated[str, Path(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$",
+PathItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH,
+                                 pattern=r"^[^\x00-\x1f\x7f]+$",
                                  description="The catalog id (no control characters).")]
+
+
+def _servable(item_id: str) -> str:
+    """The id, when every endpoint can address it (indexer.catalog.id_problem)."""
+    if (problem := id_problem(item_id)) is not None:
+        raise ValueError(f"this id cannot be served: {problem}")
+    return item_id
+
+
+#: an id a PUT may create: the catalogs' rule, so that the item's URLs all reach it
+NewItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description=(
+    "The catalog id: any text (`/` included) but blank, `.`, `..`, one ending in `/image` or "
+    f"with control characters, at most {MAX_ID_LENGTH} characters.")),
+                      AfterValidator(_servable)]
 
 
 def _unavailable(retry_after: int) -> ApiError:
@@ -56,14 +81,14 @@ async def _journal(snap: Snapshot, retry_after: int, fn: Callable[P, T], *args: 
 
 
 @router.put(
-    "/{item_id}",
+    f"/{ITEM_ID}",
     response_model=LiveChangeResponse,
     summary="Add or replace a catalog item now",
     responses=error_responses(401, 403, 404, 413, 415, 422, 503),
 )
 async def put_item(
     request: Request,
-    item_id: PathItemId,
+    item_id: NewItemId,
     form: Annotated[LiveItemForm, MULTIPART],
     settings: SettingsDep,
     state: StateDep,
@@ -87,7 +112,7 @@ async def put_item(
 
 
 @router.delete(
-    "/{item_id}",
+    f"/{ITEM_ID}",
     response_model=LiveChangeResponse,
     summary="Remove a catalog item now",
     responses=error_responses(401, 403, 404, 422, 503),

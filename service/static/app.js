@@ -42,6 +42,8 @@
     img.src = blobUrl;
   }
 
+  // An image_url made relative to the page (behind a path prefix too), used as given: it is
+  // already percent-encoded, and decoding or splitting it would lose ids containing "/".
   function rel(url) { return url.startsWith("/") ? url.slice(1) : url; }
 
   function setStatus(text, isError = false) {
@@ -159,6 +161,7 @@
       img.src = URL.createObjectURL(r.file);
       img.hidden = false;
     } else if (r.source === "item" && r.itemId) {
+      // one path segment, "/" as %2F: the server's image_url encodes an id the same way
       setImage(img, `v1/items/${encodeURIComponent(r.itemId)}/image?max_side=160`);
       img.hidden = false;
     } else {
@@ -167,7 +170,8 @@
   }
 
   function pickRef2Item(preview) {
-    state.ref2.itemId = $("item2").value.trim() || null;
+    const typed = $("item2").value;   // ids are exact: " a" and "a" are two ids
+    state.ref2.itemId = typed.trim() ? typed : null;
     if (preview) showRef2();
     updateButton();
   }

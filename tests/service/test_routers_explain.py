@@ -69,6 +69,30 @@ def test_explain_item_without_its_image_is_404(make_client, tmp_path):
     error_of(_explain(client, item_id="ghost", attribute="collar"), 404, "image_unavailable")
 
 
+def test_explain_item_outside_image_roots_is_404_like_its_image(make_client, tmp_path):
+    """ASEN_IMAGE_ROOTS holds for explain too: the item's image, reached through a symlink in
+    the catalog folder, lies outside the roots."""
+    outside, roots = tmp_path / "outside", tmp_path / "catalog"
+    outside.mkdir()
+    roots.mkdir()
+    secret = outside / "secret.png"
+    secret.write_bytes(image_bytes((9, 9, 9)))
+    (roots / "linked.png").symlink_to(secret)
+    client = make_client(image_roots=[roots])
+    index = served_index(client)
+    index.add(Item(998, "linked", str(roots / "linked.png"), {}),
+              {a: index.embedding("sku-00", a) for a in index.attributes})
+    error_of(client.get("/v1/items/linked/image"), 404, "image_unavailable")
+    for params in ({}, {"format": "png"}):
+        r = client.post("/v1/explain", params=params,
+                        data={"item_id": "linked", "attribute": "colour"})
+        error_of(r, 404, "image_unavailable")
+    (roots / "inside.png").write_bytes(image_bytes((9, 9, 9)))
+    index.add(Item(997, "inside", str(roots / "inside.png"), {}),
+              {a: index.embedding("sku-00", a) for a in index.attributes})
+    assert _explain(client, item_id="inside", attribute="colour").status_code == 200
+
+
 def test_explain_unknown_attribute_is_422_listing_the_valid_ones(app_client):
     r = _explain(app_client, image_bytes(), attribute="collr")
     assert error_of(r, 422, "unknown_attribute")["details"]["valid"] == list(ATTRIBUTES)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import quote
 
 from PIL import Image
 from service_fakes import CATALOG, INDEX_VERSION, served_index
-from testkit import error_of
+from testkit import error_of, ok
 
 from indexer.items import Item
 
@@ -90,3 +91,52 @@ def test_item_image_outside_image_roots_is_404(make_client, tmp_path):
 def test_item_image_inside_image_roots_is_served(make_client, fake_catalog):
     client = make_client(image_roots=[fake_catalog.images["sku-01"].parent])
     assert client.get("/v1/items/sku-01/image").status_code == 200
+
+
+#: ids a folder or CSV catalog makes that are not plain tokens. Not "a%2Fb": Starlette's
+#: TestClient decodes the path twice (uvicorn once); tests/service/test_item_ids.py serves
+#: such ids over a real server.
+ODD_IDS = ["dresses/a.jpg", "tops/summer sale/b 1.png", "ünï/✓.jpg", "100%", "50%off",
+           "...", "a/../b", "../up", "./here", "x..y", "q?x=1#h", "plus+semi;amp&", "image"]
+
+
+def _with_odd_ids(make_client, fake_catalog):
+    client = make_client()
+    index = served_index(client)
+    for n, item_id in enumerate(ODD_IDS):
+        index.add(Item(100 + n, item_id, str(fake_catalog.images["sku-01"]), {"n": str(n)}),
+                  {a: index.embedding("sku-01", a) for a in index.attributes})
+    return client
+
+
+def test_every_id_is_addressable_by_its_urls(make_client, fake_catalog):
+    client = _with_odd_ids(make_client, fake_catalog)
+    for n, item_id in enumerate(ODD_IDS):
+        item = ok(client.get(f"/v1/items/{quote(item_id, safe='')}"))
+        assert item["id"] == item_id and item["metadata"] == {"n": str(n)}, item_id
+        assert item["image_url"] == f"/v1/items/{quote(item_id, safe='')}/image"
+        r = client.get(item["image_url"])
+        assert r.status_code == 200 and r.content == fake_catalog.image_bytes("sku-01"), item_id
+        assert client.get(item["image_url"], params={"max_side": 16}).status_code == 200
+
+
+def test_a_slash_in_an_id_may_be_sent_encoded_or_not(make_client, fake_catalog):
+    client = _with_odd_ids(make_client, fake_catalog)
+    for path in ("/v1/items/dresses/a.jpg", "/v1/items/dresses%2Fa.jpg"):
+        assert client.get(path).json()["id"] == "dresses/a.jpg"
+        assert client.get(path + "/image").status_code == 200
+    # servers decode %2F before routing: a URL ending in /image is an image URL
+    assert client.get("/v1/items/sku-01%2Fimage").headers["content-type"] == "image/png"
+
+
+def test_listed_image_urls_round_trip(make_client, fake_catalog):
+    client = _with_odd_ids(make_client, fake_catalog)
+    items = client.get("/v1/items", params={"limit": 200}).json()["items"]
+    assert set(ODD_IDS) <= {it["id"] for it in items}
+    for it in items:
+        assert client.get(it["image_url"]).status_code == 200, it["id"]
+
+
+def test_unknown_ids_with_odd_characters_are_404(app_client):
+    for path in ("no/such/item", "%00", "%ED%A0%80", "%2E%2E", "nope/image", "sku-01%0A"):
+        error_of(app_client.get(f"/v1/items/{path}"), 404, "item_not_found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from urllib.parse import quote
 
 import pytest
 from service_fakes import ADMIN_KEY, INDEX_VERSION, served_index
@@ -114,3 +115,48 @@ def test_index_without_live_changes_is_503(make_client, fake_catalog):
     error_of(client.delete("/v1/admin/items/sku-01", headers=ADMIN), 503,
              "live_changes_unavailable")
     assert client.get("/v1/admin/status", headers=ADMIN).json()["live"] is None
+
+
+@pytest.mark.parametrize("item_id", ["dresses/new.jpg", "a b/ü ✓", "100%", "...", "a/../b",
+                                     "../up", "./here", "image", "x/image.jpg"])
+def test_put_any_servable_id_then_every_url_reaches_it(make_client, item_id):
+    client = make_client()
+    image = image_bytes(NEW)
+    encoded = quote(item_id, safe="")
+    body = _put(client, encoded, image, {"k": "v"}).json()
+    assert body["id"] == item_id
+    assert body["item"]["image_url"] == f"/v1/items/{encoded}/image"
+    assert client.get(f"/v1/items/{encoded}").json()["id"] == item_id
+    assert client.get(body["item"]["image_url"]).content == image
+    by_item = client.post("/v1/search/by-item", json={"item_id": item_id, "attribute": "colour",
+                                                      "k": 3, "include_self": True}).json()
+    assert by_item["results"][0]["id"] == item_id
+    assert client.delete(f"/v1/admin/items/{encoded}", headers=ADMIN).json()["id"] == item_id
+    error_of(client.get(f"/v1/items/{encoded}"), 404, "item_not_found")
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    ("%2E", "dot segments"), ("%2E%2E", "dot segments"), ("%20%20", "empty"),
+    ("x%2Fimage", "/image"), ("tops/image", "/image"), ("a%C2%85b", "control character"),
+    ("a%7Fb", "control character"), ("a%0Ab", "control character"), ("sku-01%0A", "control"),
+    ("x" * 513, "at most 512"), ("", "at least 1"),
+])
+def test_put_of_an_id_that_cannot_be_served_is_422(app_client, path, why):
+    error = error_of(_put(app_client, path, image_bytes()), 422, "validation_error")
+    assert why in json.dumps(error["details"]), error
+    listed = app_client.get("/v1/items", params={"limit": 200}).json()["items"]
+    assert all(it["id"].startswith("sku-") for it in listed)          # nothing was added
+
+
+def test_items_page_limit_is_1_to_200_and_openapi_says_so(make_client):
+    client = make_client()
+    for n in range(3):
+        assert _put(client, f"live-{n}", image_bytes((n, 9, 9))).status_code == 200
+    page = client.get("/v1/items", params={"offset": 0, "limit": 200}).json()
+    assert page["limit"] == 200 and page["total"] == len(page["items"])
+    assert [it["id"] for it in page["items"][-3:]] == ["live-0", "live-1", "live-2"]
+    error_of(client.get("/v1/items", params={"limit": 201}), 422, "validation_error")
+    error_of(client.get("/v1/items", params={"limit": 0}), 422, "validation_error")
+    params = client.get("/openapi.json").json()["paths"]["/v1/items"]["get"]["parameters"]
+    limit = next(p for p in params if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 200 and "1 to 200" in limit["description"]

@@ -151,3 +151,27 @@ def test_published_index_alone_and_an_index_without_journal(fx):
             index.put_item("x", png(4), {}, {n: q for n in pub.attributes})
         with pytest.raises(JournalError):           # what a caller of put_item catches
             index.delete_item(base[0][0].item.id)
+
+
+def test_a_view_that_missed_dropped_changes_is_stale_and_warns_once(idx, caplog):
+    """Polling off: the view never read the entries two folds dropped, and the journal holds
+    none after its position, yet it records `stale` (status, every read) and logs it once."""
+    rng = np.random.default_rng(5)
+    vectors = np.stack([unit(rng, idx.dim) for _ in idx.attributes])
+    idx.put_item("seen", png(5), {}, {a: vectors[n] for n, a in enumerate(idx.attributes)})
+    seen = idx.live.applied
+    journal = Journal(Path(idx.live_status().journal).parent)
+    con = journal.connect()
+    try:
+        with Journal.transaction(con):     # a fold, then a fold without changes: all gone
+            missed = Journal.append_put(con, "missed", "y.png", "1" * 64, {}, None,
+                                        idx.attributes, vectors)
+            Journal.fold(con, missed, missed)
+    finally:
+        con.close()
+    with caplog.at_level("WARNING", logger="indexer.live.overlay"):
+        views = [idx.live for _ in range(3)]
+        status = idx.live_status()
+    assert all(v.stale for v in views) and status.stale is True
+    assert views[-1].applied == seen and idx.get("seen") is not None
+    assert sum("dropped changes" in r.getMessage() for r in caplog.records) == 1
