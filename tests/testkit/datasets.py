@@ -70,7 +70,7 @@ BROKEN_ITEMS = {"bad-missing": ("bad/nope.jpg", "missing"),
                 "bad-text": ("bad/text.jpg", "not_an_image"),
                 "bad-trunc": ("bad/truncated.jpg", "truncated"),
                 "bad-bomb": ("bad/bomb.png", "too_large"),     # over --max-pixels 1000000
-                "bad-dir": ("bad/folder.jpg", "unreadable")}
+                "bad-dir": ("bad/folder.jpg", "not_a_file")}
 
 
 def append_broken_items(catalog: Path, ids: Sequence[str] = tuple(BROKEN_ITEMS)
