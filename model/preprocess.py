@@ -30,9 +30,26 @@ class PreparedImage:
     source_scale: float
 
 
+# Preprocessing runs on decode threads. It uses numpy only and wraps the result with
+# torch.from_numpy: a torch operation on a large tensor would start an OpenMP team on each
+# such thread, and teams of several threads compete for the cores the model's thread needs.
+_MEAN_255 = (np.asarray(IMAGENET_MEAN, dtype=np.float32) * np.float32(255.0)).reshape(3, 1, 1)
+_STD_255 = (np.asarray(IMAGENET_STD, dtype=np.float32) * np.float32(255.0)).reshape(3, 1, 1)
+
+
+def _chw_uint8(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
+
+
 def to_tensor_uint8(img: Image.Image) -> torch.Tensor:
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    """PIL image -> uint8 [3, H, W] (numpy work only, see above)."""
+    return torch.from_numpy(_chw_uint8(img))
+
+
+def normalized_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image -> ImageNet-normalised float32 [3, H, W], equal to ``normalize`` of its uint8
+    tensor (the same float32 operations), computed with numpy only."""
+    return torch.from_numpy((_chw_uint8(img).astype(np.float32) - _MEAN_255) / _STD_255)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -60,4 +77,4 @@ class Preprocessor:
             scale = self.source_max / short
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
             source = img.resize(size, Image.Resampling.BILINEAR)
-        return PreparedImage(normalize(to_tensor_uint8(glob)), to_tensor_uint8(source), geom, scale)
+        return PreparedImage(normalized_tensor(glob), to_tensor_uint8(source), geom, scale)

@@ -6,11 +6,14 @@ them on to the indexer they start.
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning. The service shares its cores between the
-# model's intra-op threads, the event loop and image decoding, and with spinning workers a
-# busy host turned ~3 ms forwards into ~200 ms ones (docs/BENCHMARKS.md). Takes effect only if
-# set before torch loads; an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that finish a parallel region spin only briefly (20,000 rounds, tens of
+# microseconds) before they sleep. The default (300,000) keeps idle threads on the cores that
+# decoding and the event loop need; OMP_WAIT_POLICY=PASSIVE (no spinning at all) made every
+# forward pay for waking its threads: a single query's forward 16 -> 30 ms on two cores
+# (docs/BENCHMARKS.md, "Single-query latency"). An explicit GOMP_SPINCOUNT or
+# OMP_WAIT_POLICY in the environment wins. Takes effect only if set before torch loads.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 # Freed activations stay in one heap for the next batch, before any thread allocates
 # (model/memory.py).

@@ -54,6 +54,14 @@ def open_catalog_index(path: Path) -> CatalogIndexLike:
     return CatalogIndex.open(path)
 
 
+def _single_threaded_faiss() -> None:
+    """Index threads search one query batch each, without an OpenMP team of FAISS's: idle
+    team threads would spin on the cores the model's thread needs (docs/BENCHMARKS.md)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
 def load_embedder(path: Path, settings: Settings) -> EmbedderLike:
     """Default model loader: :func:`model.load_model`."""
     from model import load_model
@@ -338,12 +346,19 @@ class ServiceState:
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         if self._embedder is not None and self._embedder[0] == key:
             return self._embedder[1]
+        # Loaded and warmed on the inference thread, the one thread that runs the model: each
+        # thread that runs torch operations gets an OpenMP team of its own, and a second team
+        # (here: the loader's) made every later forward about 2x slower on two cores.
+        embedder = self._inference.submit(self._load_and_warm, path).result()
+        self._embedder = (key, embedder)
+        return embedder
+
+    def _load_and_warm(self, path: Path) -> EmbedderLike:
         embedder = self._load_model(path, self.settings)
         names = list(embedder.attribute_names)
         if names:  # warm up: the first real query should not pay for lazy initialisation
             warm = embedder.preprocess(Image.new("RGB", (96, 128), (128, 128, 128)))
             embedder.embed_each_prepared([warm], [names[:1]])
-        self._embedder = (key, embedder)
         return embedder
 
     def _build_snapshot(self) -> tuple[Snapshot, dict[str, int]]:
@@ -356,7 +371,8 @@ class ServiceState:
         manifest = read_manifest(folder)
         ckpt = self._checkpoint_path(manifest, folder)
         embedder = self._get_embedder(ckpt)
-        executor = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="asen-index")
+        executor = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="asen-index",
+                                      initializer=_single_threaded_faiss)
         try:
             opened = executor.submit(_open_on_pool, self._open_index, folder).result()
         except (FileNotFoundError, ValueError, OSError) as exc:
