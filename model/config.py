@@ -120,7 +120,9 @@ class TrainConfig:
     margin: float = 0.2
     local_weight: float = 0.1
     align_weight: float = 0.1
-    backbone_weights: str | None = None  # a torchvision weights file, or "imagenet" (offline)
+    # a torchvision weights file, or "imagenet" (offline), for every trunk; or one per trunk:
+    # {"global": FILE, "local": FILE} (a trunk left out keeps its random initialisation)
+    backbone_weights: str | dict[str, str] | None = None
     freeze_backbones: bool = False       # train attention heads only; trunk outputs are cached
     # "uniform" (SPEC section 4) or "loss": attributes picked in proportion to their running
     # triplet loss, so the ones the model has not learnt yet get more of each epoch.
@@ -140,6 +142,15 @@ class TrainConfig:
         if self.attribute_sampling not in ("uniform", "loss"):
             raise ValueError(f"attribute_sampling must be 'uniform' or 'loss', "
                              f"not {self.attribute_sampling!r}")
+        if self.triplets_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError(f"triplets_per_epoch and batch_size must be at least 1, not "
+                             f"{self.triplets_per_epoch} and {self.batch_size}")
+        if self.stage2.epochs < 0:
+            raise ValueError(f"stage2.epochs must be 0 or more, not {self.stage2.epochs}")
+        if isinstance(self.backbone_weights, dict) and not set(self.backbone_weights) <= {
+                "global", "local"}:
+            raise ValueError(f"backbone_weights: keys must be 'global' and/or 'local', not "
+                             f"{sorted(self.backbone_weights)}")
         if self.starts < 1:
             raise ValueError(f"starts must be at least 1, not {self.starts}")
         if not 1 <= self.start_epochs <= self.stage1.epochs:

@@ -166,6 +166,8 @@ class TrainingSetup:
     images: ImageCache
     trunk_cache: TrunkCache | None
     device: torch.device
+    planned_triplets: int = 0     # what the run has left to train, for the duration estimate
+    estimated: bool = False       # the estimate was logged
 
 
 def set_train_mode(net: ASENPlusPlus, frozen: bool) -> None:
@@ -282,7 +284,7 @@ def setup_training(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.de
     model_cfg = model_config_for(cfg, variant)
     stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
     torch.manual_seed(cfg.seed)
-    net = build_model(model_cfg, attrs, backbone_weights=cfg.backbone_weights)
+    net = build_model(model_cfg, attrs, backbone_weights=_trunk_weights(cfg, model_cfg))
     net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
     train = load_split(data_dir, "train")
     images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
@@ -292,6 +294,47 @@ def setup_training(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.de
         trunk_cache = TrunkCache(net, images, dev, path)
     return TrainingSetup(net, model_cfg, stages, TripletSampler(train.labels, len(attrs)),
                          images, trunk_cache, dev)
+
+
+def _trunk_weights(cfg: TrainConfig, model_cfg: ModelConfig,
+                   ) -> str | dict[str, str | Path] | None:
+    """``cfg.backbone_weights`` for the trunks ``model_cfg`` has (a stage-1-only model has no
+    local trunk)."""
+    if not isinstance(cfg.backbone_weights, dict):
+        return cfg.backbone_weights
+    return {k: v for k, v in cfg.backbone_weights.items()
+            if k == "global" or model_cfg.local_branch is not None}
+
+
+def planned_triplets(cfg: TrainConfig, stages: Sequence[int], state: RunState) -> int:
+    """The triplets a run from ``state`` has left to train (random starts included)."""
+    epochs = 0
+    if state.stage == 1:
+        epochs += cfg.stage1.epochs - state.epoch
+        if state.epoch == 0 and cfg.starts > 1:
+            epochs += (cfg.starts - 1) * cfg.start_epochs
+    if 2 in stages:
+        epochs += cfg.stage2.epochs - (state.epoch if state.stage == 2 else 0)
+    return epochs * cfg.triplets_per_epoch
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _log_estimate(setup: TrainingSetup, triplets: int, seconds: float, batches: int) -> None:
+    """Log, once a run, the expected duration of its training steps from a measured rate."""
+    if setup.estimated or seconds <= 0:
+        return
+    setup.estimated = True
+    rate = triplets / seconds
+    log.info("expected duration: about %s for the run's %d triplets (%.1f triplets/s over "
+             "%d batches; validation extra, stage 2 slower per triplet)",
+             _duration(setup.planned_triplets / rate), setup.planned_triplets, rate, batches)
 
 
 def _restore(resume: Path, net: ASENPlusPlus) -> tuple[RunState, dict[str, Any]]:
@@ -337,6 +380,7 @@ def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: 
     n_attrs = len(setup.net.attributes)
     attr_sum, attr_count = np.zeros(n_attrs), np.zeros(n_attrs)
     t0, seen, total = time.perf_counter(), 0, 0.0
+    t1, seen1 = t0, 0          # the rate for the estimate leaves out the first batch (warm-up)
     for s in range(0, len(triplets), cfg.batch_size):
         batch = triplets[s:s + cfg.batch_size]
         losses = train_step(setup.net, batch, setup.images, stage, cfg, setup.device,
@@ -350,6 +394,10 @@ def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: 
         np.add.at(attr_count, attrs, 1)
         seen += len(batch)
         total += float(loss.detach()) * len(batch)
+        if s == 0:
+            t1, seen1 = time.perf_counter(), seen
+        elif s // cfg.batch_size == _ESTIMATE_BATCHES or seen == len(triplets):
+            _log_estimate(setup, seen - seen1, time.perf_counter() - t1, s // cfg.batch_size)
         if (s // cfg.batch_size) % 50 == 0 or seen == len(triplets):
             rate = 3 * seen / (time.perf_counter() - t0)
             lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
@@ -357,6 +405,9 @@ def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: 
                      state.epoch + 1, n_epochs, seen, len(triplets), total / seen, lrs, rate)
     with np.errstate(invalid="ignore", divide="ignore"):
         return total / seen, attr_sum / attr_count
+
+
+_ESTIMATE_BATCHES = 5    # timed batches (after the first) behind the duration estimate
 
 
 def update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.ndarray) -> None:
@@ -507,6 +558,11 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
     opt_states: dict[str, Any] | None = None
     if resume is not None:
         state, opt_states = _restore(resume, setup.net)
+    setup.planned_triplets = planned_triplets(cfg, setup.stages, state)
+    log.info("training %s (%s) on %s: stage 1 %d epochs%s, stage 2 %d epochs, %d triplets "
+             "an epoch", setup.model_cfg.name, variant, setup.device, cfg.stage1.epochs,
+             f" after {cfg.starts} starts of {cfg.start_epochs}" if cfg.starts > 1 else "",
+             cfg.stage2.epochs if 2 in setup.stages else 0, cfg.triplets_per_epoch)
     (out / "train_config.json").write_text(json.dumps(
         {"train": cfg.to_dict(), "model": setup.model_cfg.to_dict(), "variant": variant},
         indent=2))
@@ -537,54 +593,143 @@ def _save_model(net: ASENPlusPlus, model_cfg: ModelConfig, path: Path,
     save_checkpoint(net, path, {"training": meta})
 
 
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="dataset folder (SPEC section 6)")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints")
-    p.add_argument("--config", default="paper", help=f"{', '.join(TRAIN_CONFIGS)} or a JSON file")
-    p.add_argument("--resume", type=Path, help="a last.pt written by an interrupted run")
-    p.add_argument("--variant", choices=["asen", "global", "agnostic"], default="asen",
-                   help="asen: two stages; global: stage 1 only; agnostic: triplet baseline")
+    p.add_argument("--config", help=f"{', '.join(TRAIN_CONFIGS)} or a JSON file (default: cpu "
+                                     "on a CPU, paper on CUDA; with --resume, the run's own)")
+    p.add_argument("--resume", type=Path, help="a last.pt written by an interrupted run (its "
+                                               "recipe and variant come with it)")
+    p.add_argument("--variant", choices=["asen", "global", "agnostic"],
+                   help="asen (default): two stages; global: stage 1 only; agnostic: triplet "
+                        "baseline")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--epochs1", type=int, help="override stage-1 epochs")
-    p.add_argument("--epochs2", type=int, help="override stage-2 epochs")
-    p.add_argument("--triplets", type=int, help="override triplets per epoch")
-    p.add_argument("--backbone-weights", help="ImageNet weights file (torchvision format)")
+    p.add_argument("--epochs1", type=_count(1), help="override stage-1 epochs (the random "
+                   "starts' epochs are cut to it when longer)")
+    p.add_argument("--epochs2", type=_count(0), help="override stage-2 epochs (0: none)")
+    p.add_argument("--triplets", type=_count(1), help="override triplets per epoch")
+    p.add_argument("--starts", type=_count(1), help="override the random restarts of stage 1")
+    p.add_argument("--start-epochs", type=_count(1),
+                   help="override the stage-1 epochs each random start trains")
+    p.add_argument("--backbone-weights",
+                   help="ImageNet weights file (torchvision format) for both trunks")
+    p.add_argument("--global-backbone-weights", help="the same for the global trunk alone")
+    p.add_argument("--local-backbone-weights", help="the same for the local trunk alone")
     p.add_argument("--seed", type=int)
-    p.add_argument("--starts", type=int, help="override the random restarts of stage 1")
     p.add_argument("--trunk-cache", type=Path,
                    help="folder keeping a frozen trunk's outputs between runs (same trunk, "
                         "input size and images: reused exactly)")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = get_train_config(args.config)
-    except (OSError, ValueError, TypeError, KeyError) as exc:   # bad name, file or fields
-        print(f"error: --config: {exc}", file=sys.stderr)
-        return 2
+class UsageError(Exception):
+    """A command line that cannot start or resume a run."""
+
+
+def stored_run(resume: Path) -> tuple[TrainConfig, str | None]:
+    """The recipe an interrupted run was started with (from the checkpoint, else the run
+    folder's ``train_config.json``) and its variant (from ``train_config.json``)."""
+    saved = resume.parent / "train_config.json"
+    stored = json.loads(saved.read_text()) if saved.is_file() else {}
+    data = read_checkpoint_file(resume)
+    if "train_state" not in data:
+        raise CheckpointError(f"{resume}: has no training state to resume from (use last.pt)")
+    recipe = data["train_state"].get("config") or stored.get("train")
+    if recipe is None:
+        raise CheckpointError(f"{resume}: no training config in it nor in {saved}")
+    return TrainConfig.from_dict(recipe), stored.get("variant")
+
+
+def _override(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """``cfg`` with the command line's overrides."""
     overrides: dict[str, Any] = {}
     if args.epochs1 is not None:
         overrides["stage1"] = replace(cfg.stage1, epochs=args.epochs1)
+        if args.start_epochs is None and cfg.start_epochs > args.epochs1:
+            overrides["start_epochs"] = args.epochs1   # the starts fit the shorter stage
     if args.epochs2 is not None:
         overrides["stage2"] = replace(cfg.stage2, epochs=args.epochs2)
-    if args.triplets is not None:
-        overrides["triplets_per_epoch"] = args.triplets
-    if args.backbone_weights is not None:
-        overrides["backbone_weights"] = args.backbone_weights
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.starts is not None:
-        overrides["starts"] = args.starts
-    cfg = replace(cfg, **overrides)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for arg, key in [("triplets", "triplets_per_epoch"), ("seed", "seed"), ("starts", "starts"),
+                     ("start_epochs", "start_epochs"), ("backbone_weights", "backbone_weights")]:
+        if getattr(args, arg) is not None:
+            overrides[key] = getattr(args, arg)
+    trunks = {k: getattr(args, f"{k}_backbone_weights") for k in ("global", "local")}
+    if any(trunks.values()):
+        base = overrides.get("backbone_weights", cfg.backbone_weights)
+        weights = dict(base) if isinstance(base, dict) else {k: base for k in trunks if base}
+        weights.update({k: v for k, v in trunks.items() if v})
+        overrides["backbone_weights"] = weights
     try:
-        best = run(args.data, args.out, cfg, args.variant, args.resume, args.device,
-                   trunk_cache_dir=args.trunk_cache)
+        return replace(cfg, **overrides)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (see --epochs1, --starts, --start-epochs)") from exc
+
+
+def _differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [k for k in da if da[k] != db[k]]
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
+    """The recipe and variant the command line asks for. A resumed run keeps its own; an
+    explicit ``--config`` or ``--variant`` that differs is refused."""
+    if args.resume is None:
+        name = args.config or ("paper" if pick_device(args.device).type == "cuda" else "cpu")
+        return _override(_named_config(name), args), args.variant or "asen"
+    stored, variant = stored_run(args.resume)
+    cfg = _override(stored, args)
+    if args.config is not None:
+        wanted = _override(_named_config(args.config), args)
+        if diff := _differences(wanted, cfg):
+            raise UsageError(f"--config {args.config} differs from the recipe {args.resume} "
+                             f"was trained with (in {', '.join(diff)}); leave --config out "
+                             "to resume the run as it was")
+    if args.variant is not None and variant is not None and args.variant != variant:
+        raise UsageError(f"--variant {args.variant}: the run being resumed is {variant}")
+    return cfg, args.variant or variant or "asen"
+
+
+def _named_config(name: str) -> TrainConfig:
+    try:
+        return get_train_config(name)
+    except (OSError, ValueError, TypeError, KeyError) as exc:   # bad name, file or fields
+        raise UsageError(f"--config: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, variant = config_from_args(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except CheckpointError as exc:      # --resume of a file that cannot resume a run
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if args.config is None:
+        log.info("--config: %s", "the resumed run's own" if args.resume is not None
+                 else f"{cfg.model} (the default on {pick_device(args.device).type})")
+    try:
+        best = run(args.data, args.out, cfg, variant, args.resume, args.device,
+                   trunk_cache_dir=args.trunk_cache)
+    except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"best checkpoint: {best}")

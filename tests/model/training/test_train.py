@@ -18,9 +18,15 @@ from testkit import REPO_ROOT, synthetic_dataset
 from model import load_model
 from model.checkpoint import read_checkpoint_file
 from model.config import TRAIN_CONFIGS, get_train_config
+from model.errors import CheckpointError
 from model.training.train import (
     RunState,
+    UsageError,
+    build_parser,
+    config_from_args,
     epoch_triplets,
+    main,
+    planned_triplets,
     run,
     setup_training,
     triplet_loss,
@@ -254,3 +260,100 @@ def test_trunk_cache_persists_and_reruns_exactly(dataset, tmp_path):
     other = replace(cfg, model_overrides={"global_branch": {"input_size": 48}})
     run(dataset, tmp_path / "three", other, trunk_cache_dir=cache)
     assert len(list(cache.glob("trunk-*.pt"))) == 2     # another trunk input: its own file
+
+
+def cli_config(*argv: str):
+    """`config_from_args` of ``python -m model.train --data d --out o ARGV``."""
+    return config_from_args(build_parser().parse_args(["--data", "d", "--out", "o", *argv]))
+
+
+def test_cli_shortens_the_cpu_recipe_and_refuses_non_positive_counts(capsys):
+    cfg, variant = cli_config("--config", "cpu", "--epochs1", "1", "--epochs2", "1")
+    assert (cfg.stage1.epochs, cfg.stage2.epochs, cfg.start_epochs) == (1, 1, 1)
+    assert cfg.starts == TRAIN_CONFIGS["cpu"].starts and variant == "asen"
+    cfg, _ = cli_config("--config", "cpu", "--epochs1", "3", "--starts", "1")
+    assert (cfg.stage1.epochs, cfg.start_epochs, cfg.starts) == (3, 2, 1)
+    cfg, _ = cli_config("--config", "cpu", "--epochs1", "3", "--start-epochs", "3")
+    assert cfg.start_epochs == 3
+    with pytest.raises(UsageError, match="start_epochs.*--start-epochs"):
+        cli_config("--config", "cpu", "--epochs1", "1", "--start-epochs", "2")
+    for flag in ["--triplets", "--epochs1", "--starts", "--start-epochs"]:
+        with pytest.raises(SystemExit) as exit_:
+            cli_config("--config", "cpu", flag, "0")
+        assert exit_.value.code == 2
+        assert f"{flag}: must be at least 1, not 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_config("--epochs2", "-1")
+    assert cli_config("--config", "cpu", "--epochs2", "0")[0].stage2.epochs == 0
+
+
+def test_default_config_fits_the_device():
+    assert cli_config("--device", "cpu")[0] == TRAIN_CONFIGS["cpu"]
+    assert cli_config("--device", "cuda")[0] == TRAIN_CONFIGS["paper"]
+    assert "default: cpu on a CPU, paper on CUDA" in " ".join(build_parser().format_help().split())
+    cpu = TRAIN_CONFIGS["cpu"]
+    assert planned_triplets(cpu, [1, 2], RunState()) == (8 + 3 * 2 + 2) * 10_000
+    assert planned_triplets(cpu, [1, 2], RunState(stage=2, epoch=1)) == 10_000
+
+
+def test_cli_resumes_with_the_runs_own_recipe(dataset, tmp_path, capsys):
+    cfg = replace(CFG, stage1=replace(CFG.stage1, epochs=1), stage2=replace(CFG.stage2, epochs=0))
+    out = tmp_path / "run"
+    with training_log() as logs:
+        run(dataset, out, cfg, variant="global")
+    assert sum(m.startswith("expected duration: about ") for m in logs) == 1
+    common = ["--data", str(dataset), "--out", str(out), "--resume", str(out / "last.pt")]
+    assert main([*common, "--config", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "--config paper differs from the recipe" in err and "leave --config out" in err
+    assert main([*common, "--variant", "asen"]) == 2
+    assert "the run being resumed is global" in capsys.readouterr().err
+    resumed, variant = config_from_args(build_parser().parse_args(common))
+    assert (resumed, variant) == (cfg, "global")
+    config_file = tmp_path / "same.json"
+    config_file.write_text(json.dumps(cfg.to_dict()))
+    assert config_from_args(build_parser().parse_args([*common, "--config", str(config_file)])
+                            )[0] == cfg
+    assert main(common) == 0
+    assert "best checkpoint:" in capsys.readouterr().out
+    assert main([*common[:-1], str(out / "best.pt")]) == 1
+    assert "no training state" in capsys.readouterr().err
+
+
+def fake_torchvision_weights(path, arch: str, seed: int) -> dict[str, torch.Tensor]:
+    """A torchvision ``arch`` state dict (random, seeded) saved at ``path``; layer4 and fc
+    left out to keep the file small (the trunks ignore them anyway)."""
+    import torchvision
+    torch.manual_seed(seed)
+    state = {k: v for k, v in getattr(torchvision.models, arch)(weights=None).state_dict().items()
+             if not k.startswith(("layer4.", "fc."))}
+    torch.save(state, path)
+    return state
+
+
+def test_each_trunk_takes_its_own_imagenet_weights(dataset, tmp_path):
+    g = fake_torchvision_weights(tmp_path / "r18.pth", "resnet18", seed=1)
+    loc = fake_torchvision_weights(tmp_path / "r34.pth", "resnet34", seed=2)
+    recipe = tmp_path / "resnets.json"       # paper's pair of trunks, at tiny sizes
+    recipe.write_text(json.dumps({"base": "tiny", "model_overrides": {
+        "global_branch": {"backbone": "resnet18"}, "local_branch": {"backbone": "resnet34"}}}))
+    files = ["--global-backbone-weights", str(tmp_path / "r18.pth"),
+             "--local-backbone-weights", str(tmp_path / "r34.pth")]
+    cfg, _ = cli_config("--config", str(recipe), *files)
+    assert cfg.backbone_weights == {"global": str(tmp_path / "r18.pth"),
+                                    "local": str(tmp_path / "r34.pth")}
+    setup = setup_training(dataset, cfg, "asen", torch.device("cpu"), None)
+    for name, state in [("global", g), ("local", loc)]:
+        trunk = setup.net.branch(name).basenet.state_dict()
+        assert all(torch.equal(trunk[k], state[k].to(trunk[k].device)) for k in trunk), name
+    assert setup_training(dataset, cfg, "global", torch.device("cpu"), None).net.has_local is False
+    # the same in a JSON config file
+    recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "backbone_weights": {
+        "global": str(tmp_path / "r18.pth"), "local": str(tmp_path / "r34.pth")}}))
+    assert cli_config("--config", str(recipe))[0] == cfg
+    # one file for both trunks: the ResNet-34 local trunk refuses ResNet-18 weights
+    one, _ = cli_config("--config", str(recipe), "--backbone-weights", str(tmp_path / "r18.pth"))
+    with pytest.raises(CheckpointError, match="shape mismatch|lack"):
+        setup_training(dataset, one, "asen", torch.device("cpu"), None)
+    with pytest.raises(ValueError, match="backbone_weights"):
+        replace(cfg, backbone_weights={"glob": "x"})
