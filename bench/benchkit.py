@@ -8,7 +8,6 @@ bench/ on sys.path. The start and stop of the server are the service's own start
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,20 +27,13 @@ def run_indexer(catalog: Path, checkpoint: Path, out: Path, *extra: str) -> str:
     return proc.stdout
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServerProcess:
     """``python -m service`` on a free loopback port (``.url``, ``.proc``) with ``env`` on
     top of this environment, its log in ``log_dir``; a context manager that starts and
     stops it."""
 
     def __init__(self, env: dict[str, str], log_dir: Path | None = None) -> None:
-        self.port = free_port()
+        self.port = startup.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "ASEN_HOST": "127.0.0.1", "ASEN_PORT": str(self.port),
                     "ASEN_LOG_LEVEL": "warning", **env}

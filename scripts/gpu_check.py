@@ -29,7 +29,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -124,12 +123,6 @@ def cosines(a, b):
     b = b.reshape(-1, b.shape[-1]).astype(np.float64)
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
                                        1e-12)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(argv: list[str], timeout: float, log: Path) -> subprocess.CompletedProcess:
@@ -380,7 +373,7 @@ def check_service(report: Report, work: Path, catalog: Path, index_dir: Path) ->
     """A real ``python -m service`` with ASEN_DEVICE=cuda; one search and one explain."""
     from demo import multipart  # a sibling script: scripts/ is on sys.path
 
-    from service.startup import stop, wait_ready
+    from service.startup import free_port, stop, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -33,6 +33,7 @@ import logging
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -137,6 +138,13 @@ def indexer_command(catalog: Path, checkpoint: Path, index_dir: Path, *, update:
     if update:
         cmd.append("--update")
     return cmd + list(options)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a server started on it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def service_command() -> list[str]:

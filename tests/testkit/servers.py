@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,14 +16,8 @@ from typing import Any
 
 import httpx
 
+from service.startup import free_port, stop
 from testkit.indexes import REPO_ROOT
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_ready(url: str, timeout: float = 90.0, interval: float = 0.2,
@@ -81,13 +74,8 @@ class ServerProcess:
             raise TimeoutError(f"{exc}:\n{self.log()}") from None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop(self.proc)
         if getattr(self, "_log", None) is not None:
             self._log.close()
 
