@@ -9,7 +9,7 @@ import os
 # OpenMP threads that finish a parallel region spin only briefly (20,000 rounds, tens of
 # microseconds) before they sleep. The default (300,000) keeps idle threads on the cores that
 # decoding and the event loop need; OMP_WAIT_POLICY=PASSIVE (no spinning at all) made every
-# forward pay for waking its threads: a single query's forward 16 -> 30 ms on two cores
+# forward pay for waking its threads: one query's forward 32 ms against 16.8 ms on two cores
 # (docs/BENCHMARKS.md, "Single-query latency"). An explicit GOMP_SPINCOUNT or
 # OMP_WAIT_POLICY in the environment wins. Takes effect only if set before torch loads.
 if "OMP_WAIT_POLICY" not in os.environ:
