@@ -1,11 +1,13 @@
 """Embedding throughput: every attribute of a catalog image, naive vs shared trunk.
 
-    python bench/embed.py [--config paper] [--images 16] [--precision fp32 bf16] [--json OUT]
+    python bench/embed.py [--config paper] [--images 16] [--precision fp32 bf16 auto] [--json OUT]
 
 (a) naive: the published evaluation's way, one full forward per (image, attribute) pair;
 (b) shared: each image's global trunk once, attention heads and local branch per attribute.
 Same random weights, same images, same run. Also the achieved GFLOP/s of (b), against this
 machine's measured fp32 matmul GFLOP/s, and for reduced precision the cosine to fp32.
+``--precision auto`` resolves as the service and the indexer do (model/precision.py): its
+row names the precision chosen and why, and the machine line the CPU's bf16 support.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model import build_model
 from model.embedder import Embedder
+from model.precision import ISA_CAP_VARIABLES, cpu_bf16_support
 
 
 def catalog_images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -81,8 +84,10 @@ def bench(config: str, n_images: int, precision: str, device: str | None, repeat
           batch_size: int | None, reference: np.ndarray | None = None) -> dict:
     torch.manual_seed(0)
     net = build_model(config, "FashionAI")
+    started = time.perf_counter()
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
                    fuse=True)  # as load_model serves it
+    setup_s = time.perf_counter() - started    # with auto: its start-up check
     images = catalog_images(n_images)
     prepared = emb.prepare(images)
     n_attr = len(emb.attributes)
@@ -103,6 +108,8 @@ def bench(config: str, n_images: int, precision: str, device: str | None, repeat
     flops = counter.get_total_flops()
     result = {
         "config": config, "precision": precision, "device": str(emb.device),
+        "precision_chosen": emb.precision, "precision_reason": emb.precision_choice.reason,
+        "setup_s": setup_s,
         "images": n_images, "attributes": n_attr, "batch_size": batch_size,
         "naive_images_per_s": n_images / t_naive,
         "shared_images_per_s": n_images / t_shared,
@@ -136,6 +143,10 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": "native" if (bf16 := cpu_bf16_support()).native else "not native",
+        "cpu_bf16_detail": bf16.detail,
+        **{v.lower(): os.environ[v] for v in ISA_CAP_VARIABLES if v in os.environ},
         "matmul_fp32_gflops": matmul_gflops(device),
     }
     print(json.dumps(machine))

@@ -156,7 +156,7 @@ def serve_measure(index_dir: Path, queries: Path, truth: Path,
 
 
 def run(generator: str, n: int, dim: int, budgets: list[str], queries: int,
-        root: Path, k_factors: list[int]) -> list[dict]:
+        root: Path, k_factors: list[int], target_recall: str | None = None) -> list[dict]:
     t0 = time.perf_counter()
     q, top = write_dataset(root, generator, n, dim, queries)
     np.save(root / "q.npy", q)
@@ -166,6 +166,8 @@ def run(generator: str, n: int, dim: int, budgets: list[str], queries: int,
     for b in budgets:
         idx_dir = root / f"idx-{b}"
         extra = [] if b == "none" else ["--max-memory", b]
+        if target_recall is not None:
+            extra += ["--target-recall", target_recall]
         t0 = time.perf_counter()
         rc = subprocess.run([sys.executable, "-m", "indexer", "build", "--embeddings",
                              str(root / "emb"), "--catalog", str(root / "catalog.csv"),
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k-factors", nargs="*", type=int, default=[],
                    help="also measure compressed indexes at these re-rank depths (k x F "
                         "candidates re-ranked exactly), e.g. 30 100")
+    p.add_argument("--target-recall", default=None, metavar="R",
+                   help="passed to `indexer build` (default: its own, 0.95; 0: the knobs' "
+                        "formula defaults, as docs/SCALING.md's tables were built)")
     p.add_argument("--serve-measure", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_measure:
@@ -215,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                       "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}), flush=True)
     for gen in args.generator:
         with tempfile.TemporaryDirectory(prefix="bench_scaling_", dir=args.tmp) as tmp:
-            run(gen, args.n, args.dim, args.budgets, args.queries, Path(tmp), args.k_factors)
+            run(gen, args.n, args.dim, args.budgets, args.queries, Path(tmp), args.k_factors,
+                args.target_recall)
     return 0
 
 

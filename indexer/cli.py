@@ -16,17 +16,22 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from indexer.build.budget import BudgetError, parse_size
 from indexer.build.index_types import INDEX_TYPES, TYPES
 from indexer.build.stage import BuildOptions, BuildResult, RejectRateError, run_build
+from indexer.build.tuning import DEFAULT_SAMPLE, DEFAULT_TARGET
 from indexer.catalog import CatalogError
 from indexer.embed.local_engine import DEFAULT_MAX_BYTES, EmbedLimits, default_workers
 from indexer.embed.stage import EmbedOptions, EmbedRun, run_embed
 from indexer.embed.store import StoreError
 from indexer.layout import IndexLayout, IndexLockedError
+from indexer.manifest import Manifest
 from indexer.pipeline import run_pipeline
+from model.attributes import parse_attributes_option
+from model.convert import ATTRIBUTES_HINT, self_describing
 from model.imageio import DEFAULT_MAX_PIXELS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
@@ -37,6 +42,16 @@ def _rate(text: str) -> float:
     value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError("a rate between 0 and 1 (or 0%..100%)")
+    return value
+
+
+def _recall(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a recall between 0 and 1, got {text!r}")
     return value
 
 
@@ -76,6 +91,13 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ef-construction", dest="efConstruction", type=int,
                    help=f"hnsw ({hnsw['efConstruction']})")
     g.add_argument("--ef-search", dest="efSearch", type=int, help=f"hnsw ({hnsw['efSearch']})")
+    g.add_argument("--target-recall", type=_recall, default=None, metavar="R",
+                   help=f"approximate types: set nprobe / k_factor / efSearch to the cheapest "
+                        f"that reach recall@10 R on {DEFAULT_SAMPLE} of the index's own "
+                        f"vectors (default {DEFAULT_TARGET}; 0: no tuning; --update keeps the "
+                        "recorded settings until the target or 10%% of the rows change)")
+    g.add_argument("--tune-sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+                   help=f"queries of the tuning sample ({DEFAULT_SAMPLE}, at most n)")
 
 
 def _index_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,7 +106,30 @@ def _index_params(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
+def _add_attributes_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attributes", default=None, metavar="SET",
+                   help=f"the attributes of a published checkpoint ({ATTRIBUTES_HINT}); it "
+                        "is used through a self-describing copy in .NAME.checkpoints/ beside "
+                        "--out, which the manifest names for the service")
+
+
+def _checkpoint(args: argparse.Namespace) -> str | None:
+    """--checkpoint as the commands load it: a published checkpoint becomes its
+    self-describing copy (model.convert) beside --out."""
+    if args.checkpoint is None:
+        return None
+    attributes = parse_attributes_option(args.attributes) if args.attributes else None
+    out = Path(args.out)
+    path = self_describing(args.checkpoint, attributes, out.parent / f".{out.name}.checkpoints")
+    if path != Path(args.checkpoint):
+        logging.getLogger(__name__).info("published checkpoint %s (%s): using its "
+                                         "self-describing copy %s", args.checkpoint,
+                                         args.attributes, path)
+    return str(path)
+
+
 def _add_embed_args(p: argparse.ArgumentParser) -> None:
+    _add_attributes_arg(p)
     g = p.add_argument_group("speed")
     g.add_argument("--batch-size", type=int, default=32, help="images per decoded batch (32)")
     g.add_argument("--workers", type=int, default=None,
@@ -93,7 +138,9 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
                    help="torch threads of the model (default: torch's; in a Ray CPU actor, "
                         "its node's usable CPUs)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where the hardware runs it natively and a "
+                        "start-up check agrees with fp32, else fp32")
     g.add_argument("--checkpoint-every", type=int, default=1024, metavar="N",
                    help="commit embeddings to a resumable Parquet part every N images (1024)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -166,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="the model that made the vectors: recorded in the manifest so the "
                         "service can embed queries (needed for a store without store.json)")
+    _add_attributes_arg(p)
     _add_build_args(p)
     return p
 
@@ -187,6 +235,7 @@ def summary(result: BuildResult) -> str:
     sel = m.attributes[0].index.selection
     if sel:
         lines.append(f"  --max-memory: {sel['reason']}")
+    lines += _tuning_lines(m)
     if "update" in m.extra:
         u = m.extra["update"]
         lines.append(f"  update of {u['base_version']}: +{u['added']} added, "
@@ -195,6 +244,22 @@ def summary(result: BuildResult) -> str:
     if result.rejects:
         lines.append(f"  rejected items: {result.version_dir / 'rejected.csv'}")
     return "\n".join(lines)
+
+
+def _tuning_lines(m: Manifest) -> list[str]:
+    """One line per attribute whose search knobs were tuned (or kept) to a recall target."""
+    lines = []
+    for a in m.attributes:
+        t = a.index.tuning
+        if t is None:
+            continue
+        knobs = ", ".join(f"{k} {v}" for k, v in t.params.items())
+        how = (f"tuned in {t.seconds:.1f} s" if t.status == "tuned"
+               else f"kept, {t.drift} rows changed since tuning")
+        reached = "" if t.reached else f", target {t.target} NOT reached"
+        lines.append(f"  search settings {a.name}: {knobs} -> recall@10 {t.recall:.3f} on "
+                     f"{t.sample} own vectors (target {t.target}{reached}; {how})")
+    return lines
 
 
 def embed_summary(result: EmbedRun) -> str:
@@ -221,23 +286,29 @@ def _build_options(args: argparse.Namespace, embeddings: str,
                    checkpoint: str | None) -> BuildOptions:
     if args.max_memory is not None and args.index_type is not None:
         raise ValueError("--max-memory picks the index type itself; drop --index-type")
+    if args.tune_sample < 1:
+        raise ValueError(f"--tune-sample must be positive, got {args.tune_sample}")
     return BuildOptions(embeddings=embeddings, catalog=args.catalog, out=args.out,
                         checkpoint=checkpoint, update=args.update, index_type=args.index_type,
                         index_params=_index_params(args), max_memory=args.max_memory,
-                        max_reject_rate=args.max_reject_rate)
+                        max_reject_rate=args.max_reject_rate, target_recall=args.target_recall,
+                        tune_sample=args.tune_sample)
 
 
 def _run(argv: list[str]) -> int:
     command = argv[0] if argv[:1] and argv[0] in COMMANDS else None
     if command == "embed":
         args = embed_parser().parse_args(argv[1:])
+        args.checkpoint = _checkpoint(args)
         print(embed_summary(run_embed(_embed_options(args, args.out))))
         return EXIT_OK
     if command == "build":
         args = build_parser().parse_args(argv[1:])
+        args.checkpoint = _checkpoint(args)
         print(summary(run_build(_build_options(args, args.embeddings, args.checkpoint))))
         return EXIT_OK
     args = one_shot_parser().parse_args(argv)
+    args.checkpoint = _checkpoint(args)
     work = str(IndexLayout(args.out).work)
     result = run_pipeline(_embed_options(args, work), _build_options(args, work, None),
                           keep_work=args.keep_work)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer import FORMAT_VERSION
+from model.precision import PrecisionChoice  # standard library only, like this module
 
 MANIFEST = "manifest.json"
 
@@ -30,17 +31,57 @@ class ModelInfo:
     checkpoint: str | None = None
     sha256: str | None = None
     config: JsonObject | None = None
-    precision: str | None = None
+    precision: str | None = None                       # the one the vectors were made in
+    precision_choice: PrecisionChoice | None = None    # how it was chosen (--precision auto)
 
     @classmethod
     def from_dict(cls, doc: JsonObject) -> ModelInfo:
+        choice = doc.get("precision_choice")
         return cls(dim=int(doc["dim"]), checkpoint=doc.get("checkpoint"),
                    sha256=doc.get("sha256"), config=doc.get("config"),
-                   precision=doc.get("precision"))
+                   precision=doc.get("precision"),
+                   precision_choice=PrecisionChoice.from_dict(choice) if choice else None)
 
     def to_dict(self) -> JsonObject:
-        return {"checkpoint": self.checkpoint, "sha256": self.sha256, "config": self.config,
-                "dim": self.dim, "precision": self.precision}
+        doc: JsonObject = {"checkpoint": self.checkpoint, "sha256": self.sha256,
+                           "config": self.config, "dim": self.dim, "precision": self.precision}
+        if self.precision_choice is not None:
+            doc["precision_choice"] = self.precision_choice.to_dict()
+        return doc
+
+
+@dataclass
+class TuningInfo:
+    """How `build --target-recall` set an index's search-time knobs (indexer/build/tuning.py):
+    the cheapest knobs (`params`, also in the index's params) whose recall@10 on `sample`
+    of the index's own vectors as queries reached `target`."""
+
+    target: float
+    recall: float                 # recall@10 of the chosen knobs on the sample
+    stderr: float                 # its standard error over the sample's queries
+    sample: int                   # queries (each one's own entry left out of the truth)
+    params: JsonObject            # the chosen knobs, e.g. {"nprobe": 54, "k_factor": 100}
+    reached: bool = True          # False: no knob setting reached the target (the best taken)
+    tried: int = 0                # knob settings evaluated
+    seconds: float = 0.0          # time spent tuning (exact neighbours + evaluations)
+    n: int = 0                    # vectors in the index when it was tuned
+    drift: int = 0                # rows added or removed by updates since then
+    status: str = "tuned"         # "tuned" in this version, "kept" from an earlier one
+
+    @classmethod
+    def from_dict(cls, doc: JsonObject) -> TuningInfo:
+        return cls(target=float(doc["target"]), recall=float(doc["recall"]),
+                   stderr=float(doc.get("stderr", 0.0)), sample=int(doc["sample"]),
+                   params=dict(doc.get("params") or {}), reached=bool(doc.get("reached", True)),
+                   tried=int(doc.get("tried", 0)), seconds=float(doc.get("seconds", 0.0)),
+                   n=int(doc.get("n", 0)), drift=int(doc.get("drift", 0)),
+                   status=str(doc.get("status", "tuned")))
+
+    def to_dict(self) -> JsonObject:
+        return {"target": self.target, "recall": self.recall, "stderr": self.stderr,
+                "sample": self.sample, "params": dict(self.params), "reached": self.reached,
+                "tried": self.tried, "seconds": self.seconds, "n": self.n, "drift": self.drift,
+                "status": self.status}
 
 
 @dataclass
@@ -54,13 +95,16 @@ class IndexInfo:
     factory: str | None = None
     memory_bytes: int | None = None      # resident memory estimate (the type's formula)
     selection: JsonObject | None = None  # how --max-memory picked it
+    tuning: TuningInfo | None = None     # how --target-recall set its search knobs
 
     @classmethod
     def from_dict(cls, doc: JsonObject) -> IndexInfo:
+        tuning = doc.get("tuning")
         return cls(type=str(doc["type"]), params=dict(doc.get("params") or {}),
                    file=str(doc["file"]), ntotal=int(doc.get("ntotal", 0)),
                    factory=doc.get("factory"), memory_bytes=doc.get("memory_bytes"),
-                   selection=doc.get("selection"))
+                   selection=doc.get("selection"),
+                   tuning=None if tuning is None else TuningInfo.from_dict(tuning))
 
     def to_dict(self) -> JsonObject:
         doc: JsonObject = {"type": self.type, "params": dict(self.params),
@@ -70,6 +114,8 @@ class IndexInfo:
             doc["memory_bytes"] = self.memory_bytes
         if self.selection is not None:
             doc["selection"] = self.selection
+        if self.tuning is not None:
+            doc["tuning"] = self.tuning.to_dict()
         return doc
 
 

@@ -21,6 +21,7 @@ from indexer.embed.stage import (
     embed_into,
     engine_for,
     job_key,
+    job_precision,
     load_embedder,
 )
 from indexer.embed.store import EmbeddingStore
@@ -74,7 +75,8 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
         emb = load_embedder(embed_opts)
         previous = _published_hashes(layout, emb) if build_opts.update else None
         device = engine.device_type() if engine is not None else emb.device.type
-        key = job_key(emb.checkpoint_sha256, emb.precision, list(emb.attribute_names), device)
+        precision = job_precision(emb, embed_opts, engine).chosen
+        key = job_key(emb.checkpoint_sha256, precision, list(emb.attribute_names), device)
         store = _work_store(layout, key)
         embedded = embed_into(emb, catalog, store, embed_opts, previous=previous,
                               engine=engine)

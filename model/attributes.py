@@ -39,14 +39,39 @@ BUILTIN_ATTRIBUTES: dict[str, tuple[AttributeSpec, ...]] = {
 AttributesLike = str | Sequence[str | AttributeSpec | tuple | dict]
 
 
+def builtin_attributes(name: str) -> tuple[AttributeSpec, ...] | None:
+    """The built-in set called ``name`` (case-insensitive: "fashionai" too), or None."""
+    for key, specs in BUILTIN_ATTRIBUTES.items():
+        if key.lower() == name.strip().lower():
+            return specs
+    return None
+
+
+def parse_attributes_option(text: str) -> str | list[str]:
+    """A command line's ``--attributes``: a built-in set's name, or a comma-separated list
+    of names (one name: end it with a comma). ValueError for a single unknown set name."""
+    names = [n.strip() for n in text.split(",")]
+    if len(names) == 1:
+        if builtin_attributes(text) is None:
+            raise ValueError(f"--attributes {text!r}: not a built-in attribute set "
+                             f"({', '.join(BUILTIN_ATTRIBUTES)}) nor a comma-separated list "
+                             "of names (one name: end it with a comma)")
+        return text.strip()
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("--attributes: no attribute names given")
+    return names
+
+
 def resolve_attributes(spec: AttributesLike) -> list[AttributeSpec]:
     """Turn a built-in set name or a list of names / specs / (name, n) pairs into specs."""
     if isinstance(spec, str):
-        if spec not in BUILTIN_ATTRIBUTES:
+        found = builtin_attributes(spec)
+        if found is None:
             raise ValueError(
                 f"unknown attribute set {spec!r}; built-in sets: {', '.join(BUILTIN_ATTRIBUTES)}"
             )
-        return list(BUILTIN_ATTRIBUTES[spec])
+        return list(found)
     out: list[AttributeSpec] = []
     for item in spec:
         if isinstance(item, AttributeSpec):

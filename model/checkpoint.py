@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +154,82 @@ def load_network(path: str | Path, attributes: AttributesLike | None = None) -> 
     return net.eval()
 
 
+@dataclass(frozen=True)
+class InitProvenance:
+    """Where a fine-tuned run started (``python -m model.train --init``): the checkpoint
+    file, its sha256, and its attributes by fate (names): kept (weights copied), new (fresh
+    weights), revalued (kept, but the value count differs) and dropped (not in the data)."""
+
+    path: str
+    sha256: str
+    attributes_kept: tuple[str, ...]
+    attributes_new: tuple[str, ...]
+    attributes_revalued: tuple[str, ...] = field(default=())
+    attributes_dropped: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256,
+                "attributes_kept": list(self.attributes_kept),
+                "attributes_new": list(self.attributes_new),
+                "attributes_revalued": list(self.attributes_revalued),
+                "attributes_dropped": list(self.attributes_dropped)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InitProvenance:
+        names = ("attributes_kept", "attributes_new", "attributes_revalued",
+                 "attributes_dropped")
+        return cls(str(data["path"]), str(data["sha256"]),
+                   *(tuple(str(n) for n in data.get(k, ())) for k in names))
+
+
+def describe_checkpoint(path: str | Path) -> str:
+    """A few lines about a project checkpoint: architecture, attributes, how it was trained
+    and, for a fine-tuned one, where it started (:class:`InitProvenance`)."""
+    data = read_checkpoint_file(path)
+    if data.get("format") != FORMAT:
+        return f"{path}: not a checkpoint of this project (a published one carries no metadata)"
+    attrs = ", ".join(f"{a['name']} ({a['n_values']})" for a in data.get("attributes", []))
+    lines = [f"{path}: config {data.get('config', {}).get('name', '?')}, attributes: {attrs}"]
+    for key in ("training", "train_state"):
+        meta = data.get(key)
+        if isinstance(meta, dict):
+            shown = {k: meta[k] for k in ("stage", "epoch", "valid_map", "best_map") if k in meta}
+            lines.append(f"{key}: " + ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    if isinstance(data.get("init"), dict):
+        init = InitProvenance.from_dict(data["init"])
+        lines.append(f"init: {init.path} (sha256 {init.sha256[:12]})")
+        for label, names in [("kept", init.attributes_kept), ("new", init.attributes_new),
+                             ("revalued", init.attributes_revalued),
+                             ("dropped", init.attributes_dropped)]:
+            if names:
+                lines.append(f"  attributes {label}: {', '.join(names)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m model.checkpoint CKPT...``: print :func:`describe_checkpoint` of each."""
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths or paths[0] in ("-h", "--help"):
+        print("usage: python -m model.checkpoint CKPT [CKPT ...]", file=sys.stderr)
+        return 0 if paths else 2
+    for path in paths:
+        try:
+            print(describe_checkpoint(path))
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def published_state_dict(net: ASENPlusPlus) -> dict[str, torch.Tensor]:
     """The network's weights under the published release's key names (paper config)."""
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
-__all__ = ["AttributeSpec", "build_model", "save_checkpoint", "load_network",
-           "published_state_dict", "read_checkpoint_file"]
+__all__ = ["AttributeSpec", "InitProvenance", "build_model", "describe_checkpoint",
+           "save_checkpoint", "load_network", "published_state_dict", "read_checkpoint_file"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from .fusion import fuse_conv_bn
 from .memory import keep_freed_memory
 from .network import ASENPlusPlus, ForwardOutput
 from .osutil import sha256_file
+from .precision import PRECISION_NAMES, PrecisionChoice, explicit, probe_images, resolve_precision
 from .preprocess import PreparedImage, Preprocessor
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,13 +56,16 @@ class Embedder:
         only for a network that will not train again, as :func:`load_model` does).
         ``checkpoint`` / ``checkpoint_sha256``: the file the weights came from and the hex
         sha256 of its bytes (what an index records of its model), None for a network built
-        in memory."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        in memory. ``precision="auto"``: bf16 where the hardware runs it natively and a
+        start-up check passes, else fp32 (:mod:`model.precision`); :attr:`precision` is the
+        one chosen, :attr:`precision_choice` says why."""
+        if precision not in PRECISION_NAMES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}")
         self.device: torch.device = pick_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 is only offered on CUDA; use bf16 on the CPU")
-        self.precision = precision
+        self.precision = "fp32" if precision == "auto" else precision
+        self.precision_choice: PrecisionChoice = explicit(self.precision)
         # rows (image x attribute pairs) per forward pass: small batches run fastest on a CPU
         # (measured in docs/BENCHMARKS.md), a GPU wants large ones
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 16)
@@ -74,6 +78,22 @@ class Embedder:
         # PIL image -> PreparedImage; picklable, so worker processes can run it
         self.preprocess: Preprocessor = Preprocessor(net.config.global_branch.input_size)
         self._index = {a.name: i for i, a in enumerate(net.attributes)}
+        if precision == "auto":
+            self.precision_choice = resolve_precision("auto", self.device, self._cosine_to_fp32)
+            self.precision = self.precision_choice.chosen
+
+    def _cosine_to_fp32(self, precision: str) -> float:
+        """The start-up check of ``auto``: minimum cosine of :func:`model.precision.
+        probe_images` embedded for every attribute in ``precision`` to fp32."""
+        prepared = self.prepare(probe_images())
+        self.precision = "fp32"
+        reference = self.embed_all_prepared(prepared)
+        self.precision = precision
+        try:
+            low = self.embed_all_prepared(prepared)
+        finally:
+            self.precision = "fp32"
+        return float((reference * low).sum(-1).min())
 
     # -- metadata --------------------------------------------------------------------------
     @property
@@ -244,6 +264,8 @@ def load_model(path: str | Path, attributes: AttributesLike | None = None,
                batch_size: int | None = None) -> Embedder:
     """Load a project or published checkpoint into a ready :class:`Embedder`.
 
+    ``precision``: fp32, bf16, fp16 (CUDA only) or auto (resolved on the loaded model, see
+    :class:`Embedder`; the service and the indexer default to it).
     fp32 on CUDA means IEEE fp32 (TF32 off, see :func:`use_ieee_fp32`). The process keeps
     freed heap memory for the next pass (:func:`model.memory.keep_freed_memory`).
     """

@@ -12,6 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; larger is treated as a decompression bomb
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # a larger image file is refused before reading it
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 

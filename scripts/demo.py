@@ -176,6 +176,25 @@ def check_checkpoint(path: Path) -> Path:
     return startup.check_checkpoint(path, missing)
 
 
+def usable_checkpoint(args: argparse.Namespace, checkpoint: Path) -> Path:
+    """``checkpoint``, or for a published one its self-describing copy in WORKDIR/checkpoints
+    (model.convert); DemoError (code 2) for a published one without --attributes."""
+    if checkpoint == DEFAULT_CHECKPOINT.resolve() and not args.attributes:
+        return checkpoint  # ours: no need to import torch here
+    from model.attributes import parse_attributes_option
+    from model.convert import self_describing
+
+    try:
+        attributes = parse_attributes_option(args.attributes) if args.attributes else None
+        path = self_describing(checkpoint, attributes, args.workdir.resolve() / "checkpoints")
+    except ValueError as exc:  # CheckpointError too
+        raise DemoError(str(exc), code=2) from None
+    if path != checkpoint:
+        say(f"published checkpoint {checkpoint} ({args.attributes}): using its "
+            f"self-describing copy {path}")
+    return path.resolve()
+
+
 def deployment(args: argparse.Namespace, checkpoint: Path) -> startup.Deployment:
     """The demo's catalog and index: WORKDIR/catalog (synthetic only) and WORKDIR/index."""
     workdir = args.workdir.resolve()
@@ -192,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the catalog and the index go (default: demo-data/)")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="model checkpoint (default: model/weights/demo.pt)")
+    p.add_argument("--attributes", default=None, metavar="SET",
+                   help="the attributes of a published checkpoint (FashionAI, DARN, "
+                        "DeepFashion or a comma-separated list): the demo uses its "
+                        "self-describing copy in WORKDIR/checkpoints/")
     p.add_argument("--n-items", type=int, default=300, help="synthetic catalog size (300)")
     p.add_argument("--size", type=int, default=256, help="image short side in px (256)")
     p.add_argument("--seed", type=int, default=0, help="synthetic catalog seed (0)")
@@ -217,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     startup.configure_logging(sys.stdout, "[demo] ")
     t0 = time.perf_counter()
     try:
-        d = deployment(args, check_checkpoint(args.checkpoint))
+        d = deployment(args, usable_checkpoint(args, check_checkpoint(args.checkpoint)))
         d.index_dir.parent.mkdir(parents=True, exist_ok=True)
         plan = startup.prepare(d)
         if plan.command is not None:

@@ -77,6 +77,11 @@ class Metrics:
             "asen_index_info", "Currently served index and model versions (value 1).",
             ["index_version", "model_version"], registry=r,
         )
+        self.model_precision = Gauge(
+            "asen_model_precision", "The precision the served model runs in (value 1), and "
+            "the one asked for (ASEN_PRECISION; auto resolves at load).",
+            ["requested", "precision"], registry=r,
+        )
 
     def record_request(self, method: str, route: str, status: int, seconds: float,
                        stages: Mapping[str, float | None] | None = None) -> None:
@@ -116,6 +121,11 @@ class Metrics:
         self.index_info.clear()
         self.index_info.labels(index_version, model_version).set(1)
         self.ready.set(1)
+
+    def set_precision(self, requested: str, chosen: str) -> None:
+        """The served model's precision (``chosen``) and ASEN_PRECISION (``requested``)."""
+        self.model_precision.clear()
+        self.model_precision.labels(requested, chosen).set(1)
 
     def set_live(self, sizes: Mapping[str, int], stale: bool | None) -> None:
         """The served index's sizes and staleness now (refreshed at every scrape, so live

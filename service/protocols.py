@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch only for the type checker: importing the service load
 
     from model.config import ModelConfig
     from model.embedder import Explanation
+    from model.precision import PrecisionChoice
     from model.preprocess import PreparedImage
 
 
@@ -124,6 +125,11 @@ class EmbedderLike(Protocol):
     @property
     def checkpoint_sha256(self) -> str | None:
         """sha256 of the checkpoint file it was loaded from (None: unknown)."""
+        ...
+
+    @property
+    def precision_choice(self) -> PrecisionChoice:
+        """The precision it runs in, the one asked for (ASEN_PRECISION) and why."""
         ...
 
     @property

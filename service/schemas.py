@@ -78,8 +78,21 @@ class EmbedderInfo(BaseModel):
     checkpoint: str = Field(description="Checkpoint file name.")
     config: str | None = Field(None, description="Architecture configuration name.")
     dim: int = Field(description="Embedding size.")
-    precision: str
+    precision: str = Field(description="The precision it runs in (ASEN_PRECISION=auto "
+                           "resolved): fp32, bf16 or fp16.")
     device: str
+
+
+class PrecisionStatus(BaseModel):
+    """How the served model's precision was chosen (ASEN_PRECISION)."""
+
+    requested: str = Field(examples=["auto"], description="ASEN_PRECISION: auto, fp32, bf16 "
+                           "or fp16.")
+    chosen: str = Field(examples=["bf16"], description="The precision the model runs in.")
+    reason: str = Field(description="Why: the hardware found, and the start-up check.")
+    cosine: float | None = Field(
+        None, description="auto's start-up check: minimum cosine of a few synthetic images' "
+        "embeddings in the reduced precision to fp32 (kept at >= 0.999); null: no check ran.")
 
 
 class Timings(BaseModel):
@@ -545,6 +558,8 @@ class AdminStatus(BaseModel):
     index_dir: str
     index_version: str | None
     model: EmbedderInfo | None
+    precision: PrecisionStatus | None = Field(
+        None, description="How the model's precision was chosen (null: no model loaded).")
     loaded_at: str | None
     last_error: str | None
     queue_depth: int

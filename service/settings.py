@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     )
     device: Literal["cpu", "cuda"] | None = Field(
         None, description="Inference device; default: cuda if available, else cpu.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Inference precision (fp16 only on cuda).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Inference precision: auto (bf16 where the CPU or GPU runs it "
+        "natively and a start-up check agrees with fp32, else fp32), fp32, bf16, or fp16 "
+        "(cuda only).")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads.")
     reload_interval_s: float = Field(
         5.0, ge=0, description="Seconds between index_version checks; 0 disables polling."

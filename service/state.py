@@ -141,15 +141,14 @@ def _open_on_pool(open_index: Callable[[Path], CatalogIndexLike], folder: Path) 
         raise
 
 
-def _embedder_info(embedder: EmbedderLike, checkpoint: Path, settings: Settings
-                   ) -> EmbedderInfo:
+def _embedder_info(embedder: EmbedderLike, checkpoint: Path) -> EmbedderInfo:
     sha = embedder.checkpoint_sha256
     return EmbedderInfo(
         version=sha[:12] if sha else checkpoint.stem,
         checkpoint=checkpoint.name,
         config=embedder.config.name,
         dim=int(embedder.dim),
-        precision=settings.precision,
+        precision=embedder.precision_choice.chosen,   # ASEN_PRECISION=auto resolved
         device=str(embedder.device),
     )
 
@@ -322,6 +321,8 @@ class ServiceState:
         self._failed_version = None
         self.metrics.record_reload(success=True)
         self.metrics.set_index(sizes, snap.version, snap.model.version)
+        choice = snap.embedder.precision_choice
+        self.metrics.set_precision(choice.requested, choice.chosen)
         if old is not None:
             old.retired = True
             if old.refs == 0:
@@ -389,7 +390,7 @@ class ServiceState:
             raise
         snap = Snapshot(index=opened.index, embedder=embedder, path=folder,
                         version=manifest.index_version, manifest=manifest,
-                        model=_embedder_info(embedder, ckpt, self.settings),
+                        model=_embedder_info(embedder, ckpt),
                         executor=executor, attributes=opened.attributes)
         return snap, opened.sizes
 

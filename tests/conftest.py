@@ -6,8 +6,17 @@ index; tests/service: the live servers). Helpers live in tests/testkit/.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from testkit import TinyIndex, tiny_index
+
+# The service's default precision, auto, picks bf16 on a CPU with native bf16 and fp32 on
+# others: the tests compare embeddings and scores across processes and with fp32 ones, so
+# their servers run fp32 on every kind of host (tests/model/test_precision.py and
+# tests/service/test_precision.py test auto; ASEN_PRECISION=auto in the environment runs
+# the whole suite with it). The indexer runs are pinned by testkit's PRECISION flags.
+os.environ.setdefault("ASEN_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

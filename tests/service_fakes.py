@@ -31,6 +31,7 @@ from indexer.items import Hit, Item
 from indexer.live.journal import LiveChangesUnavailable
 from indexer.live.overlay import LiveStatus
 from indexer.manifest import Manifest
+from model.precision import PrecisionChoice, explicit
 from service.app import create_app
 from service.protocols import CatalogIndexLike
 from service.settings import Settings
@@ -90,10 +91,12 @@ class FakeEmbedder:
     """Satisfies ``service.protocols.EmbedderLike`` with numpy: colour -> unit vector."""
 
     def __init__(self, attributes: Sequence[str] = ATTRIBUTES, dim: int = DIM,
-                 checkpoint_sha256: str | None = CHECKPOINT_SHA):
+                 checkpoint_sha256: str | None = CHECKPOINT_SHA,
+                 precision_choice: PrecisionChoice | None = None):
         self._names = list(attributes)
         self._dim = dim
         self.checkpoint_sha256 = checkpoint_sha256
+        self.precision_choice = precision_choice or explicit("fp32")
         self.config = FakeConfig()
         self.device = "cpu"
         rng = np.random.default_rng(7)

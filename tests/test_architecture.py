@@ -59,7 +59,8 @@ def test_inference_library_does_not_import_the_research_tools():
     only the `python -m model.<command>` entry points at model/'s top point into it."""
     imports = _all_imports()
     entry_points = {f"model/{name}.py" for name in ("train", "evaluate", "synth",
-                                                     "fashionai_convert", "dataset")}
+                                                     "fashionai_convert", "dataset",
+                                                     "deepfashion_convert")}
     library = {p: n for p, n in imports.items()
                if p.startswith("model/") and not p.startswith("model/training/")
                and p not in entry_points}

@@ -91,6 +91,28 @@ def _bounded_kmeans(cps: list[faiss.ClusteringParameters]) -> None:
         cp.max_points_per_centroid = 64
 
 
+# A deterministic cost model of one query, in nanoseconds on one core, to order knob settings
+# by cost when tuning (indexer/build/tuning.py). From docs/SCALING.md's 1M and 200k x 2048
+# runs: re-ranking costs ~2.4 us per float16 candidate of 2048 dimensions (k x 10 -> k x 100
+# added 2.2 ms at 1M), a 4-bit fast-scan code ~20-60 ns per 256 B, a float32 centroid or
+# graph neighbour ~0.25 ns per dimension.
+RERANK_NS_PER_DIM = 1.2
+SCAN_NS_PER_CODE_BYTE = 0.15        # 4-bit fast-scan; 8-bit PQ table look-ups cost ~5x more
+FLOAT_NS_PER_DIM = 0.25
+
+
+@dataclass(frozen=True)
+class SearchKnobs:
+    """What build-time tuning may change: a `primary` knob searched over `lo..hi` (recall
+    grows with it), and optionally a `secondary` one taken from `values` (cheapest first)."""
+
+    primary: str
+    lo: int
+    hi: int
+    secondary: str | None = None
+    values: tuple[int, ...] = ()
+
+
 class IndexType:
     """The strategy interface, with the behaviour shared by most types."""
 
@@ -140,6 +162,14 @@ class IndexType:
         """Memory-mapped storage on disk beyond `memory_bytes` (0 for in-memory types)."""
         return 0
 
+    def knobs(self, n: int, params: Params) -> SearchKnobs | None:
+        """The search-time knobs that tuning to a recall target sets (None: exact, none)."""
+        return None
+
+    def search_cost(self, n: int, dim: int, params: Params) -> float:
+        """Estimated nanoseconds of one top-10 query (the cost model tuning minimises)."""
+        return 0.0
+
 
 class FlatType(IndexType):
     """Exact inner product over float32 vectors."""
@@ -185,6 +215,13 @@ class HnswType(IndexType):
         links = params["M"] * 2 * 4 * 1.05
         return int(n * (dim * 4 + IDMAP2_BYTES + links))
 
+    def knobs(self, n: int, params: Params) -> SearchKnobs | None:
+        return SearchKnobs("efSearch", 16, max(16, min(n, 4096)))
+
+    def search_cost(self, n: int, dim: int, params: Params) -> float:
+        visited = max(10, int(params["efSearch"])) * 2 * int(params["M"])
+        return visited * dim * FLOAT_NS_PER_DIM
+
 
 class IvfPqType(IndexType):
     """IVF with 8-bit product-quantized codes only: compact, approximate, no exact vectors."""
@@ -229,6 +266,13 @@ class IvfPqType(IndexType):
     def memory_bytes(self, n: int, dim: int, params: Params) -> int:
         code = math.ceil(params["m"] * params["nbits"] / 8)
         return n * (code + ID_BYTES) + params["nlist"] * dim * 4
+
+    def knobs(self, n: int, params: Params) -> SearchKnobs | None:
+        return SearchKnobs("nprobe", 1, int(params["nlist"]))
+
+    def search_cost(self, n: int, dim: int, params: Params) -> float:
+        code = params["m"] * params["nbits"] / 8
+        return _ivf_cost(n, dim, params, code * SCAN_NS_PER_CODE_BYTE * 5)
 
 
 class IvfPqRefineType(IndexType):
@@ -319,6 +363,26 @@ class IvfPqRefineType(IndexType):
 
     def disk_bytes(self, n: int, dim: int, params: Params) -> int:
         return n * dim * 2
+
+    def knobs(self, n: int, params: Params) -> SearchKnobs | None:
+        # k x 100 was the depth that 1M vectors needed (docs/SCALING.md); deeper only helps
+        # codes too coarse to order a cluster, shallower is cheaper where the codes suffice
+        return SearchKnobs("nprobe", 1, int(params["nlist"]), "k_factor",
+                           (10, 25, 50, 100, 200, 400))
+
+    def search_cost(self, n: int, dim: int, params: Params) -> float:
+        per_code = params["m"] * params["nbits"] / 8 * SCAN_NS_PER_CODE_BYTE
+        if params["nbits"] != 4:
+            per_code *= 5
+        rerank = 10 * int(params["k_factor"]) * dim * RERANK_NS_PER_DIM
+        return _ivf_cost(n, dim, params, per_code) + rerank
+
+
+def _ivf_cost(n: int, dim: int, params: Params, per_code: float) -> float:
+    """Coarse quantizer plus the codes of `nprobe` of `nlist` lists, nanoseconds."""
+    nlist = max(1, int(params["nlist"]))
+    scanned = n * min(nlist, int(params["nprobe"])) / nlist
+    return nlist * dim * FLOAT_NS_PER_DIM + scanned * per_code
 
 
 def _ivf_params(sel: faiss.IDSelector, nprobe: int) -> faiss.SearchParametersIVF:

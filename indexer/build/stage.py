@@ -14,14 +14,14 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from indexer.build import budget
+from indexer.build import budget, tuning
 from indexer.build import faiss_index as fx
 from indexer.build.index_types import IndexSpec
 from indexer.build.writer import make_manifest, write_index, write_manifest
@@ -30,7 +30,14 @@ from indexer.embed.store import EmbeddingStore, EmbedStats, Reject, StoreMeta, w
 from indexer.items import read_item_hashes, write_items
 from indexer.layout import IndexLayout, new_version
 from indexer.live.fold import Fold, prepare_fold
-from indexer.manifest import AttributeEntry, CatalogInfo, IndexInfo, Manifest, ModelInfo
+from indexer.manifest import (
+    AttributeEntry,
+    CatalogInfo,
+    IndexInfo,
+    Manifest,
+    ModelInfo,
+    TuningInfo,
+)
 from model.attributes import AttributeSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,10 @@ class BuildOptions:
     index_params: dict[str, Any] = field(default_factory=dict)
     max_memory: int | None = None          # bytes per attribute (--max-memory)
     max_reject_rate: float | None = None
+    # recall@10 that approximate indexes' search knobs are tuned to (--target-recall; None:
+    # 0.95, or on --update the recorded target; 0: no tuning)
+    target_recall: float | None = None
+    tune_sample: int = tuning.DEFAULT_SAMPLE  # queries of the tuning sample (--tune-sample)
 
 
 @dataclass
@@ -131,7 +142,9 @@ def _checked_model(store: EmbeddingStore, model: ModelInfo | None, names: list[s
     from model import load_model
 
     emb = load_model(checkpoint, device="cpu")
-    info = model_info(emb, checkpoint)
+    # the store's vectors were made in the store's precision, not in this copy's
+    info = replace(model_info(emb, checkpoint), precision=model.precision if model else None,
+                   precision_choice=model.precision_choice if model else None)
     if model is not None and model.sha256 and model.sha256 != info.sha256:
         raise ValueError(f"--checkpoint {checkpoint} is not the model that wrote "
                          f"{store.root} (sha256 {model.sha256[:12]})")
@@ -343,29 +356,45 @@ def _attribute_entry(staging: Path, attribute: AttributeSpec,
     add_rows = np.array([plan.rows[p] for p in plan.add], dtype=np.int64)
     add_vecs = _gather(inp.store, name, [inp.catalog.items[p].id for p in plan.add], dim,
                        staging)
+    old_tuning: TuningInfo | None = None
+    changed: int | None = None                 # None: a new index (full build or rebuild)
     if prev is None:
         index = fx.build(spec, dim, add_rows, add_vecs.__getitem__)
     else:
         old_info = prev.manifest.attribute(name).index
-        old = faiss.read_index(str(prev.folder / old_info.file))
-        old_spec = IndexSpec(old_info.type, dict(old_info.params))
-        if old_spec.same_structure(spec):           # search knobs may differ
-            index = fx.update(old, spec, plan.remove, add_rows, add_vecs)
-            fx.tune(index, spec)
-        else:                       # a new type: rebuild from the kept vectors
-            ids, vecs = fx.extract(old)
-            keep = ~np.isin(ids, plan.remove)
-            all_ids = np.concatenate([ids[keep], add_rows])
-            all_vecs = np.concatenate([vecs[keep], add_vecs])
-            order = np.argsort(all_ids, kind="stable")
-            index = fx.build(spec, dim, all_ids[order], lambda pos: all_vecs[order[pos]])
+        index, changed = _updated_index(prev.folder, old_info, spec, plan, add_rows, add_vecs)
+        old_tuning = old_info.tuning
+    vectors = tuning.stored_vectors(index)
+    if vectors is None and prev is None:       # ivfpq keeps codes only: the build's vectors
+        vectors = tuning.Vectors(add_rows, add_vecs.__getitem__)
+    request = tuning.TuneRequest(inp.opts.target_recall, frozenset(inp.opts.index_params),
+                                 inp.opts.tune_sample)
+    spec, tuned = tuning.settle(index, spec, request, vectors, old_tuning, changed, name)
     fname = write_index(staging, name, index)
     n = int(index.ntotal)
     info = IndexInfo(type=spec.type, params=dict(spec.params), file=fname, ntotal=n,
                      factory=spec.factory(dim), memory_bytes=spec.memory_bytes(n, dim),
-                     selection=selection)
+                     selection=selection, tuning=tuned)
     # AttributeSpec's 0 means "unknown", which the manifest writes as null
     return AttributeEntry(name, attribute.n_values or None, info)
+
+
+def _updated_index(folder: Path, old_info: IndexInfo, spec: IndexSpec, plan: _Plan,
+                   add_rows: np.ndarray, add_vecs: np.ndarray) -> tuple[faiss.Index, int | None]:
+    """The published index with the plan's changes: updated in place (and the rows added
+    plus removed), or rebuilt from its kept vectors for a new structure (None)."""
+    old = faiss.read_index(str(folder / old_info.file))
+    old_spec = IndexSpec(old_info.type, dict(old_info.params))
+    if old_spec.same_structure(spec):           # search knobs may differ
+        index = fx.update(old, spec, plan.remove, add_rows, add_vecs)
+        fx.tune(index, spec)
+        return index, len(plan.remove) + len(add_rows)
+    ids, vecs = fx.extract(old)                 # a new type: rebuild from the kept vectors
+    keep = ~np.isin(ids, plan.remove)
+    all_ids = np.concatenate([ids[keep], add_rows])
+    all_vecs = np.concatenate([vecs[keep], add_vecs])
+    order = np.argsort(all_ids, kind="stable")
+    return fx.build(spec, old.d, all_ids[order], lambda pos: all_vecs[order[pos]]), None
 
 
 def _build_section(inp: _Inputs, plan: _Plan, prev: _Previous | None) -> dict[str, Any]:

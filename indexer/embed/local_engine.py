@@ -27,7 +27,7 @@ from indexer.catalog import CatalogItem
 from indexer.embed.store import EmbeddingStore, Reject
 from model.embedder import Embedder
 from model.errors import ImageError
-from model.imageio import DEFAULT_MAX_PIXELS, open_image, read_image_file
+from model.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, open_image, read_image_file
 from model.osutil import available_cpus
 from model.preprocess import PreparedImage, Preprocessor
 
@@ -35,7 +35,6 @@ __all__ = ["DEFAULT_MAX_BYTES", "Collector", "EmbedLimits", "EmbedOutcome", "Ite
            "Loaded", "available_cpus", "default_workers", "embed_batch", "embed_catalog",
            "item_loader", "set_threads"]
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 CRASH_ENV = "ASEN_INDEXER_CRASH_AFTER_SHARDS"  # test seam: SIGKILL self after k parts
 
 

@@ -11,7 +11,7 @@ with one (`ray://...` or `host:port`, or `auto`) the job joins that cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -29,6 +29,7 @@ from indexer.embed.local_engine import (
 from indexer.embed.store import EmbeddingStore
 from model.memory import one_arena_env
 from model.osutil import available_cpus
+from model.precision import PrecisionChoice, explicit
 from model.preprocess import PreparedImage
 from model.roi import CropGeometry
 
@@ -83,6 +84,15 @@ def _prepared(batch: dict[str, np.ndarray], k: int) -> PreparedImage:
                          float(batch["scale"][k]))
 
 
+def _resolve_precision(checkpoint: str, device: str, requested: str) -> PrecisionChoice:
+    """Ray task: ``requested`` resolved by the model loaded as a model actor loads it (with
+    the node's CPUs on a CPU, as :class:`EmbedActor` takes them)."""
+    from model import load_model
+
+    set_threads(available_cpus() if device == "cpu" else None)
+    return load_model(checkpoint, device=device, precision=requested).precision_choice
+
+
 class EmbedActor:
     """A model held by one Ray actor (one GPU each where the cluster has GPUs).
 
@@ -130,6 +140,7 @@ class RayEngine:
     actors: int | None = None
     device: str | None = None          # None: cuda when the cluster has GPUs
     _started: bool = False
+    _precisions: dict[tuple[str, str], PrecisionChoice] = field(default_factory=dict)
 
     def __enter__(self) -> RayEngine:
         import ray
@@ -158,6 +169,24 @@ class RayEngine:
         if self.device:
             return "cuda" if self.device.startswith("cuda") else "cpu"
         return "cuda" if self.gpus > 0 else "cpu"
+
+    def resolve_precision(self, checkpoint: str, requested: str) -> PrecisionChoice:
+        """``requested`` as the model actors run it: ``auto`` resolved once per checkpoint by
+        a task on the actors' kind of device (one GPU, or a CPU node: a cluster of one kind
+        of machine is assumed), an explicit precision as it is. The actors are then given
+        the chosen precision, so they all embed alike."""
+        if requested != "auto":
+            return explicit(requested)
+        key = (checkpoint, requested)
+        if key not in self._precisions:
+            import ray
+
+            device = self.device_type()
+            task = ray.remote(_resolve_precision).options(
+                num_gpus=1 if device == "cuda" else 0, num_cpus=1,
+                runtime_env={"env_vars": one_arena_env()})
+            self._precisions[key] = ray.get(task.remote(checkpoint, device, requested))
+        return self._precisions[key]
 
     def embed(self, checkpoint: str, attributes: list[str], items: list[CatalogItem],
               store: EmbeddingStore, loader: ItemLoader, *,

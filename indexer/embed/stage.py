@@ -32,6 +32,7 @@ from indexer.manifest import ModelInfo
 from model import load_model
 from model.attributes import AttributeSpec
 from model.embedder import Embedder
+from model.precision import PrecisionChoice
 
 if TYPE_CHECKING:
     from indexer.embed.ray_engine import RayEngine
@@ -50,7 +51,7 @@ class EmbedOptions:
     workers: int | None = None
     threads: int | None = None
     device: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"             # auto: resolved where the model runs (model.precision)
     limits: EmbedLimits = field(default_factory=EmbedLimits)
     part_size: int = 1024
     dtype: str = "float32"
@@ -72,11 +73,14 @@ class EmbedRun:
     stats: EmbedStats
 
 
-def model_info(emb: Embedder, checkpoint: str) -> ModelInfo:
-    """The manifest's model section for a loaded embedder."""
+def model_info(emb: Embedder, checkpoint: str,
+               precision: PrecisionChoice | None = None) -> ModelInfo:
+    """The manifest's model section for a loaded embedder whose vectors are made in
+    ``precision`` (default: the embedder's own)."""
+    choice = precision or emb.precision_choice
     return ModelInfo(dim=int(emb.dim), checkpoint=str(Path(checkpoint).resolve()),
                      sha256=emb.checkpoint_sha256, config=emb.config.to_dict(),
-                     precision=emb.precision)
+                     precision=choice.chosen, precision_choice=choice)
 
 
 def job_key(model_sha: str | None, precision: str, attributes: list[str], device: str) -> str:
@@ -87,10 +91,23 @@ def job_key(model_sha: str | None, precision: str, attributes: list[str], device
 
 def load_embedder(opts: EmbedOptions) -> Embedder:
     """The model for `opts` (torch threads set first). With the Ray engine the driver's copy
-    only describes the model (names, dimension, checksum): it stays on the CPU."""
+    only describes the model (names, dimension, checksum): it stays on the CPU, and `auto`
+    is resolved by the actors' kind of device instead (:func:`job_precision`)."""
     set_threads(opts.threads)
-    device = "cpu" if opts.engine == "ray" else opts.device
-    return load_model(opts.checkpoint, device=device, precision=opts.precision)
+    ray = opts.engine == "ray"
+    device = "cpu" if ray else opts.device
+    precision = "fp32" if ray and opts.precision == "auto" else opts.precision
+    return load_model(opts.checkpoint, device=device, precision=precision)
+
+
+def job_precision(emb: Embedder, opts: EmbedOptions, engine: RayEngine | None
+                  ) -> PrecisionChoice:
+    """The precision the job's vectors are made in, `auto` resolved before the job key (so
+    a rerun on the same kind of machine reuses the store): the local model's choice, or the
+    Ray actors' (resolved once on the cluster)."""
+    if engine is None:
+        return emb.precision_choice
+    return engine.resolve_precision(opts.checkpoint, opts.precision)
 
 
 def engine_for(opts: EmbedOptions) -> contextlib.AbstractContextManager[RayEngine | None]:
@@ -106,7 +123,7 @@ def engine_for(opts: EmbedOptions) -> contextlib.AbstractContextManager[RayEngin
 
 def _run_engine(engine: RayEngine | None, emb: Embedder, catalog: Catalog,
                 store: EmbeddingStore, opts: EmbedOptions,
-                previous: Mapping[str, str] | None) -> EmbedOutcome:
+                previous: Mapping[str, str] | None, precision: str) -> EmbedOutcome:
     if engine is None:
         return embed_catalog(emb, catalog.items, store, previous=previous,
                              batch_size=opts.batch_size, workers=opts.workers,
@@ -115,7 +132,7 @@ def _run_engine(engine: RayEngine | None, emb: Embedder, catalog: Catalog,
     loader = item_loader(emb.preprocess, store, opts.limits, previous)
     return engine.embed(opts.checkpoint, list(emb.attribute_names), catalog.items, store,
                         loader, batch_size=opts.batch_size, part_size=opts.part_size,
-                        dtype=opts.dtype, precision=opts.precision, threads=opts.threads,
+                        dtype=opts.dtype, precision=precision, threads=opts.threads,
                         progress=opts.progress)
 
 
@@ -145,15 +162,17 @@ def embed_into(emb: Embedder, catalog: Catalog, store: EmbeddingStore, opts: Emb
         raise ValueError(f"unknown store dtype {opts.dtype!r}; known: {', '.join(DTYPES)}")
     attrs = list(emb.attribute_names)
     device = engine.device_type() if engine is not None else emb.device.type
-    key = job_key(emb.checkpoint_sha256, emb.precision, attrs, device)
+    choice = job_precision(emb, opts, engine)
+    log.info("embedding in %s (%s: %s)", choice.chosen, choice.requested, choice.reason)
+    key = job_key(emb.checkpoint_sha256, choice.chosen, attrs, device)
     old = StoreMeta.read(store.root)
     _check_resumable(store, old, key, attrs)
-    info = model_info(emb, opts.checkpoint)
+    info = model_info(emb, opts.checkpoint, choice)
     specs = list(emb.attributes)
     meta = StoreMeta(job_key=key, model=info, attributes=specs, device=device,
                      dtype=opts.dtype)
     replace(meta, last_run=old.last_run if old else None).write(store.root)
-    outcome = _run_engine(engine, emb, catalog, store, opts, previous)
+    outcome = _run_engine(engine, emb, catalog, store, opts, previous, choice.chosen)
     live = {catalog.items[p].id for p, s in enumerate(outcome.status)
             if s in ("computed", "cached")}
     dropped = store.compact(live)

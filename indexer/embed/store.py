@@ -9,7 +9,8 @@ An EMB_DIR holds Parquet files (`*.parquet`, read in name order) with the column
 
 plus, when written by `indexer embed`, `store.json` (:class:`StoreMeta`: the model, device
 and the last run's :class:`EmbedStats`) and `rejected.csv` (`path,id,reason` of the last
-run, :func:`write_rejected`). A store written by another tool needs only the Parquet files.
+run, :func:`model.rejected.write_rejected`). A store written by another tool needs only the
+Parquet files.
 A later file that repeats an id supersedes the earlier row (that is how a resumed or
 repeated `embed` replaces changed images); `embed` compacts superseded and deleted rows away
 when it finishes. Each part is written to a temporary name and renamed into place, so a
@@ -22,10 +23,10 @@ import csv
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,10 +36,10 @@ import pyarrow.parquet as pq
 from indexer.layout import WriterLock
 from indexer.manifest import ModelInfo
 from model.attributes import AttributeSpec
-from model.osutil import atomic_open, atomic_write_bytes, replace_atomically
+from model.osutil import atomic_write_bytes, replace_atomically
+from model.rejected import REJECTED, Reject, write_rejected
 
 STORE_META = "store.json"
-REJECTED = "rejected.csv"
 STORE_LOCK = ".lock"
 STORE_FORMAT = "asen-embeddings/1"
 KEY_COLUMNS = ("id", "sha256")
@@ -48,29 +49,6 @@ DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.floa
 
 class StoreError(ValueError):
     """The embeddings store is unusable (bad columns, types, dimensions, norms)."""
-
-
-class Reject(NamedTuple):
-    """A skipped catalog item and why."""
-
-    path: str
-    id: str
-    reason: str
-    detail: str = ""
-
-
-def write_rejected(folder: Path, rejects: Iterable[Reject]) -> int:
-    """`folder/rejected.csv` (`path,id,reason`, one line per skipped item), written
-    atomically and durably; returns the count. The one writer of the file, for a store and
-    for an index version alike."""
-    n = 0
-    with atomic_open(Path(folder) / REJECTED, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "id", "reason"])
-        for r in rejects:
-            w.writerow([r.path, r.id, r.reason])
-            n += 1
-    return n
 
 
 @dataclass

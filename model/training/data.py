@@ -2,8 +2,9 @@
 
 A dataset folder holds ``filenames_{train,valid,test}.txt``, ``label_train.txt``,
 ``query_{valid,test}.txt``, ``candidate_{valid,test}.txt`` and an attribute description:
-``attributes.json`` (``[{"name", "n_values", "values"?}, ...]``) or ``attributes.txt``
-(``name n_values`` per line, or just the name of a built-in set such as ``FashionAI``).
+``attributes.json`` (``[{"name", "n_values", "values"?}, ...]``), ``attributes.txt``
+(``name n_values`` per line, or just the name of a built-in set such as ``FashionAI``), or
+the authors' ``meta.json`` in the folder or its parent (:data:`META_FILE`).
 Every problem with these files raises :class:`DataError` naming the file and line.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.attributes import BUILTIN_ATTRIBUTES, AttributeSpec
+from model.attributes import BUILTIN_ATTRIBUTES, AttributeSpec, builtin_attributes
 
 SPLITS = ("train", "valid", "test")
 Triple = tuple[int, int, int]  # (image_id, attribute index, value)
@@ -47,44 +48,125 @@ class Split:
 
 # --------------------------------------------------------------------------- attributes
 
+#: The authors' split archive describes its datasets in one ``meta.json`` at its root
+#: (``data/meta.json`` beside ``data/FashionAI/``...), keyed by dataset name, each entry
+#: ``{"ATTRIBUTES": [names in order], "ATTRIBUTES_NUM": {name: n}, "ATTRIBUTES_VALUES":
+#: {name: [value names]}}``; their AAAI-2020 release had one such entry, unkeyed, per folder.
+META_FILE = "meta.json"
+DESCRIPTION_FILES = ("attributes.json", "attributes.txt", META_FILE)
+
 
 def _builtin(name: str) -> list[AttributeSpec] | None:
-    for key, specs in BUILTIN_ATTRIBUTES.items():
-        if key.lower() == name.strip().lower():
-            return list(specs)
+    found = builtin_attributes(name)
+    return None if found is None else list(found)
+
+
+def find_attributes(root: str | os.PathLike) -> list[AttributeSpec] | None:
+    """The attributes a dataset folder describes, or None when it describes none.
+
+    Looked up in order: ``attributes.json``, ``attributes.txt`` and ``meta.json`` in the
+    folder, then the authors' ``meta.json`` in its parent folder, whose entry is the one
+    named like the folder (case-insensitive: ``data/FashionAI`` reads ``"FashionAI"``).
+    """
+    folder = Path(root)
+    for name in DESCRIPTION_FILES:
+        if (folder / name).is_file():
+            return read_attributes(folder / name)
+    parent_meta = folder.resolve().parent / META_FILE
+    if folder.is_dir() and parent_meta.is_file() and _is_authors_meta(parent_meta):
+        return _check_specs(parent_meta, _parse_meta(parent_meta, folder.resolve().name,
+                                                     keyed_only=True))
     return None
+
+
+def _is_authors_meta(path: Path) -> bool:
+    """Whether a parent folder's meta.json is the authors' (some other tool's is ignored)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and any(isinstance(v, dict) and "ATTRIBUTES" in v
+                                          for v in data.values())
 
 
 def read_attributes(root: str | os.PathLike) -> list[AttributeSpec]:
     """Attribute names and value counts of a dataset, in order.
 
-    ``root`` is a dataset folder (with ``attributes.json`` or ``attributes.txt``), one of
-    those files, or the name of a built-in set ("FashionAI", "DARN", "DeepFashion").
+    ``root`` is a dataset folder (described as :func:`find_attributes` says), one of those
+    files, or the name of a built-in set ("FashionAI", "DARN", "DeepFashion").
     """
     path = Path(root)
     if not path.exists() and (specs := _builtin(str(root))) is not None:
         return specs
     if path.is_dir():
-        for name in ("attributes.json", "attributes.txt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
+        found = find_attributes(path)
+        if found is None:
             raise DataError(
-                f"{root}: no attributes.json or attributes.txt describing the attributes; "
+                f"{root}: no attributes.json or attributes.txt describing the attributes, and "
+                f"no {META_FILE} here or in the parent folder (the authors' split archive); "
                 "write attributes.txt with 'name n_values' lines in order, or one line naming "
-                f"a built-in set ({', '.join(BUILTIN_ATTRIBUTES)})")
+                f"a built-in set ({', '.join(BUILTIN_ATTRIBUTES)}), or name the set on the "
+                "command line (--attributes FashionAI)")
+        return found
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if path.name == META_FILE:
+        return _check_specs(path, _parse_meta(path, path.parent.name, keyed_only=False))
     text = path.read_text(encoding="utf-8")
     specs = _parse_json_attributes(path, text) if path.suffix == ".json" else \
         _parse_text_attributes(path, text)
+    return _check_specs(path, specs)
+
+
+def _check_specs(path: Path, specs: list[AttributeSpec]) -> list[AttributeSpec]:
     names = [s.name for s in specs]
     if not specs:
         raise DataError(f"{path}: no attributes")
     if len(set(names)) != len(names):
         raise DataError(f"{path}: duplicate attribute names in {names}")
     return specs
+
+
+def _parse_meta(path: Path, dataset: str, *, keyed_only: bool) -> list[AttributeSpec]:
+    """The entry of ``dataset`` in an authors' ``meta.json`` (or its only, unkeyed entry
+    unless ``keyed_only``) as specs."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected an object of datasets")
+    if "ATTRIBUTES" in data and not keyed_only:
+        return _meta_specs(path, "", data)
+    keys = {str(k).lower(): k for k in data if isinstance(data[k], dict)}
+    key = keys.get(dataset.lower())
+    if key is None:
+        raise DataError(f"{path}: no entry for the dataset {dataset!r} (the folder's name); "
+                        f"it describes {', '.join(map(str, data)) or 'none'}: name the folder "
+                        "like one of them, or describe it with attributes.json")
+    return _meta_specs(path, f"[{key!r}]", data[key])
+
+
+def _meta_specs(path: Path, where: str, entry: dict) -> list[AttributeSpec]:
+    names = entry.get("ATTRIBUTES")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}{where}: 'ATTRIBUTES' must be a list of attribute names")
+    nums, values = entry.get("ATTRIBUTES_NUM") or {}, entry.get("ATTRIBUTES_VALUES") or {}
+    if not isinstance(nums, dict) or not isinstance(values, dict):
+        raise DataError(f"{path}{where}: 'ATTRIBUTES_NUM' and 'ATTRIBUTES_VALUES' must be "
+                        "objects keyed by attribute name")
+    out = []
+    for name in names:
+        listed = values.get(name)
+        n = nums.get(name, len(listed) if isinstance(listed, list) else None)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise DataError(f"{path}{where}: attribute {name!r}: no positive value count in "
+                            f"'ATTRIBUTES_NUM' (or value names in 'ATTRIBUTES_VALUES')")
+        if isinstance(listed, list) and len(listed) != n:
+            raise DataError(f"{path}{where}: attribute {name!r}: {len(listed)} value names "
+                            f"for ATTRIBUTES_NUM {n}")
+        out.append(AttributeSpec(name, n))
+    return out
 
 
 def _parse_json_attributes(path: Path, text: str) -> list[AttributeSpec]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from model.attributes import AttributeSpec
 from model.embedder import Embedder
 from model.imageio import open_image
 from model.osutil import available_cpus
@@ -202,16 +203,19 @@ def embedding_part(vecs: np.ndarray, part: str, global_dim: int) -> np.ndarray:
 
 def evaluate_split(emb: Embedder, root: str | Path, split: str = "test", batch_size: int = 32,
                    limit: int | None = None, loc_limit: int = 200, workers: int | None = None,
-                   progress: bool = False, part: str = "full") -> dict[str, Any]:
+                   progress: bool = False, part: str = "full",
+                   attributes: Sequence[AttributeSpec] | None = None) -> dict[str, Any]:
     """MAP (and localisation when ``boxes.jsonl`` exists) of ``emb`` on one split.
 
     ``part``: rank by the whole embedding or by one branch's block (:func:`embedding_part`).
+    ``attributes``: the dataset's attributes (default: its own description, ``read_attributes``).
     """
     from model.training.data import load_split, read_attributes
 
     root = Path(root)
-    attr_names = [a.name for a in read_attributes(root)]
-    data = load_split(root, split)
+    specs = list(attributes) if attributes is not None else read_attributes(root)
+    attr_names = [a.name for a in specs]
+    data = load_split(root, split, attributes=specs)
     queries = _limit_per_attribute(data.queries, limit)
     candidates = _limit_per_attribute(data.candidates, limit)
     if not queries:
@@ -266,20 +270,39 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_embedder(args: argparse.Namespace) -> Embedder:
+def dataset_attributes(data: Path, option: str | None) -> list[AttributeSpec]:
+    """The attributes of the dataset folder ``data``: its own description (attributes.json,
+    attributes.txt, or the authors' meta.json there or in its parent), else ``--attributes``
+    (``option``: a built-in set or a comma-separated list). ValueError when both exist and
+    name different attributes, or neither exists."""
+    from model.attributes import parse_attributes_option, resolve_attributes
+    from model.training.data import DataError, find_attributes, read_attributes
+
+    if not data.is_dir():
+        raise DataError(f"{data}: dataset folder not found")
+    given = resolve_attributes(parse_attributes_option(option)) if option else None
+    found = find_attributes(data)
+    if found is None:
+        return given if given is not None else read_attributes(data)  # its DataError says why
+    if given is not None and [a.name for a in given] != [a.name for a in found]:
+        raise DataError(f"--attributes {option} names {[a.name for a in given]}, but {data} "
+                        f"describes {[a.name for a in found]}; drop --attributes or fix one")
+    return found
+
+
+def _load_embedder(args: argparse.Namespace, attributes: Sequence[AttributeSpec]) -> Embedder:
+    """The checkpoint's model; a published one (no attribute names) gets ``attributes``."""
     from model import load_model
-    from model.errors import CheckpointError
-    from model.training.data import read_attributes
+    from model.attributes import parse_attributes_option
+    from model.checkpoint import FORMAT, read_checkpoint_file
 
     kwargs = dict(device=args.device, precision=args.precision, batch_size=args.batch_size)
     if args.attributes:
-        names = args.attributes.split(",") if "," in args.attributes else args.attributes
-        return load_model(args.checkpoint, attributes=names, **kwargs)
-    try:
+        return load_model(args.checkpoint, attributes=parse_attributes_option(args.attributes),
+                          **kwargs)
+    if read_checkpoint_file(args.checkpoint).get("format") == FORMAT:
         return load_model(args.checkpoint, **kwargs)
-    except CheckpointError:
-        # a published checkpoint carries no attribute names: take the dataset's
-        return load_model(args.checkpoint, attributes=read_attributes(args.data), **kwargs)
+    return load_model(args.checkpoint, attributes=attributes, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,10 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--attributes", default=None,
-                   help="attribute names for a published checkpoint: FashionAI, DARN, "
-                        "DeepFashion or a comma-separated list (default: the dataset's)")
+                   help="attribute names for a published checkpoint and a dataset folder "
+                        "without a description: FashionAI, DARN, DeepFashion or a "
+                        "comma-separated list (default: the dataset's attributes.json, "
+                        "attributes.txt or meta.json)")
     p.add_argument("--limit", type=int, default=None,
                    help="keep the first N queries and N candidates per attribute")
     p.add_argument("--loc-limit", type=int, default=200,
@@ -303,10 +328,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="full", choices=PARTS,
                    help="rank by the whole embedding (default) or by the global or local "
                         "branch's block of it alone")
+    p.add_argument("--task", default="retrieval", choices=TASKS,
+                   help="retrieval: MAP (default); tagging: tag accuracy and calibration "
+                        "(model.training.tagging_eval); manipulation: ADDE's attribute "
+                        "manipulation protocol (model.training.manipulation_eval); "
+                        "`--task tagging --help` lists each task's options")
     return p
 
 
+TASKS = ("retrieval", "tagging", "manipulation")
+
+
+def _other_task(argv: Sequence[str] | None) -> tuple[str, list[str]]:
+    """``--task`` and the remaining arguments, for the tasks with a parser of their own."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default="retrieval", choices=TASKS)
+    known, rest = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    return known.task, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    task, rest = _other_task(argv)
+    if task == "tagging":
+        from model.training import tagging_eval
+        return tagging_eval.main(rest)
+    if task == "manipulation":
+        from model.training import manipulation_eval
+        return manipulation_eval.main(rest)
     args = build_parser().parse_args(argv)
     for name in ("batch_size", "limit", "workers"):
         value = getattr(args, name)
@@ -317,9 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --loc-limit must be >= 0", file=sys.stderr)
         return 2
     try:
-        emb = _load_embedder(args)
+        attributes = dataset_attributes(args.data, args.attributes)
+        emb = _load_embedder(args, attributes)
         report = evaluate_split(emb, args.data, args.split, args.batch_size, args.limit,
-                                args.loc_limit, args.workers, progress=True, part=args.part)
+                                args.loc_limit, args.workers, progress=True, part=args.part,
+                                attributes=attributes)
     except (OSError, ValueError) as exc:  # CheckpointError, ImageError, bad data are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -333,8 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["AttentionMap", "attention_maps", "embed_pairs", "embedding_part", "evaluate_split",
-           "format_report", "localisation", "main", "prefetch_batches", "read_boxes"]
+__all__ = ["AttentionMap", "attention_maps", "dataset_attributes", "embed_pairs",
+           "embedding_part", "evaluate_split", "format_report", "localisation", "main",
+           "prefetch_batches", "read_boxes"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

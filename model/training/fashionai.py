@@ -7,30 +7,38 @@ ROOT (e.g. ``Images/skirt_length_labels/xxx.jpg``), ``attribute`` such as
 ``skirt_length_labels`` and a label string such as ``nnynnn`` whose single ``y`` marks the
 value (``m``, "maybe", counts as not the value). Rows with no or several ``y``, a label of
 the wrong length, an unknown attribute or a missing image are reported with their line
-number and skipped. Images are split by a seeded shuffle into train/valid/test; in
-valid/test each labelled (image, attribute) becomes a query (20%) or a candidate (80%),
-per attribute, like the published 3,600 / 14,400 split.
+number and skipped. The images and their labels then go through the dataset builder
+(``model.training.dataset``, the one place where splits are made): a seeded, stratified split
+into train/valid/test, in valid/test each labelled (image, attribute) a query (20%) or a
+candidate (80%) per value, like the published 3,600 / 14,400 split, images that cannot be
+decoded in ``rejected.csv`` and the counts in ``dataset_report.json``. ``attributes.json``
+lists the FashionAI attributes the CSV labels (in the published order, each with its
+published number of values).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from model.attributes import BUILTIN_ATTRIBUTES
+from model.training.dataset import (
+    LINK_MODES,
+    REPORT,
+    AttributeColumn,
+    DatasetError,
+    DatasetReport,
+    LabelledImage,
+    build_dataset,
+)
 
 FASHIONAI = list(BUILTIN_ATTRIBUTES["FashionAI"])
 _INDEX = {a.name: i for i, a in enumerate(FASHIONAI)}
-LINK_MODES = ("relative", "absolute", "copy", "symlink")
 
 
 @dataclass
@@ -90,99 +98,43 @@ def read_label_csv(csv_path: str | os.PathLike, images: str | os.PathLike | None
     return out
 
 
-def split_images(paths: Sequence[str], seed: int, valid_frac: float, test_frac: float
-                 ) -> dict[str, list[str]]:
-    """Seeded split of the images; each split keeps the sorted path order."""
-    order = sorted(paths)
-    perm = np.random.default_rng(seed).permutation(len(order))
-    n_test, n_valid = round(test_frac * len(order)), round(valid_frac * len(order))
-    parts = {"test": perm[:n_test], "valid": perm[n_test:n_test + n_valid],
-             "train": perm[n_test + n_valid:]}
-    return {k: [order[i] for i in sorted(v)] for k, v in parts.items()}
-
-
-def _query_split(entries: list[tuple[int, int, int]], rng: np.random.Generator,
-                 query_frac: float) -> tuple[list, list]:
-    queries, candidates = [], []
-    for a in range(len(FASHIONAI)):
-        group = [e for e in entries if e[1] == a]
-        order = rng.permutation(len(group))
-        n_q = max(1, round(query_frac * len(group))) if len(group) >= 2 else 0
-        queries += [group[i] for i in order[:n_q]]
-        candidates += [group[i] for i in order[n_q:]]
-    return sorted(queries), sorted(candidates)
-
-
-def _place_image(src: Path, rel: str, out: Path, link: str) -> str:
-    if link == "absolute":
-        return str(src.resolve())
-    if link == "relative":
-        return os.path.relpath(src.resolve(), out.resolve())
-    dest = out / "images" / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() or dest.is_symlink():
-        dest.unlink()
-    if link == "copy":
-        shutil.copy2(src, dest)
-    else:
-        dest.symlink_to(src.resolve())
-    return (Path("images") / rel).as_posix()
+def records(conv: Conversion, images: str | os.PathLike
+            ) -> tuple[list[LabelledImage], list[AttributeColumn]]:
+    """The builder's input: one record per image (its path under ``images``) and the FashionAI
+    attributes the CSV labels, in the published order, each with its fixed value ids
+    (value names ``"0"``, ``"1"``, ...: the position of the ``y``)."""
+    present = sorted({a for labs in conv.labels.values() for a in labs})
+    attrs = [AttributeColumn(FASHIONAI[a].name,
+                             values=tuple(str(v) for v in range(FASHIONAI[a].n_values)))
+             for a in present]
+    recs = [LabelledImage(str(Path(images) / path),
+                          {FASHIONAI[a].name: str(v) for a, v in sorted(labs.items())}, id=path)
+            for path, labs in conv.labels.items()]
+    return recs, attrs
 
 
 def convert(csv_path: str | os.PathLike, images: str | os.PathLike, out_dir: str | os.PathLike,
             seed: int = 0, valid_frac: float = 0.1, test_frac: float = 0.1,
-            query_frac: float = 0.2, link: str = "relative", check_images: bool = True) -> dict:
-    """Write the published layout for a FashionAI label CSV; returns a summary dict."""
-    if link not in LINK_MODES:
-        raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
-    if not 0 <= valid_frac + test_frac < 1:
-        raise ValueError("valid_frac + test_frac must be in [0, 1)")
-    images, out = Path(images), Path(out_dir)
+            query_frac: float = 0.2, link: str = "relative", check_images: bool = True,
+            min_per_value: int = 1) -> DatasetReport:
+    """Write the published layout for a FashionAI label CSV through the dataset builder
+    (:func:`model.training.dataset.build_dataset`: the split, the files, the report); the
+    CSV rows it skipped are in ``conversion_report.txt`` and the report's ``problems``."""
     conv = read_label_csv(csv_path, images if check_images else None)
     if not conv.labels:
-        raise ValueError(f"{csv_path}: no usable label rows")
-    out.mkdir(parents=True, exist_ok=True)
-    splits = split_images(list(conv.labels), seed, valid_frac, test_frac)
-    rng = np.random.default_rng([seed, 1])
-    counts: dict[str, dict[str, int]] = {}
-    catalog: list[list[int | str]] = []          # catalog.csv rows: id, image, split, values
-    for split in ("train", "valid", "test"):
-        paths = splits[split]
-        names = [_place_image(images / p, p, out, link) for p in paths]
-        (out / f"filenames_{split}.txt").write_text("".join(n + "\n" for n in names))
-        entries = [(i, a, v) for i, p in enumerate(paths)
-                   for a, v in sorted(conv.labels[p].items())]
-        if split == "train":
-            lines = [f"{i} " + " ".join(f"{a} {v}" for a, v in sorted(conv.labels[p].items()))
-                     for i, p in enumerate(paths)]
-            (out / "label_train.txt").write_text("".join(x + "\n" for x in lines))
-            counts[split] = {"images": len(paths), "labels": len(entries)}
-        else:
-            queries, candidates = _query_split(entries, rng, query_frac)
-            for kind, rows in (("query", queries), ("candidate", candidates)):
-                (out / f"{kind}_{split}.txt").write_text(
-                    "".join(f"{i} {a} {v}\n" for i, a, v in rows))
-            counts[split] = {"images": len(paths), "queries": len(queries),
-                             "candidates": len(candidates)}
-        for i, (p, name) in enumerate(zip(paths, names, strict=True)):
-            values = conv.labels[p]
-            catalog.append([f"{split}-{i:06d}", name, split,
-                            *(values.get(a, "") for a in range(len(FASHIONAI)))])
-    (out / "attributes.json").write_text(json.dumps(
-        [{"name": a.name, "n_values": a.n_values} for a in FASHIONAI], indent=2) + "\n")
-    with open(out / "catalog.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "image", "split", *(a.name for a in FASHIONAI)])
-        writer.writerows(catalog)
-    report = "".join(f"{csv_path}:{line}: skipped: {msg}\n" for line, msg in conv.problems)
-    (out / "conversion_report.txt").write_text(report)
-    return {"images": len(conv.labels), "skipped_rows": len(conv.problems), "splits": counts,
-            "problems": conv.problems}
+        raise DatasetError(f"{csv_path}: no usable label rows")
+    recs, attrs = records(conv, images)
+    problems = [f"{csv_path}:{line}: skipped: {msg}" for line, msg in conv.problems]
+    report = build_dataset(recs, attrs, out_dir, seed=seed, min_per_value=min_per_value,
+                           valid_frac=valid_frac, test_frac=test_frac, query_frac=query_frac,
+                           link=link, check_images=check_images, problems=problems)
+    (Path(out_dir) / "conversion_report.txt").write_text("".join(p + "\n" for p in problems))
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.fashionai_convert",
-                                description=__doc__.split("\n")[0])
+                                description=(__doc__ or "").split("\n")[0])
     p.add_argument("--csv", required=True, help="FashionAI label CSV")
     p.add_argument("--images", required=True, help="folder the CSV image paths are relative to")
     p.add_argument("--out", required=True, help="output dataset folder")
@@ -190,25 +142,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--valid-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)
     p.add_argument("--query-frac", type=float, default=0.2)
+    p.add_argument("--min-per-value", type=int, default=1,
+                   help="drop values with fewer images (default 1: keep every value)")
     p.add_argument("--link", choices=LINK_MODES, default="relative",
                    help="how filenames_*.txt refer to the images (default: relative paths)")
     p.add_argument("--no-check-images", action="store_true",
-                   help="do not skip rows whose image file is missing")
+                   help="neither skip rows whose image file is missing nor decode the images")
     a = p.parse_args(argv)
     try:
-        s = convert(a.csv, a.images, a.out, seed=a.seed, valid_frac=a.valid_frac,
-                    test_frac=a.test_frac, query_frac=a.query_frac, link=a.link,
-                    check_images=not a.no_check_images)
+        report = convert(a.csv, a.images, a.out, seed=a.seed, valid_frac=a.valid_frac,
+                         test_frac=a.test_frac, query_frac=a.query_frac, link=a.link,
+                         check_images=not a.no_check_images, min_per_value=a.min_per_value)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for line, msg in s["problems"][:20]:
-        print(f"{a.csv}:{line}: skipped: {msg}", file=sys.stderr)
-    if len(s["problems"]) > 20:
-        print(f"... {len(s['problems']) - 20} more in {a.out}/conversion_report.txt",
-              file=sys.stderr)
-    print(f"{s['images']} images, {s['skipped_rows']} rows skipped; "
-          + ", ".join(f"{k}: {v}" for k, v in s["splits"].items()))
+    print(report.summary())
+    print(f"skipped CSV rows: {a.out}/conversion_report.txt; report: {a.out}/{REPORT}")
     return 0
 
 

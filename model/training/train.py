@@ -1,14 +1,19 @@
 """Two-stage ASEN++ training (SPEC section 4).
 
     python -m model.train --data DIR --out RUN_DIR [--config NAME_OR_FILE] [--resume CKPT]
+                          [--init CKPT]
 
 Stage 1 trains the global branch alone; stage 2 trains the whole model from the best stage-1
 weights with the local branch at a higher learning rate. ``--variant agnostic`` trains the
 attribute-agnostic triplet baseline (one embedding for every attribute) with the stage-1
 recipe. Every epoch writes ``RUN_DIR/last.pt`` (weights + optimizer, scheduler, RNG, epoch),
 the best epoch by validation MAP goes to ``best_stage1.pt`` / ``best.pt``, and ``--resume``
-continues an interrupted run where it stopped. The recipes (`TrainConfig`, `TRAIN_CONFIGS`)
-are in `model.config`; progress is logged (logger ``model.training.train``).
+continues an interrupted run where it stopped. ``--init`` fine-tunes an existing checkpoint:
+its trunks, shared heads and the rows of every attribute whose name the data has too are the
+starting point, new attributes start fresh, one start replaces the random starts, and every
+checkpoint of the run records where it started (``model.training.finetune``). The recipes
+(`TrainConfig`, `TRAIN_CONFIGS`) are in `model.config`; progress is logged (logger
+``model.training.train``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import operator
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import build_model, read_checkpoint_file, save_checkpoint
+from model.checkpoint import InitProvenance, build_model, read_checkpoint_file, save_checkpoint
 from model.config import (
     TRAIN_CONFIGS,
     ModelConfig,
@@ -47,8 +52,9 @@ from model.memory import keep_freed_memory
 from model.network import ASENPlusPlus
 from model.osutil import replace_atomically
 from model.preprocess import PreparedImage, Preprocessor
-from model.training.data import TripletSampler, load_split, read_attributes
+from model.training.data import DataError, TripletSampler, load_split, read_attributes
 from model.training.evaluate import evaluate_split
+from model.training.finetune import architecture_differences, init_architecture, init_from
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +174,11 @@ class TrainingSetup:
     device: torch.device
     planned_triplets: int = 0     # what the run has left to train, for the duration estimate
     estimated: bool = False       # the estimate was logged
+    init: InitProvenance | None = None   # where a fine-tuned run started (--init)
+
+    def provenance(self) -> dict[str, Any]:
+        """The checkpoints' ``init`` entry (empty for a run from scratch)."""
+        return {"init": self.init.to_dict()} if self.init is not None else {}
 
 
 def set_train_mode(net: ASENPlusPlus, frozen: bool) -> None:
@@ -276,15 +287,22 @@ def model_config_for(cfg: TrainConfig, variant: str) -> ModelConfig:
 
 
 def setup_training(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.device,
-                   trunk_cache_dir: Path | None = None) -> TrainingSetup:
+                   trunk_cache_dir: Path | None = None, init: Path | None = None,
+                   weights: Mapping[str, torch.Tensor] | None = None) -> TrainingSetup:
     """Everything a run's epochs use: the freshly built network on ``dev`` (seeded by
     ``cfg.seed``), its stages, the training split's triplet sampler and image cache, and for
-    frozen trunks the trunk-output cache (kept in ``trunk_cache_dir`` when given)."""
+    frozen trunks the trunk-output cache (kept in ``trunk_cache_dir`` when given).
+
+    The network starts from the checkpoint ``init`` (:func:`model.training.finetune.init_from`)
+    or from ``weights`` (a resumed run's) when given, before the trunk cache is keyed."""
     attrs = read_attributes(data_dir)
     model_cfg = model_config_for(cfg, variant)
     stages = [1] + ([2] if model_cfg.local_branch is not None and cfg.stage2.epochs > 0 else [])
     torch.manual_seed(cfg.seed)
     net = build_model(model_cfg, attrs, backbone_weights=_trunk_weights(cfg, model_cfg))
+    provenance = init_from(net, init) if init is not None else None
+    if weights is not None:
+        net.load_state_dict(weights)
     net = net.to(dev).to(memory_format=torch.channels_last)  # as the embedder runs it
     train = load_split(data_dir, "train")
     images = ImageCache(train.image_paths, Preprocessor(model_cfg.global_branch.input_size))
@@ -293,7 +311,7 @@ def setup_training(data_dir: Path, cfg: TrainConfig, variant: str, dev: torch.de
         path = cache_file(trunk_cache_dir, net, train.image_paths) if trunk_cache_dir else None
         trunk_cache = TrunkCache(net, images, dev, path)
     return TrainingSetup(net, model_cfg, stages, TripletSampler(train.labels, len(attrs)),
-                         images, trunk_cache, dev)
+                         images, trunk_cache, dev, init=provenance)
 
 
 def _trunk_weights(cfg: TrainConfig, model_cfg: ModelConfig,
@@ -337,13 +355,18 @@ def _log_estimate(setup: TrainingSetup, triplets: int, seconds: float, batches: 
              _duration(setup.planned_triplets / rate), setup.planned_triplets, rate, batches)
 
 
-def _restore(resume: Path, net: ASENPlusPlus) -> tuple[RunState, dict[str, Any]]:
-    """Weights and global RNGs from ``resume``; returns the run state and optimizer states."""
+def _resume_data(resume: Path) -> dict[str, Any]:
+    """The contents of ``resume``, a checkpoint with a training state."""
     data = read_checkpoint_file(resume)
     if "train_state" not in data:
         raise CheckpointError(f"{resume}: has no training state to resume from (use last.pt)")
+    return data
+
+
+def _restore(resume: Path, data: Mapping[str, Any]) -> tuple[RunState, dict[str, Any]]:
+    """Global RNGs from ``resume``'s ``data`` (its weights are already in the network);
+    returns the run state and optimizer states."""
     ts = data["train_state"]
-    net.load_state_dict(data["state_dict"])
     _set_rng_state(ts["rng"])
     log.info("resumed from %s: stage %s, %s epochs done", resume, ts["stage"], ts["epoch"])
     state = RunState(ts["stage"], ts["epoch"], ts["best_map"], ts["history"], ts.get("attr_loss"))
@@ -430,12 +453,13 @@ def _save_epoch(setup: TrainingSetup, out: Path, state: RunState, stage: int, va
         state.best_map = valid_map
         save_cfg = setup.model_cfg if stage == 2 else setup.model_cfg.global_only()
         _save_model(setup.net, save_cfg, out / best_name,
-                    {"epoch": state.epoch, "stage": stage, "valid_map": valid_map})
+                    {"epoch": state.epoch, "stage": stage, "valid_map": valid_map},
+                    setup.provenance())
     ts = {"stage": stage, "epoch": state.epoch, "best_map": state.best_map,
           "history": state.history, "attr_loss": state.attr_loss,
           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
           "rng": _rng_state(), "config": cfg.to_dict()}
-    save_checkpoint(setup.net, out / "last.pt", {"train_state": ts})
+    save_checkpoint(setup.net, out / "last.pt", {"train_state": ts, **setup.provenance()})
 
 
 def reinit_heads(net: ASENPlusPlus, seed: int) -> None:
@@ -545,27 +569,32 @@ def _run_stage(setup: TrainingSetup, data_dir: Path, out: Path, cfg: TrainConfig
 
 def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
         resume: Path | None = None, device: str | None = None,
-        trunk_cache_dir: Path | None = None) -> Path:
+        trunk_cache_dir: Path | None = None, init: Path | None = None) -> Path:
     """Train; returns the path of the best checkpoint of the final stage. Progress goes to
     this module's logger (INFO).
 
     ``trunk_cache_dir``: keep a frozen trunk's outputs there for later runs (:class:`TrunkCache`).
+    ``init``: fine-tune that checkpoint (:mod:`model.training.finetune`), with one start from
+    it in place of the recipe's random starts (which would re-initialise the heads).
     """
     keep_freed_memory()   # a step's activations are reused, not faulted in again (1.7x)
-    setup = setup_training(data_dir, cfg, variant, pick_device(device), trunk_cache_dir)
+    if init is not None and resume is not None:
+        raise ValueError("init and resume: a resumed run goes on from its own last.pt")
+    if init is not None and cfg.starts > 1:
+        log.info("--init: one start from %s in place of the recipe's %d random starts", init,
+                 cfg.starts)
+        cfg = replace(cfg, starts=1)
+    resumed = _resume_data(resume) if resume is not None else None
+    setup = setup_training(data_dir, cfg, variant, pick_device(device), trunk_cache_dir,
+                           init=init, weights=resumed["state_dict"] if resumed else None)
     out.mkdir(parents=True, exist_ok=True)
     state: RunState = RunState()
     opt_states: dict[str, Any] | None = None
-    if resume is not None:
-        state, opt_states = _restore(resume, setup.net)
-    setup.planned_triplets = planned_triplets(cfg, setup.stages, state)
-    log.info("training %s (%s) on %s: stage 1 %d epochs%s, stage 2 %d epochs, %d triplets "
-             "an epoch", setup.model_cfg.name, variant, setup.device, cfg.stage1.epochs,
-             f" after {cfg.starts} starts of {cfg.start_epochs}" if cfg.starts > 1 else "",
-             cfg.stage2.epochs if 2 in setup.stages else 0, cfg.triplets_per_epoch)
-    (out / "train_config.json").write_text(json.dumps(
-        {"train": cfg.to_dict(), "model": setup.model_cfg.to_dict(), "variant": variant},
-        indent=2))
+    if resume is not None and resumed is not None:
+        state, opt_states = _restore(resume, resumed)
+        if isinstance(resumed.get("init"), dict):
+            setup.init = InitProvenance.from_dict(resumed["init"])
+    _announce(setup, cfg, variant, out, state)
     for stage in setup.stages:
         if stage < state.stage:
             continue
@@ -579,18 +608,40 @@ def run(data_dir: Path, out: Path, cfg: TrainConfig, variant: str = "asen",
         if stage == 1 and len(setup.stages) > 1:
             state = RunState(2, 0, -1.0, state.history, state.attr_loss)
     (out / "history.json").write_text(json.dumps(state.history, indent=2))
+    if (out / "best.pt").is_file():   # value prototypes and tag calibration (issue 22)
+        from model.training.prototype_fit import attach_prototypes
+        attach_prototypes(out / "best.pt", data_dir, device)
     return out / "best.pt"
 
 
+def _announce(setup: TrainingSetup, cfg: TrainConfig, variant: str, out: Path,
+              state: RunState) -> None:
+    """Log what the run will do and write ``train_config.json``."""
+    setup.planned_triplets = planned_triplets(cfg, setup.stages, state)
+    log.info("training %s (%s) on %s: stage 1 %d epochs%s, stage 2 %d epochs, %d triplets "
+             "an epoch", setup.model_cfg.name, variant, setup.device, cfg.stage1.epochs,
+             f" after {cfg.starts} starts of {cfg.start_epochs}" if cfg.starts > 1 else "",
+             cfg.stage2.epochs if 2 in setup.stages else 0, cfg.triplets_per_epoch)
+    if (init := setup.init) is not None:
+        log.info("init: %s (sha256 %s): %d attributes kept%s, new: %s", init.path,
+                 init.sha256[:12], len(init.attributes_kept),
+                 f" ({', '.join(init.attributes_revalued)} with other value counts)"
+                 if init.attributes_revalued else "", ", ".join(init.attributes_new) or "none")
+    (out / "train_config.json").write_text(json.dumps(
+        {"train": cfg.to_dict(), "model": setup.model_cfg.to_dict(), "variant": variant,
+         **setup.provenance()}, indent=2))
+
+
 def _save_model(net: ASENPlusPlus, model_cfg: ModelConfig, path: Path,
-                meta: dict[str, Any]) -> None:
-    """Save ``net`` restricted to ``model_cfg`` (a stage-1 model keeps its global branch)."""
+                meta: dict[str, Any], extra: Mapping[str, Any] | None = None) -> None:
+    """Save ``net`` restricted to ``model_cfg`` (a stage-1 model keeps its global branch),
+    with ``meta`` as its ``training`` entry and the entries of ``extra``."""
     if model_cfg.local_branch is None and net.has_local:
         slim = ASENPlusPlus(model_cfg, net.attributes)
         slim.load_state_dict({k: v for k, v in net.state_dict().items()
                               if not k.startswith("choices.local.")})
         net = slim
-    save_checkpoint(net, path, {"training": meta})
+    save_checkpoint(net, path, {"training": meta, **(extra or {})})
 
 
 def _count(minimum: int) -> Any:
@@ -613,9 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (SPEC section 6)")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints")
     p.add_argument("--config", help=f"{', '.join(TRAIN_CONFIGS)} or a JSON file (default: cpu "
-                                     "on a CPU, paper on CUDA; with --resume, the run's own)")
+                                     "on a CPU, paper on CUDA; with --resume, the run's own; "
+                                     "with --init, the one named like its architecture)")
     p.add_argument("--resume", type=Path, help="a last.pt written by an interrupted run (its "
                                                "recipe and variant come with it)")
+    p.add_argument("--init", type=Path,
+                   help="fine-tune this checkpoint of the same architecture: trunks and the "
+                        "attributes whose names match keep their weights, new attributes start "
+                        "fresh; one start instead of the recipe's random starts")
     p.add_argument("--variant", choices=["asen", "global", "agnostic"],
                    help="asen (default): two stages; global: stage 1 only; agnostic: triplet "
                         "baseline")
@@ -688,7 +744,10 @@ def _differences(a: TrainConfig, b: TrainConfig) -> list[str]:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The recipe and variant the command line asks for. A resumed run keeps its own; an
-    explicit ``--config`` or ``--variant`` that differs is refused."""
+    explicit ``--config`` or ``--variant`` that differs is refused. With ``--init`` the
+    architecture is the checkpoint's (:func:`init_config`)."""
+    if args.init is not None:
+        return init_config(args)
     if args.resume is None:
         name = args.config or ("paper" if pick_device(args.device).type == "cuda" else "cpu")
         return _override(_named_config(name), args), args.variant or "asen"
@@ -703,6 +762,31 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if args.variant is not None and variant is not None and args.variant != variant:
         raise UsageError(f"--variant {args.variant}: the run being resumed is {variant}")
     return cfg, args.variant or variant or "asen"
+
+
+def init_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
+    """The recipe of a run from ``--init``: ``--config``, by default the recipe named like the
+    checkpoint's architecture (``cpu`` for the demo checkpoint); refused when its network
+    differs from the checkpoint's, with ``--resume``, or with more than one start."""
+    if args.resume is not None:
+        raise UsageError("--init with --resume: a resumed run goes on from its own last.pt "
+                         "(which records the checkpoint it started from); leave --init out")
+    if args.starts is not None and args.starts > 1:
+        raise UsageError(f"--starts {args.starts} with --init: random starts re-initialise the "
+                         "heads that --init keeps; a run from --init has one start")
+    arch = init_architecture(args.init)
+    variant = args.variant or "asen"
+    name = args.config or arch.name.removesuffix("-agnostic")
+    if args.config is None and name not in TRAIN_CONFIGS:
+        raise UsageError(f"--init {args.init}: its architecture {arch.name!r} names no recipe "
+                         f"({', '.join(TRAIN_CONFIGS)}); pass --config with the same network")
+    cfg = _override(_named_config(name), args)
+    if diff := architecture_differences(model_config_for(cfg, variant), arch):
+        raise UsageError(f"--init {args.init} is a {arch.name!r} network; --config {name} "
+                         f"--variant {variant} builds another (it differs in {', '.join(diff)}); "
+                         "leave --config out to use the checkpoint's own, or pass a recipe "
+                         "with the same network")
+    return cfg, variant
 
 
 def _named_config(name: str) -> TrainConfig:
@@ -725,11 +809,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.config is None:
         log.info("--config: %s", "the resumed run's own" if args.resume is not None
+                 else f"{cfg.model} (the architecture of {args.init})" if args.init is not None
                  else f"{cfg.model} (the default on {pick_device(args.device).type})")
     try:
         best = run(args.data, args.out, cfg, variant, args.resume, args.device,
-                   trunk_cache_dir=args.trunk_cache)
-    except CheckpointError as exc:
+                   trunk_cache_dir=args.trunk_cache, init=args.init)
+    except (CheckpointError, DataError) as exc:     # a bad checkpoint or dataset folder
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"best checkpoint: {best}")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from ..deps import SettingsDep, StateDep, require_admin_key
 from ..errors import error_responses
-from ..schemas import AdminStatus, JournalStatus, ReloadResponse
+from ..schemas import AdminStatus, JournalStatus, PrecisionStatus, ReloadResponse
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"],
                    dependencies=[Depends(require_admin_key)],
@@ -31,6 +31,8 @@ async def status(settings: SettingsDep, state: StateDep) -> AdminStatus:
             index_dir=str(settings.index_dir),
             index_version=snap.version if snap else None,
             model=snap.model if snap else None,
+            precision=None if snap is None else PrecisionStatus.model_validate(
+                snap.embedder.precision_choice.to_dict()),
             loaded_at=snap.loaded_at.isoformat() if snap else None,
             last_error=state.last_error,
             queue_depth=state.batcher.depth,

@@ -144,8 +144,9 @@ def test_search_time_knobs_change_the_rerank_depth_in_place(tmp_path):
     write_foreign_store(tmp_path / "emb", ids, {"collar": v}, parts=1)
     catalog = write_catalog(tmp_path / "catalog.csv", ids)
     out = tmp_path / "idx"
+    # --target-recall 0: the formula's default knobs, not tuned ones (test_build_tuning.py)
     assert build_index(tmp_path / "emb", catalog, out, "--max-memory",
-                 f"{n * (dim * 4 + 40) // 2}") == EXIT_OK
+                 f"{n * (dim * 4 + 40) // 2}", "--target-recall", "0") == EXIT_OK
     q = v[::53]
     order, _ = brute_top(q, v.astype(np.float16).astype(np.float32), 10)
     truth = [[ids[j] for j in row] for row in order]

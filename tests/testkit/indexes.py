@@ -12,12 +12,16 @@ from testkit.datasets import read_rows, synthetic_dataset, tiny_checkpoint, writ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/testkit/ is two levels below it
 
+#: the embedding runs' precision: fp32 on every kind of host, as the tests' servers run
+#: (tests/conftest.py; the indexer's default, auto, is bf16 on a CPU with native bf16)
+PRECISION = ("--precision", os.environ.get("ASEN_PRECISION", "fp32"))
+
 
 def run_indexer(catalog: Path, checkpoint: Path, out: Path, *extra: str) -> str:
     """``python -m indexer`` (the one-shot job) as a subprocess; returns its output (raises
     on failure)."""
     return _indexer("--catalog", str(catalog), "--checkpoint", str(checkpoint), "--out",
-                    str(out), "--workers", "0", "--no-progress", *extra)
+                    str(out), "--workers", "0", "--no-progress", *PRECISION, *extra)
 
 
 def run_indexer_stage(stage: str, *args: str) -> str:
@@ -105,7 +109,7 @@ def product_catalog(base: TinyIndex, root: Path) -> ProductCatalog:
     embeddings = root / "products-emb"
     run_indexer_stage("embed", "--catalog", str(catalog), "--checkpoint",
                       str(base.checkpoint), "--out", str(embeddings), "--workers", "0",
-                      "--no-progress")
+                      "--no-progress", *PRECISION)
     products = ProductCatalog(base, catalog, embeddings, root / "products-flat")
     products.build(products.index_dir, "--index-type", "flat")
     return products
@@ -113,7 +117,8 @@ def product_catalog(base: TinyIndex, root: Path) -> ProductCatalog:
 
 #: small batches and shards, one decode worker, no progress bar: a few dozen images make
 #: several shards and batches
-FAST = ("--no-progress", "--workers", "1", "--batch-size", "8", "--checkpoint-every", "8")
+FAST = ("--no-progress", "--workers", "1", "--batch-size", "8", "--checkpoint-every", "8",
+        *PRECISION)
 
 
 def index_catalog(catalog: Path, checkpoint: Path, out: Path, *extra: str) -> int:

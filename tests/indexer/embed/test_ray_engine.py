@@ -50,3 +50,17 @@ def test_ray_engine_equals_the_local_engine(dataset, catalog, tmp_path):
     # Ray gives an actor with num_cpus=1 one OpenMP thread; its model must still get the
     # node's CPUs, as the local engine's model does
     assert meta["last_run"]["model_threads"] == [available_cpus()]
+
+
+def test_ray_resolves_auto_where_its_actors_run(dataset):
+    """`auto` is resolved by a task on the actors' kind of device (here the CPU, as this
+    process resolves it), once per checkpoint; an explicit precision needs no task."""
+    from indexer.embed.ray_engine import RayEngine
+    from model import load_model
+    from model.precision import explicit
+
+    here = load_model(dataset.checkpoint, device="cpu", precision="auto").precision_choice
+    with RayEngine(device="cpu") as engine:
+        assert engine.resolve_precision(str(dataset.checkpoint), "bf16") == explicit("bf16")
+        assert engine.resolve_precision(str(dataset.checkpoint), "auto") == here
+        assert list(engine._precisions.values()) == [here]
