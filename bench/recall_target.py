@@ -26,12 +26,10 @@ flat, at most 640 B/vector.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from vectorkit import ExactTop10, answer_all, rss_anon, write_id_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 25_000
@@ -90,45 +89,14 @@ def write_dataset(root: Path, n: int, dim: int, queries: int,
     model = _model(seed, dim)
     store = EmbeddingStore(root / "emb")
     q = hierarchy(model, n, queries, dim, seed)                  # rows n..: not in the catalog
-    best_s = np.full((queries, 10), -np.inf, np.float32)
-    best_i = np.zeros((queries, 10), np.int64)
+    truth = ExactTop10(q)
     for s in range(0, n, CHUNK):
         x = hierarchy(model, s, min(CHUNK, n - s), dim, seed)
         ids = [f"i{k}" for k in range(s, s + len(x))]
         store.write(ids, ids, x[:, None, :], ["a"], dtype="float16")
-        scores = q @ x.T
-        cand_s = np.concatenate([best_s, scores], axis=1)
-        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(x)),
-                                                         scores.shape)], axis=1)
-        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
-        best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
-    with open(root / "catalog.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "image"])
-        w.writerows([f"i{k}", f"i{k}.jpg"] for k in range(n))
-    return q, best_i
-
-
-def rss_anon() -> int:
-    """Resident anonymous memory of this process, bytes (not file-backed pages)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
-
-
-def answer_all(idx, q: np.ndarray, top: np.ndarray) -> dict:
-    """Recall@10 and p50/p95 latency of one query at a time through `CatalogIndex.search`."""
-    lat, recall = [], []
-    idx.search("a", q[:1], 10)                                     # first-touch costs apart
-    for i in range(len(q)):
-        t = time.perf_counter()
-        hits = idx.search("a", q[i:i + 1], 10)[0]
-        lat.append(time.perf_counter() - t)
-        recall.append(len({int(h.item.id[1:]) for h in hits} & set(top[i].tolist())) / 10)
-    return {"recall_at_10": round(float(np.mean(recall)), 4),
-            "p50_ms": round(statistics.median(lat) * 1000, 3),
-            "p95_ms": round(float(np.percentile(lat, 95)) * 1000, 3)}
+        truth.add(s, x)
+    write_id_catalog(root, n)
+    return q, truth.rows
 
 
 def serve_measure(index_dir: Path, queries: Path, truth: Path, limit: int) -> dict:

@@ -27,12 +27,10 @@ those re-rank depths of the compressed index (`CatalogIndex.set_search_params`, 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from vectorkit import ExactTop10, answer_all, rss_anon, write_id_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +77,6 @@ def write_dataset(root: Path, generator: str, n: int, dim: int, queries: int,
     store = EmbeddingStore(root / "emb")
     qpos = np.sort(np.random.default_rng([seed, 2]).choice(n, queries, replace=False))
     q = np.zeros((queries, dim), np.float32)
-    best_s = np.full((queries, 10), -np.inf, np.float32)
-    best_i = np.zeros((queries, 10), np.int64)
     for s in range(0, n, CHUNK):
         x = _chunk(generator, s, min(CHUNK, n - s), dim, seed)
         ids = [f"i{k}" for k in range(s, s + len(x))]
@@ -87,43 +84,11 @@ def write_dataset(root: Path, generator: str, n: int, dim: int, queries: int,
         inside = (qpos >= s) & (qpos < s + len(x))
         q[inside] = x[qpos[inside] - s]
         del x
+    truth = ExactTop10(q)
     for s in range(0, n, CHUNK):       # the queries are known only once every chunk is seen
-        x = _chunk(generator, s, min(CHUNK, n - s), dim, seed)
-        scores = q @ x.T
-        cand_s = np.concatenate([best_s, scores], axis=1)
-        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(x)),
-                                                         scores.shape)], axis=1)
-        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :10]
-        best_s = np.take_along_axis(cand_s, top, 1)
-        best_i = np.take_along_axis(cand_i, top, 1)
-    with open(root / "catalog.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "image"])
-        w.writerows([f"i{k}", f"i{k}.jpg"] for k in range(n))
-    return q, best_i
-
-
-def rss_anon() -> int:
-    """Resident anonymous memory of this process, bytes (not file-backed pages)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
-
-
-def _answer_all(idx, q: np.ndarray, top: np.ndarray) -> dict:
-    """Recall@10 and p50/p95 latency of one query at a time through `CatalogIndex.search`."""
-    lat, recall = [], []
-    idx.search("a", q[:1], 10)                                     # first-touch costs apart
-    for i in range(len(q)):
-        t = time.perf_counter()
-        hits = idx.search("a", q[i:i + 1], 10)[0]
-        lat.append(time.perf_counter() - t)
-        got = {int(h.item.id[1:]) for h in hits}
-        recall.append(len(got & set(top[i].tolist())) / 10)
-    return {"recall_at_10": round(float(np.mean(recall)), 4),
-            "p50_ms": round(statistics.median(lat) * 1000, 3),
-            "p95_ms": round(float(np.percentile(lat, 95)) * 1000, 3)}
+        truth.add(s, _chunk(generator, s, min(CHUNK, n - s), dim, seed))
+    write_id_catalog(root, n)
+    return q, truth.rows
 
 
 def serve_measure(index_dir: Path, queries: Path, truth: Path,
@@ -137,7 +102,7 @@ def serve_measure(index_dir: Path, queries: Path, truth: Path,
     with CatalogIndex.open(index_dir) as idx:
         opened = rss_anon()
         info = idx.manifest.attributes[0].index
-        measured = _answer_all(idx, q, top)
+        measured = answer_all(idx, q, top)
         after = rss_anon()
         n = int(info.ntotal)
         gained = after - before
@@ -150,7 +115,7 @@ def serve_measure(index_dir: Path, queries: Path, truth: Path,
             sweep = {}
             for f in k_factors:
                 idx.set_search_params("a", k_factor=f)
-                sweep[f] = _answer_all(idx, q, top)
+                sweep[f] = answer_all(idx, q, top)
             out["k_factor_sweep"] = sweep
         return out
 
