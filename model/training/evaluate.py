@@ -30,6 +30,7 @@ from model.imageio import open_image
 from model.osutil import available_cpus
 from model.preprocess import PreparedImage
 from model.training.metrics import mean_average_precision, peak_in_box
+from model.training.report_output import emit_report
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -374,12 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report["checkpoint"] = str(args.checkpoint)
-    print(f"checkpoint {args.checkpoint}  split {args.split}  part {args.part}  "
-          f"dim {report['dim']}")
-    print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    emit_report(report, f"checkpoint {args.checkpoint}  split {args.split}  part {args.part}  "
+                        f"dim {report['dim']}\n{format_report(report)}", args.json)
     return 0
 
 

@@ -30,7 +30,6 @@ results of relevance 1; relevance is the share of attributes whose label equals 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from model.prototypes import Prototypes
 from model.tagging import Calibration, Tagger
 from model.training.data import load_split
 from model.training.prototype_fit import embed_split, full_labels
+from model.training.report_output import emit_report
 from model.training.tagging_eval import load_prototypes
 
 KS = (10, 30)
@@ -293,12 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"checkpoint {args.checkpoint}  data {args.data}  split {args.split}\n"
-          f"prototypes: {report['prototypes']}")
-    print(format_manipulation(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    header = (f"checkpoint {args.checkpoint}  data {args.data}  split {args.split}\n"
+              f"prototypes: {report['prototypes']}")
+    emit_report(report, f"{header}\n{format_manipulation(report)}", args.json)
     return 0
 
 

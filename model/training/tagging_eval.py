@@ -15,7 +15,6 @@ training images, for comparison. Reports per-attribute accuracy, the expected ca
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from model.tagging import (
 )
 from model.training.data import load_split
 from model.training.prototype_fit import embed_split, full_labels, prototypes_for
+from model.training.report_output import emit_report
 
 KNN_DEFAULT = 10
 
@@ -199,12 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"checkpoint {args.checkpoint}  data {args.data}  split {args.split}\n"
-          f"prototypes: {report['prototypes']}")
-    print(format_tagging(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    emit_report(report, f"checkpoint {args.checkpoint}  data {args.data}  split {args.split}\n"
+                        f"prototypes: {report['prototypes']}\n{format_tagging(report)}", args.json)
     return 0
 
 
