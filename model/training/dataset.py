@@ -590,17 +590,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--group-by", default=None,
                    help="column whose equal values stay in one split (e.g. product_id)")
+    add_layout_arguments(p, min_per_value=20, check_help="do not decode the images (a bad one "
+                         "then fails training, not here)")
+    return p
+
+
+def add_layout_arguments(p: argparse.ArgumentParser, *, min_per_value: int, check_help: str,
+                         fractions: bool = True) -> None:
+    """The flags every input of the builder shares: seed, value threshold, split fractions
+    (``fractions=False`` where the input has its own partition), links and image checks."""
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-per-value", type=int, default=20,
-                   help="drop values seen on fewer images (default 20)")
-    p.add_argument("--valid-frac", type=float, default=0.1)
-    p.add_argument("--test-frac", type=float, default=0.1)
+    keep = ": keep every value" if min_per_value == 1 else ""
+    p.add_argument("--min-per-value", type=int, default=min_per_value,
+                   help=f"drop values seen on fewer images (default {min_per_value}{keep})")
+    if fractions:
+        p.add_argument("--valid-frac", type=float, default=0.1)
+        p.add_argument("--test-frac", type=float, default=0.1)
     p.add_argument("--query-frac", type=float, default=0.2)
     p.add_argument("--link", choices=LINK_MODES, default="relative",
                    help="how filenames_*.txt refer to the images (default: relative paths)")
-    p.add_argument("--no-check-images", action="store_true",
-                   help="do not decode the images (a bad one then fails training, not here)")
-    return p
+    p.add_argument("--no-check-images", action="store_true", help=check_help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.attributes import BUILTIN_ATTRIBUTES
-from model.training.dataset import AttributeColumn, DatasetError, LabelledImage, build_dataset
+from model.training.dataset import (
+    AttributeColumn,
+    DatasetError,
+    LabelledImage,
+    add_layout_arguments,
+    build_dataset,
+)
 
 #: The benchmark's attribute types (list_attr_cloth.txt column 2), named as the published set.
 TYPE_NAMES: dict[int, str] = {
@@ -319,14 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "for that type (skip, default) or take the first in list order")
     p.add_argument("--type-names", help="names of types 1,2,... (default: "
                    + ",".join(TYPE_NAMES.values()) + ")")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--query-frac", type=float, default=0.2)
-    p.add_argument("--min-per-value", type=int, default=1,
-                   help="drop values with fewer images (default 1: keep every value)")
-    p.add_argument("--link", choices=("relative", "absolute", "copy", "symlink"),
-                   default="relative")
-    p.add_argument("--no-check-images", action="store_true",
-                   help="do not decode every image (faster; unreadable images are not rejected)")
+    add_layout_arguments(p, min_per_value=1, fractions=False, check_help="do not decode every "
+                         "image (faster; unreadable images are not rejected)")
     a = p.parse_args(argv)
     try:
         report = convert(a)

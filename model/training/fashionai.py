@@ -28,12 +28,12 @@ from pathlib import Path
 
 from model.attributes import BUILTIN_ATTRIBUTES
 from model.training.dataset import (
-    LINK_MODES,
     REPORT,
     AttributeColumn,
     DatasetError,
     DatasetReport,
     LabelledImage,
+    add_layout_arguments,
     build_dataset,
 )
 
@@ -138,16 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--csv", required=True, help="FashionAI label CSV")
     p.add_argument("--images", required=True, help="folder the CSV image paths are relative to")
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--valid-frac", type=float, default=0.1)
-    p.add_argument("--test-frac", type=float, default=0.1)
-    p.add_argument("--query-frac", type=float, default=0.2)
-    p.add_argument("--min-per-value", type=int, default=1,
-                   help="drop values with fewer images (default 1: keep every value)")
-    p.add_argument("--link", choices=LINK_MODES, default="relative",
-                   help="how filenames_*.txt refer to the images (default: relative paths)")
-    p.add_argument("--no-check-images", action="store_true",
-                   help="neither skip rows whose image file is missing nor decode the images")
+    add_layout_arguments(p, min_per_value=1, check_help="neither skip rows whose image file "
+                         "is missing nor decode the images")
     a = p.parse_args(argv)
     try:
         report = convert(a.csv, a.images, a.out, seed=a.seed, valid_frac=a.valid_frac,
