@@ -81,6 +81,7 @@ class TrunkCache:
         self.net, self.images, self.device, self.path = net, images, device, path
         self._cache: dict[int, torch.Tensor] = {}
         self._saved = 0
+        self.computed, self.compute_seconds = 0, 0.0   # trunk passes made here, their time
         if path is not None and path.is_file():
             self._cache = torch.load(path, map_location=device, weights_only=True)
             self._saved = len(self._cache)
@@ -89,11 +90,18 @@ class TrunkCache:
     def features(self, ids: Sequence[int]) -> torch.Tensor:
         todo = sorted({i for i in ids if i not in self._cache})
         if todo:
+            t0 = time.perf_counter()
             pixels = torch.stack([self.images[i].pixels for i in todo]).to(self.device)
             feats = self.net.trunk(pixels.contiguous(memory_format=torch.channels_last))
             for i, f in zip(todo, feats, strict=True):
                 self._cache[i] = f.clone()
+            self.computed += len(todo)
+            self.compute_seconds += time.perf_counter() - t0
         return torch.stack([self._cache[i] for i in ids])
+
+    def missing(self) -> int:
+        """Images whose trunk outputs are not cached yet."""
+        return len(self.images.paths) - len(self._cache)
 
     def save(self) -> None:
         """Write the file when outputs were added since it was read or written."""
@@ -172,8 +180,9 @@ class TrainingSetup:
     images: ImageCache
     trunk_cache: TrunkCache | None
     device: torch.device
-    planned_triplets: int = 0     # what the run has left to train, for the duration estimate
-    estimated: bool = False       # the estimate was logged
+    planned_triplets: int = 0     # what the run has left to train
+    planned: dict[int, int] = field(default_factory=dict)   # ... per stage, for the estimates
+    estimated: set[int] = field(default_factory=set)        # stages whose estimate was logged
     init: InitProvenance | None = None   # where a fine-tuned run started (--init)
 
     def provenance(self) -> dict[str, Any]:
@@ -324,14 +333,16 @@ def _trunk_weights(cfg: TrainConfig, model_cfg: ModelConfig,
             if k == "global" or model_cfg.local_branch is not None}
 
 
-def planned_triplets(cfg: TrainConfig, stages: Sequence[int], state: RunState) -> int:
-    """The triplets a run from ``state`` has left to train (random starts included)."""
+def planned_triplets(cfg: TrainConfig, stages: Sequence[int], state: RunState,
+                     stage: int | None = None) -> int:
+    """The triplets a run from ``state`` has left to train (random starts included), in all
+    or in one ``stage``."""
     epochs = 0
-    if state.stage == 1:
+    if state.stage == 1 and stage in (None, 1):
         epochs += cfg.stage1.epochs - state.epoch
         if state.epoch == 0 and cfg.starts > 1:
             epochs += (cfg.starts - 1) * cfg.start_epochs
-    if 2 in stages:
+    if 2 in stages and stage in (None, 2):
         epochs += cfg.stage2.epochs - (state.epoch if state.stage == 2 else 0)
     return epochs * cfg.triplets_per_epoch
 
@@ -344,15 +355,29 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _log_estimate(setup: TrainingSetup, triplets: int, seconds: float, batches: int) -> None:
-    """Log, once a run, the expected duration of its training steps from a measured rate."""
-    if setup.estimated or seconds <= 0:
+def _log_estimate(setup: TrainingSetup, stage: int, triplets: int, seconds: float,
+                  batches: int, trunk: tuple[int, float] = (0, 0.0)) -> None:
+    """Log, once a stage, the expected duration of its training steps from a measured rate.
+
+    ``trunk``: the trunk passes of the timed batches and their seconds. A frozen trunk's
+    outputs are cached, so its cost is counted once per image not yet cached, not once per
+    triplet (counting it per triplet overstated a ``cpu`` run several times over)."""
+    if stage in setup.estimated or seconds <= 0 or triplets <= 0:
         return
-    setup.estimated = True
-    rate = triplets / seconds
-    log.info("expected duration: about %s for the run's %d triplets (%.1f triplets/s over "
-             "%d batches; validation extra, stage 2 slower per triplet)",
-             _duration(setup.planned_triplets / rate), setup.planned_triplets, rate, batches)
+    setup.estimated.add(stage)
+    planned = setup.planned.get(stage, setup.planned_triplets)
+    computed, trunk_s = trunk
+    rate = triplets / max(seconds - trunk_s, 1e-9)
+    total = planned / rate
+    cache = ""
+    if computed and setup.trunk_cache is not None:
+        missing = setup.trunk_cache.missing()
+        total += missing * trunk_s / computed
+        cache = f", and the trunk for {missing} images not cached yet"
+    later = "; stage 2 is estimated when it starts" if stage == 1 and 2 in setup.planned else ""
+    log.info("expected duration: about %s for stage %d's %d triplets (%.1f triplets/s over %d "
+             "batches%s; validation extra%s)", _duration(total), stage, planned,
+             rate, batches, cache, later)
 
 
 def _resume_data(resume: Path) -> dict[str, Any]:
@@ -404,6 +429,7 @@ def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: 
     attr_sum, attr_count = np.zeros(n_attrs), np.zeros(n_attrs)
     t0, seen, total = time.perf_counter(), 0, 0.0
     t1, seen1 = t0, 0          # the rate for the estimate leaves out the first batch (warm-up)
+    trunk1 = _trunk_work(setup)
     for s in range(0, len(triplets), cfg.batch_size):
         batch = triplets[s:s + cfg.batch_size]
         losses = train_step(setup.net, batch, setup.images, stage, cfg, setup.device,
@@ -418,9 +444,11 @@ def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: 
         seen += len(batch)
         total += float(loss.detach()) * len(batch)
         if s == 0:
-            t1, seen1 = time.perf_counter(), seen
+            t1, seen1, trunk1 = time.perf_counter(), seen, _trunk_work(setup)
         elif s // cfg.batch_size == _ESTIMATE_BATCHES or seen == len(triplets):
-            _log_estimate(setup, seen - seen1, time.perf_counter() - t1, s // cfg.batch_size)
+            work = _trunk_work(setup)
+            _log_estimate(setup, stage, seen - seen1, time.perf_counter() - t1,
+                          s // cfg.batch_size, (work[0] - trunk1[0], work[1] - trunk1[1]))
         if (s // cfg.batch_size) % 50 == 0 or seen == len(triplets):
             rate = 3 * seen / (time.perf_counter() - t0)
             lrs = ",".join(f"{g['lr']:.2e}" for g in opt.param_groups)
@@ -431,6 +459,12 @@ def train_epoch(setup: TrainingSetup, cfg: TrainConfig, state: RunState, stage: 
 
 
 _ESTIMATE_BATCHES = 5    # timed batches (after the first) behind the duration estimate
+
+
+def _trunk_work(setup: TrainingSetup) -> tuple[int, float]:
+    """Trunk passes the cache has made so far and their seconds ((0, 0) without a cache)."""
+    cache = setup.trunk_cache
+    return (cache.computed, cache.compute_seconds) if cache is not None else (0, 0.0)
 
 
 def update_attr_loss(state: RunState, cfg: TrainConfig, epoch_attr_loss: np.ndarray) -> None:
@@ -618,6 +652,8 @@ def _announce(setup: TrainingSetup, cfg: TrainConfig, variant: str, out: Path,
               state: RunState) -> None:
     """Log what the run will do and write ``train_config.json``."""
     setup.planned_triplets = planned_triplets(cfg, setup.stages, state)
+    setup.planned = {st: n for st in setup.stages
+                     if (n := planned_triplets(cfg, setup.stages, state, st)) > 0}
     log.info("training %s (%s) on %s: stage 1 %d epochs%s, stage 2 %d epochs, %d triplets "
              "an epoch", setup.model_cfg.name, variant, setup.device, cfg.stage1.epochs,
              f" after {cfg.starts} starts of {cfg.start_epochs}" if cfg.starts > 1 else "",

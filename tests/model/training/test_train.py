@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from model.errors import CheckpointError
 from model.training.train import (
     RunState,
     UsageError,
+    _log_estimate,
     build_parser,
     config_from_args,
     epoch_triplets,
@@ -357,3 +359,28 @@ def test_each_trunk_takes_its_own_imagenet_weights(dataset, tmp_path):
         setup_training(dataset, one, "asen", torch.device("cpu"), None)
     with pytest.raises(ValueError, match="backbone_weights"):
         replace(cfg, backbone_weights={"glob": "x"})
+
+
+class _Cache:
+    """A trunk cache with 50 images left to compute (all _log_estimate asks of one)."""
+
+    def missing(self) -> int:
+        return 50
+
+
+def test_estimate_counts_a_cached_trunk_once_per_image():
+    # 10 timed triplets in 2 s, of which 1 s made 20 trunk passes: 10 triplets/s without
+    # the trunk, 50 ms a trunk pass -> 1000 / 10 + 50 * 0.05 = 102.5 s ("2 min"); charging the
+    # trunk to every triplet would say 200 s ("3 min")
+    setup = SimpleNamespace(estimated=set(), planned={1: 1000, 2: 100}, planned_triplets=1100,
+                            trunk_cache=_Cache())
+    with training_log() as logs:
+        _log_estimate(setup, 1, 10, 2.0, 5, (20, 1.0))
+        _log_estimate(setup, 1, 10, 2.0, 5, (20, 1.0))       # once a stage
+        _log_estimate(setup, 2, 10, 4.0, 5)
+    assert logs == [
+        "expected duration: about 2 min for stage 1's 1000 triplets (10.0 triplets/s over 5 "
+        "batches, and the trunk for 50 images not cached yet; validation extra; stage 2 is "
+        "estimated when it starts)",
+        "expected duration: about 40 s for stage 2's 100 triplets (2.5 triplets/s over 5 "
+        "batches; validation extra)"]
