@@ -93,7 +93,11 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     else:
         raw = p.read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
-        text = raw.decode("utf-8-sig")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"{p}: not UTF-8 text (byte {exc.start}); save the catalog as "
+                               "UTF-8 CSV or JSON Lines") from None
         if p.suffix.lower() in JSONL_SUFFIXES:
             items = _read_jsonl(text, p.parent)
         else:

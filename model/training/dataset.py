@@ -360,18 +360,24 @@ def _assign_splits(entries: Sequence[_Entry], seed: int, valid_frac: float,
 # --------------------------------------------------------------------------- writing
 
 
-def _place(entries: Sequence[_Entry], out: Path, link: str) -> list[str]:
-    """How filenames_*.txt name each image (``link``), copying or linking when asked."""
+def _copy_base(entries: Sequence[_Entry]) -> str:
+    """The folder above every image: ``--link copy/symlink`` keeps the paths below it under
+    ``OUT/images``, one base for all the splits so that two images never get one name."""
+    paths = [e.image for e in entries]
+    base = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    return base if os.path.isdir(base) else os.path.dirname(base)
+
+
+def _place(entries: Sequence[_Entry], out: Path, link: str, base: str) -> list[str]:
+    """How filenames_*.txt name each image (``link``), copying or linking when asked
+    (below ``OUT/images``, as their paths below ``base``)."""
     if link == "absolute":
         return [e.image for e in entries]
     if link == "relative":
         root = os.path.abspath(out)
         return [Path(os.path.relpath(e.image, root)).as_posix() for e in entries]
-    paths = [e.image for e in entries]
-    base = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-    base = base if os.path.isdir(base) else os.path.dirname(base)
     names = []
-    for p in paths:
+    for p in (e.image for e in entries):
         rel = Path("images") / os.path.relpath(p, base)
         dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -483,8 +489,9 @@ def _usable(entries: list[_Entry], check_images: bool, report: DatasetReport) ->
         report.rejected = [r for r in rejects if r is not None]
         labelled = [e for e, r in zip(labelled, rejects, strict=True) if r is None]
     if not labelled:
+        shown = "".join(f"; {r.path}: {r.reason}" for r in report.rejected[:3])
         raise DatasetError(f"no usable image: {report.records} records, {report.unlabelled} "
-                           f"without labels, {len(report.rejected)} rejected")
+                           f"without labels, {len(report.rejected)} rejected{shown}")
     return labelled
 
 
@@ -514,9 +521,10 @@ def build_dataset(records: Iterable[LabelledImage], attributes: Sequence[Attribu
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 1])
     rows: list[tuple[str, str, _Entry]] = []
+    base = _copy_base(entries)
     for split in SPLITS:
         part = [e for e, s in zip(entries, where, strict=True) if s == split]
-        names = _place(part, out_dir, link) if part else []
+        names = _place(part, out_dir, link, base) if part else []
         q, c = _write_split(out_dir, split, part, names, rng, query_frac)
         _count(report, split, part, q, c)
         rows += [(split, n, e) for n, e in zip(names, part, strict=True)]

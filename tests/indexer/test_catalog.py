@@ -30,6 +30,13 @@ def test_bad_csv_catalogs(tmp_path, text, message):
         load_catalog(tmp_path / "c.csv")
 
 
+@pytest.mark.parametrize("name", ["c.csv", "c.jsonl"])
+def test_a_catalog_that_is_not_utf8_is_a_catalog_error(tmp_path, name):
+    (tmp_path / name).write_bytes("id,image,colour\na,x.jpg,gr\u00fcn\n".encode("latin-1"))
+    with pytest.raises(CatalogError, match="not UTF-8 text"):
+        load_catalog(tmp_path / name)
+
+
 def test_jsonl_catalog(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"id": 7, "image": "a.jpg", "tags": ["x"]})
                                       + "\n\n" + json.dumps({"id": "8", "image": "b.jpg"}) + "\n")

@@ -153,6 +153,80 @@ def test_build_dataset_keeps_a_fixed_split(tmp_path: Path) -> None:
         build_dataset(bad, ["neck"], tmp_path / "bad", min_per_value=1)
 
 
+
+LAYOUT_FILES = ("filenames_train.txt", "filenames_valid.txt", "filenames_test.txt",
+                "label_train.txt", "query_valid.txt", "candidate_valid.txt", "query_test.txt",
+                "candidate_test.txt", "attributes.json", "catalog.csv")
+
+
+def test_build_dataset_with_a_fixed_seed_is_reproducible(tmp_path: Path) -> None:
+    recs = _records(tmp_path)
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        build_dataset(recs, ["neck", "sleeve"], tmp_path / name, seed=seed, min_per_value=5)
+    files = {n: {f: (tmp_path / n / f).read_bytes() for f in LAYOUT_FILES} for n in "abc"}
+    assert files["a"] == files["b"]                       # the same seed: the same layout
+    assert files["a"]["filenames_test.txt"] != files["c"]["filenames_test.txt"]
+    assert files["a"]["query_test.txt"] != files["c"]["query_test.txt"]
+
+
+def test_build_dataset_gives_every_value_test_queries(tmp_path: Path) -> None:
+    """Stratified: each kept value has test (and valid) queries and candidates, about 20%
+    of its labelled test images queries, though 30% of the labels are blank."""
+    out = tmp_path / "ds"
+    build_dataset(_records(tmp_path), ["neck", "sleeve"], out, seed=2, min_per_value=5)
+    attrs = read_attributes(out)
+    for split in ("valid", "test"):
+        s = load_split(out, split)
+        for a, spec in enumerate(attrs):
+            for v in range(spec.n_values):
+                nq = sum(1 for _, qa, qv in s.queries if (qa, qv) == (a, v))
+                nc = sum(1 for _, ca, cv in s.candidates if (ca, cv) == (a, v))
+                assert nq >= 1 and nc >= 1, (split, spec.name, v)
+                assert abs(nq - 0.2 * (nq + nc)) <= 1, (split, spec.name, v, nq, nc)
+
+
+@pytest.mark.parametrize("link", ["copy", "symlink"])
+def test_build_dataset_copies_only_when_asked(tmp_path: Path, link: str) -> None:
+    """Images of the same name in two folders (train/0.png, test/0.png) keep their own
+    paths below OUT/images; each filenames_*.txt line is the image it was built from."""
+    img = write_image(tmp_path / "x.png")
+    recs = []
+    for split in ("train", "test"):
+        for i in range(6):
+            path = tmp_path / "src" / split / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(img.read_bytes() + split.encode() + bytes([i]))  # all different
+            recs.append(LabelledImage(str(path), {"neck": "ab"[i % 2]}, split=split))
+    out = tmp_path / "ds"
+    build_dataset(recs, ["neck"], out, min_per_value=1, link=link)
+    for split in ("train", "test"):
+        lines = (out / f"filenames_{split}.txt").read_text().split()
+        assert lines == [f"images/{split}/{i}.png" for i in range(6)]
+        for i, line in enumerate(lines):
+            assert (out / line).read_bytes() == (tmp_path / "src" / split / f"{i}.png"
+                                                 ).read_bytes()
+            assert (out / line).is_symlink() == (link == "symlink")
+
+
+def test_rejects_follow_the_indexers_rules(tmp_path: Path) -> None:
+    """The builder skips an image for the reason the indexer's loader rejects it with."""
+    from indexer.embed.local_engine import EmbedLimits, ItemLoader
+    good = write_image(tmp_path / "good.png")
+    data = good.read_bytes()
+    files = {"good.png": data, "truncated.png": data[: len(data) // 2], "empty.jpg": b"",
+             "text.jpg": b"not an image\n", "noise.png": bytes(range(256)) * 4}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "folder.jpg").mkdir()
+    loader = ItemLoader(lambda im: im, EmbedLimits(), {}, {}, {})
+    names = [*files, "folder.jpg", "missing.jpg"]
+    for k, name in enumerate(names):
+        path = str(tmp_path / name)
+        ours = dataset.image_reject(path, f"i{k}")
+        theirs = loader.load(k, f"i{k}", path)
+        assert (ours.reason if ours else "ok") == (theirs.reason or "ok"), name
+    assert dataset.image_reject(str(good), "g") is None
+
 def _catalog(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
     path = tmp_path / "catalog.csv"
     with open(path, "w", newline="") as fh:
@@ -176,10 +250,23 @@ def test_cli_catalog_with_groups_and_broken_images(tmp_path: Path) -> None:
     (tmp_path / "img" / "002.png").unlink()
     cat = _catalog(tmp_path, rows)
     out = tmp_path / "ds"
+    boat = sum(1 for k, x in enumerate(rows) if x["neckline"].strip() == "BOAT" and k not in (1, 2))
+    assert boat >= 1
     r = _cli("--catalog", str(cat), "--attributes", "neck=neckline,sleeve", "--group-by", "pid",
-             "--out", str(out), "--min-per-value", "3", "--seed", "1")
+             "--out", str(out), "--min-per-value", str(boat + 1), "--seed", "1")
     assert r.returncode == 0, r.stderr
+    # the report, printed and written: what was dropped and rejected, and why
     assert "2 rejected" in r.stdout
+    assert f"dropped neck='boat': {boat} image(s), fewer than min_per_value={boat + 1}" \
+        in r.stdout
+    assert f"rejected {tmp_path / 'img' / '001.png'}: not_an_image" in r.stdout
+    saved = json.loads((out / "dataset_report.json").read_text())
+    assert [(d["attribute"], d["value"], d["images"]) for d in saved["dropped_values"]] == \
+        [("neck", "boat", boat)]
+    assert {(x["id"], x["reason"]) for x in saved["rejected"]} == \
+        {("id1", "not_an_image"), ("id2", "missing")}
+    assert [a["name"] for a in saved["attributes"]] == ["neck", "sleeve"]
+    assert "boat" not in saved["attributes"][0]["values"]
     with open(out / "rejected.csv", newline="") as fh:
         assert {(x["id"], x["reason"]) for x in csv.DictReader(fh)} == \
             {("id1", "not_an_image"), ("id2", "missing")}
@@ -188,20 +275,33 @@ def test_cli_catalog_with_groups_and_broken_images(tmp_path: Path) -> None:
     split_of = {b["id"]: b["split"] for b in built}
     pid = {x["id"]: x["pid"] for x in rows}
     assert len({(pid[i], s) for i, s in split_of.items()}) == len({pid[i] for i in split_of})
-    assert len(built) == 118 and set(split_of.values()) == {"train", "valid", "test"}
+    only_boat = sum(1 for k, x in enumerate(rows) if k not in (1, 2) and not x["sleeve"]
+                    and x["neckline"].strip() in ("", "BOAT"))      # no label left: left out
+    assert saved["unlabelled"] == only_boat
+    assert len(built) == 118 - only_boat and set(split_of.values()) == {"train", "valid", "test"}
 
 
-@pytest.mark.parametrize("change, message", [
+BAD_INPUT = [
+    ("ok", ""),
     ("no-column", "no column 'collar'"),
-    ("one-value", "attribute 'neck'"),
+    ("one-value", "attribute 'neck' (column 'neck') is left with 1 value(s)"),
     ("no-id", "lacks column(s) ['id']"),
-    ("duplicate-ids", "duplicate ids"),
-    ("empty-group", "group column 'pid' is empty for 1 item"),
-])
+    ("duplicate-ids", "duplicate ids in catalog: 'i0'"),
+    ("empty-group", "group column 'pid' is empty for 1 item(s) (ids 'i2')"),
+    ("not-utf8", "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_INPUT, ids=[c for c, _ in BAD_INPUT])
 def test_cli_bad_input_is_one_clear_line(tmp_path: Path, change: str, message: str) -> None:
+    """Each bad input (the real command, in a process): exit 2 and one line that says what is
+    wrong, never a traceback; "ok" is the same catalog unchanged, which builds."""
     img = write_image(tmp_path / "a.png")
-    rows = [{"id": f"i{k}", "image": str(img), "pid": f"p{k}", "neck": "round v".split()[k % 2]}
-            for k in range(6)]
+    rows = []
+    for k in range(8):                     # one image per row: a repeated one would be skipped
+        (tmp_path / f"{k}.png").write_bytes(img.read_bytes())
+        rows.append({"id": f"i{k}", "image": str(tmp_path / f"{k}.png"), "pid": f"p{k // 2}",
+                     "neck": ("round", "v")[k % 2]})
     attrs = "neck"
     if change == "no-column":
         attrs = "neck,collar"
@@ -212,10 +312,18 @@ def test_cli_bad_input_is_one_clear_line(tmp_path: Path, change: str, message: s
         rows = [{k: v for k, v in row.items() if k != "id"} for row in rows]
     elif change == "duplicate-ids":
         rows[1]["id"] = rows[0]["id"]
-    else:
+    elif change == "empty-group":
         rows[2]["pid"] = " "
-    r = _cli("--catalog", str(_catalog(tmp_path, rows)), "--attributes", attrs,
+    cat = _catalog(tmp_path, rows)
+    if change == "not-utf8":
+        cat.write_bytes(cat.read_bytes().replace(b"round", b"r\xf6und"))
+    r = _cli("--catalog", str(cat), "--attributes", attrs,
              "--group-by", "pid", "--out", str(tmp_path / "out"), "--min-per-value", "1")
-    assert r.returncode == 2
+    if change == "ok":
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "out" / "dataset_report.json").is_file()
+        return
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "dataset_report.json").exists()
