@@ -8,6 +8,11 @@ image goes through the model's global trunk once for all of its attributes. Whil
 model is busy, new jobs pile up and the next pass takes up to ``max_size`` of them at once;
 when the model is idle a job starts immediately, waiting up to ``max_wait_ms`` for company
 only when other admitted requests are about to submit.
+
+A request that is alone (:meth:`MicroBatcher.alone`) may hand over its image undecoded (a
+``Deferred``): the inference thread decodes and preprocesses it right before the forward, one
+thread hand-off instead of two (decode pool, then inference thread), which is what a lone
+query waits for. Under load the decode pool keeps decoding beside the forward.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Deferred = Callable[[], "PreparedImage"]     # decodes and preprocesses an upload when called
 
 
 class Overloaded(Exception):
@@ -48,11 +54,12 @@ class JobResult:
     queue_ms: float
     embed_ms: float
     batch_size: int
+    prepare_ms: float = 0.0    # decoding a Deferred image on the inference thread
 
 
 @dataclass
 class _Job:
-    image: PreparedImage
+    image: PreparedImage | Deferred
     attributes: tuple[str, ...]
     embedder: EmbedderLike
     future: asyncio.Future[JobResult]
@@ -94,6 +101,7 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._admitted = 0
         self._incoming = 0  # admitted, not yet submitted: worth waiting for
+        self._forwarding = False
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -117,6 +125,12 @@ class MicroBatcher:
     def depth(self) -> int:
         """Requests admitted and not finished."""
         return self._admitted
+
+    def alone(self) -> bool:
+        """One request admitted (the caller's), no job queued and the model idle: its
+        image is better decoded on the inference thread (a ``Deferred``)."""
+        return (self._admitted == 1 and not self._forwarding
+                and self._queue is not None and self._queue.empty())
 
     # ------------------------------------------------------------ admission
     @contextlib.asynccontextmanager
@@ -142,10 +156,11 @@ class MicroBatcher:
     # ------------------------------------------------------------ jobs
     async def embed(
         self, slot: Slot, embedder: EmbedderLike,
-        items: Sequence[tuple[PreparedImage, Sequence[str]]],
+        items: Sequence[tuple[PreparedImage | Deferred, Sequence[str]]],
     ) -> list[JobResult]:
         """Embed ``(prepared image, attributes)`` jobs with ``embedder`` in shared forward
-        passes (``embedder.embed_each_prepared``: one trunk pass per image)."""
+        passes (``embedder.embed_each_prepared``: one trunk pass per image). A ``Deferred``
+        image is prepared on the inference thread; what it raises fails its job only."""
         if self._queue is None or self._worker is None:
             raise BatcherClosed("batcher is not running")
         loop = asyncio.get_running_loop()
@@ -197,12 +212,12 @@ class MicroBatcher:
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         embedder = jobs[0].embedder
-        images = [job.image for job in jobs]
         attrs = [list(job.attributes) for job in jobs]
         start = time.perf_counter()
+        self._forwarding = True
         try:
-            vectors = await loop.run_in_executor(self.executor, embedder.embed_each_prepared,
-                                                 images, attrs)
+            prepare_s, vectors = await loop.run_in_executor(
+                self.executor, _prepare_and_embed, embedder, [job.image for job in jobs], attrs)
         except asyncio.CancelledError:
             for job in jobs:
                 if not job.future.done():
@@ -216,6 +231,8 @@ class MicroBatcher:
             if not jobs[0].future.done():
                 jobs[0].future.set_exception(exc)
             return
+        finally:
+            self._forwarding = False
         shapes_ok = len(vectors) == len(jobs) and all(
             len(v) == len(job.attributes) for v, job in zip(vectors, jobs, strict=False))
         if not shapes_ok:  # never let a misbehaving model kill the worker
@@ -225,7 +242,7 @@ class MicroBatcher:
                     job.future.set_exception(err)
             return
         end = time.perf_counter()
-        embed_ms = (end - start) * 1000.0
+        embed_ms = (end - start - prepare_s) * 1000.0
         if self._on_batch is not None:
             self._on_batch(len(jobs), embed_ms)
         for job, vec in zip(jobs, vectors, strict=True):
@@ -235,4 +252,15 @@ class MicroBatcher:
                     queue_ms=(start - job.enqueued) * 1000.0,
                     embed_ms=embed_ms,
                     batch_size=len(jobs),
+                    prepare_ms=prepare_s * 1000.0,
                 ))
+
+
+def _prepare_and_embed(embedder: EmbedderLike, images: Sequence[PreparedImage | Deferred],
+                       attributes: list[list[str]]) -> tuple[float, list[np.ndarray]]:
+    """On the inference thread: prepare the Deferred images, then one forward of all; the
+    seconds preparing took, and the vectors."""
+    t0 = time.perf_counter()
+    prepared = [image() if callable(image) else image for image in images]
+    prepare_s = time.perf_counter() - t0
+    return prepare_s, embedder.embed_each_prepared(prepared, attributes)

@@ -109,6 +109,13 @@ async def prepare_image(source: bytes | Path, settings: Settings,
                                 settings.max_image_pixels, prepare)
 
 
+def deferred_image(source: bytes, settings: Settings,
+                   prepare: Callable[[Image.Image], Prepared]) -> Callable[[], Prepared]:
+    """Decode and preprocess ``source`` when called, on whatever thread calls it (the
+    inference thread, for a request that is alone: service/batching.py)."""
+    return partial(_decode_and_prepare, source, settings.max_image_pixels, prepare)
+
+
 def _image_roots(roots: Sequence[Path], index: CatalogIndexLike) -> list[Path]:
     """ASEN_IMAGE_ROOTS plus the folders where the index keeps images itself (the live
     changes' uploads); no restriction when ASEN_IMAGE_ROOTS is unset."""

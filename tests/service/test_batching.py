@@ -140,3 +140,44 @@ def test_one_failing_image_does_not_fail_its_batch_mates():
     out = asyncio.run(scenario())
     assert isinstance(out[1], ValueError)
     assert [out[i].vectors[0, 0] for i in (0, 2, 3)] == [1, 2, 3]
+
+
+def test_a_lone_request_is_prepared_on_the_inference_thread():
+    """alone() holds for one admitted request with the model idle; its Deferred image runs on
+    the inference thread, and one that raises fails its own job only, not its batch-mates."""
+    async def scenario():
+        emb = RecordingEmbedder(delay=0.01)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        batcher = MicroBatcher(pool, max_size=8, max_wait_ms=20, queue_max=8)
+        batcher.start()
+        threads: list[str] = []
+
+        def deferred(i):
+            def prepare():
+                threads.append(threading.current_thread().name)
+                if i < 0:
+                    raise ValueError("corrupt upload")
+                return i
+            return prepare
+
+        async with batcher.slot() as slot:
+            lone = batcher.alone()
+            (res,) = await batcher.embed(slot, emb, [(deferred(7), ["ab"])])
+            async with batcher.slot():
+                crowded = batcher.alone()
+
+        async def one(i):
+            async with batcher.slot() as s:
+                return (await batcher.embed(s, emb, [(deferred(i), ["a"])]))[0]
+
+        mixed = await asyncio.gather(one(1), one(-1), one(2), return_exceptions=True)
+        await batcher.stop()
+        pool.shutdown()
+        return lone, crowded, res, threads, mixed
+
+    lone, crowded, res, threads, mixed = asyncio.run(scenario())
+    assert lone and not crowded
+    assert res.vectors[0, 0] == 7 and res.prepare_ms > 0
+    assert threads and all(t.startswith("inference") for t in threads)
+    assert mixed[0].vectors[0, 0] == 1 and mixed[2].vectors[0, 0] == 2
+    assert isinstance(mixed[1], ValueError)
