@@ -164,6 +164,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                    help="incremental: add new, re-index changed, remove deleted items")
     p.add_argument("--max-reject-rate", type=_rate, default=None, metavar="R",
                    help="exit 3 without publishing when more than R (0.05 or 5%%) is rejected")
+    p.add_argument("--no-tags", action="store_true",
+                   help="do not tag the items (no value per attribute, no facets, filters "
+                        "on metadata only)")
     _add_index_args(p)
 
 
@@ -236,6 +239,7 @@ def summary(result: BuildResult) -> str:
     if sel:
         lines.append(f"  --max-memory: {sel['reason']}")
     lines += _tuning_lines(m)
+    lines += _tag_lines(m)
     if "update" in m.extra:
         u = m.extra["update"]
         lines.append(f"  update of {u['base_version']}: +{u['added']} added, "
@@ -259,6 +263,23 @@ def _tuning_lines(m: Manifest) -> list[str]:
         reached = "" if t.reached else f", target {t.target} NOT reached"
         lines.append(f"  search settings {a.name}: {knobs} -> recall@10 {t.recall:.3f} on "
                      f"{t.sample} own vectors (target {t.target}{reached}; {how})")
+    return lines
+
+
+def _tag_lines(m: Manifest) -> list[str]:
+    """One line per tagged attribute: its labelled / predicted counts and values."""
+    tags = m.extra.get("tags")
+    if tags is None:
+        return ["  tags: none (--no-tags)"]
+    if not tags.get("items"):
+        return ["  tags: none (no value prototypes: none in the checkpoint, no label column "
+                "named after an attribute in the catalog)"]
+    lines = []
+    for attr, c in (tags.get("items") or {}).items():
+        values = tags.get("values", {}).get(attr, {})
+        catalog = sum(1 for v in values.values() if v.get("source") == "catalog")
+        lines.append(f"  tags {attr}: {c['labelled']} labelled, {c['predicted']} predicted; "
+                     f"{len(values)} values ({catalog} from the catalog's labels)")
     return lines
 
 
@@ -292,7 +313,7 @@ def _build_options(args: argparse.Namespace, embeddings: str,
                         checkpoint=checkpoint, update=args.update, index_type=args.index_type,
                         index_params=_index_params(args), max_memory=args.max_memory,
                         max_reject_rate=args.max_reject_rate, target_recall=args.target_recall,
-                        tune_sample=args.tune_sample)
+                        tune_sample=args.tune_sample, tags=not args.no_tags)
 
 
 def _run(argv: list[str]) -> int:

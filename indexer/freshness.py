@@ -8,8 +8,10 @@ from indexer.manifest import Manifest
 from model.osutil import sha256_file
 
 
-def index_is_current(index_dir: Path, checkpoint: Path, catalog: Path) -> tuple[bool, str]:
-    """Whether INDEX_DIR was built from this checkpoint and this catalog file (and why not).
+def index_is_current(index_dir: Path, checkpoint: Path, catalog: Path,
+                     tags: bool = True) -> tuple[bool, str]:
+    """Whether INDEX_DIR was built from this checkpoint and this catalog file (and why not),
+    with tags unless `tags` is False (an index of older software has none).
 
     A folder catalog is never current: its images are re-scanned (``--update`` embeds only
     the new or changed ones).
@@ -30,4 +32,6 @@ def index_is_current(index_dir: Path, checkpoint: Path, catalog: Path) -> tuple[
         return False, "built from another catalog"
     if not manifest.attributes:
         return False, "the manifest lists no attributes"
+    if tags and manifest.tags_file is None:
+        return False, "built without tags"
     return True, f"index {manifest.index_version} is current ({cat.items} items)"

@@ -3,8 +3,13 @@ and the `Item` and `Hit` every reader returns. Imports neither torch nor tqdm.
 
     items(row INTEGER PRIMARY KEY, id TEXT UNIQUE, image TEXT, metadata TEXT, sha256 TEXT)
 
+    tags(row INTEGER, attribute TEXT, value TEXT, value_key TEXT, confidence REAL,
+         source TEXT, PRIMARY KEY (row, attribute))      -- issue 22, indexer/tags.py
+
 `row` is the item's FAISS id in every attribute's index; `metadata` a JSON object (sorted
-keys); `sha256` the image file's hash (what `--update` compares).
+keys); `sha256` the image file's hash (what `--update` compares). `tags` holds every item's
+tag per tagged attribute (absent in an index built without tags); `value_key` is the value
+trimmed and case-folded (what filters match), indexed with the attribute and confidence.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.filters import FilterKey, Filters, filter_key, filter_sql
+from indexer.tags import FacetCount, Tag, TagSource, value_key
+
+#: One stored tag: (row, attribute, value, confidence, source).
+TagRow = tuple[int, str, str, float, TagSource]
 
 ITEMS_DB = "items.sqlite"
 ITEMS_SCHEMA = """
@@ -32,6 +41,19 @@ CREATE TABLE items (
     sha256 TEXT NOT NULL
 )
 """
+
+TAGS_SCHEMA = """
+CREATE TABLE tags (
+    row INTEGER NOT NULL,
+    attribute TEXT NOT NULL,
+    value TEXT NOT NULL,
+    value_key TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (row, attribute)
+) WITHOUT ROWID
+"""
+TAGS_INDEX = "CREATE INDEX tags_by_value ON tags(attribute, value_key, confidence)"
 
 #: One row to write: (row, id, image, metadata, sha256).
 ItemRow = tuple[int, str, str, Mapping[str, object], str]
@@ -48,6 +70,7 @@ class Item:
     id: str
     image: str
     metadata: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+    tags: Mapping[str, Tag] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +109,44 @@ def write_items(folder: Path, rows: Iterable[ItemRow]) -> int:
     return count
 
 
+def write_tags(folder: Path, rows: Iterable[TagRow]) -> int:
+    """Add the tags table to `folder/items.sqlite` (written by write_items) and fsync it;
+    returns the count."""
+    path = folder / ITEMS_DB
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=OFF")
+        con.execute("PRAGMA synchronous=OFF")
+        con.execute(TAGS_SCHEMA)
+        cur = con.executemany(
+            "INSERT INTO tags(row, attribute, value, value_key, confidence, source) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            ((int(r), a, v, value_key(v), float(c), s) for r, a, v, c, s in rows))
+        count = cur.rowcount
+        con.execute(TAGS_INDEX)
+        con.commit()
+    finally:
+        con.close()
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    return count
+
+
+def facet_sql(attribute: str, min_confidence: float, where: str = "1",
+              args: Sequence[object] = ()) -> tuple[str, list[object]]:
+    """The facet counts of one attribute over the `tags` rows matching `where`:
+    (value, labelled, predicted) per value key, predictions at `min_confidence` or more."""
+    return ("SELECT MIN(value), SUM(source = 'label'), SUM(source != 'label') FROM tags "
+            f"WHERE attribute = ? AND confidence >= ? AND ({where}) "
+            "GROUP BY value_key ORDER BY value_key",
+            [attribute, float(min_confidence), *args])
+
+
+def facet_counts(found: Iterable[tuple]) -> list[FacetCount]:
+    """FacetCounts of facet_sql's rows."""
+    return [FacetCount(str(v), int(lab), int(pred)) for v, lab, pred in found]
+
+
 # -- reading -----------------------------------------------------------------------------------
 def read_item_hashes(folder: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
     """id -> (row, sha256) of every item of an index version."""
@@ -106,6 +167,11 @@ class ItemsTable:
         self._count: int | None = None
         self._columns: frozenset[str] | None = None
         self._filtered: OrderedDict[FilterKey, np.ndarray] = OrderedDict()
+        found = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                            "AND name = 'tags'").fetchall()
+        self._tagged: frozenset[str] = frozenset(
+            str(a) for (a,) in con.execute("SELECT DISTINCT attribute FROM tags")
+        ) if found else frozenset()
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str]) -> ItemsTable:
@@ -128,7 +194,41 @@ class ItemsTable:
 
     def _items(self, where: str, args: Sequence[object]) -> list[Item]:
         rows = self._query(f"SELECT row, id, image, metadata FROM items WHERE {where}", args)
-        return [Item(int(r), str(i), str(img), json.loads(meta)) for r, i, img, meta in rows]
+        tags = self._tags([int(r) for r, _, _, _ in rows])
+        return [Item(int(r), str(i), str(img), json.loads(meta), tags.get(int(r), {}))
+                for r, i, img, meta in rows]
+
+    def _tags(self, rows: list[int]) -> dict[int, dict[str, Tag]]:
+        """row -> attribute -> Tag of those `rows` (at most _CHUNK of them)."""
+        if not self._tagged or not rows:
+            return {}
+        out: dict[int, dict[str, Tag]] = {}
+        found = self._query("SELECT row, attribute, value, confidence, source FROM tags "
+                            "WHERE row IN (SELECT value FROM json_each(?))", (json.dumps(rows),))
+        for r, a, v, c, src in found:
+            out.setdefault(int(r), {})[str(a)] = Tag(str(v), float(c), src)
+        return out
+
+    @property
+    def tagged(self) -> frozenset[str]:
+        """The attributes the items have tags for (empty: an index built without tags)."""
+        return self._tagged
+
+    def facets(self, attribute: str, rows: Sequence[int] | None = None,
+               exclude: np.ndarray | None = None, min_confidence: float = 0.0
+               ) -> list[FacetCount]:
+        """Facet counts of `attribute` over `rows` (None: every item), without `exclude`."""
+        if attribute not in self._tagged:
+            return []
+        clauses, args = [], []
+        if rows is not None:
+            clauses.append("row IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps([int(r) for r in rows]))
+        if exclude is not None and len(exclude):
+            clauses.append("row NOT IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps([int(r) for r in exclude]))
+        sql, params = facet_sql(attribute, min_confidence, " AND ".join(clauses) or "1", args)
+        return facet_counts(self._query(sql, params))
 
     def count(self) -> int:
         """Number of items."""
@@ -176,7 +276,7 @@ class ItemsTable:
             if hit is not None:
                 self._filtered.move_to_end(key)
                 return hit
-        where, args = filter_sql(key)
+        where, args = filter_sql(key, self._tagged)
         rows = self._query(f"SELECT row FROM items WHERE {where} ORDER BY row", args)
         result = np.fromiter((r for (r,) in rows), dtype=np.int64, count=len(rows))
         with self._lock:

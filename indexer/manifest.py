@@ -251,6 +251,12 @@ class Manifest:
         return dict(self.extra.get("build") or {})
 
     @property
+    def tags_file(self) -> str | None:
+        """The version's prototypes file (indexer/prototype_file.py); None: no tags."""
+        name = (self.extra.get("tags") or {}).get("prototypes")
+        return None if name is None else str(name)
+
+    @property
     def live_folded_seq(self) -> int:
         """The last journal seq this version contains (live changes after it are read from
         the journal; 0: none folded)."""

@@ -88,7 +88,7 @@ def run_pipeline(embed_opts: EmbedOptions, build_opts: BuildOptions, *,
                      if s == "unchanged"}
         built = run_build(replace(build_opts, embeddings=str(store.root)), catalog=catalog,
                           layout=layout, facts=EmbedFacts(unchanged, embedded.stats, started),
-                          live=live)
+                          live=live, values=(emb.prototypes, emb.calibration))
         if not keep_work:
             store.remove()
             if layout.work.exists() and not any(layout.work.iterdir()):

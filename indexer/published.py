@@ -21,6 +21,10 @@ from indexer.build.faiss_index import IndexSpec, prepare_reader, reconstruct
 from indexer.filters import Filters
 from indexer.items import Hit, Item, ItemsTable
 from indexer.manifest import AttributeEntry, Manifest
+from indexer.prototype_file import read_prototypes_file
+from indexer.tags import FacetCount
+from model.prototypes import Prototypes
+from model.tagging import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class PublishedIndex:
         self._indexes = indexes
         self._specs = specs
         self._lock = threading.Lock()
+        self._prototypes: tuple[Prototypes, Calibration | None] | None = None
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str]) -> PublishedIndex:
@@ -155,6 +160,39 @@ class PublishedIndex:
     def allowed_rows(self, filters: Filters) -> np.ndarray:
         """Rows whose metadata matches every filter (a list value means any of), sorted."""
         return self.items.matching_rows(filters)
+
+    # -- tags ----------------------------------------------------------------------------------
+    def _value_space(self) -> tuple[Prototypes, Calibration | None] | None:
+        """The version's prototypes.json, read once (None: built without tags)."""
+        name = self.manifest.tags_file
+        if name is None:
+            return None
+        with self._lock:
+            if self._prototypes is None:
+                self._prototypes = read_prototypes_file(self.root / name)
+            return self._prototypes
+
+    def prototypes(self) -> Prototypes | None:
+        """The value prototypes the version's tags were made with (None: no tags)."""
+        space = self._value_space()
+        return None if space is None else space[0]
+
+    def calibration(self) -> Calibration | None:
+        """The calibration of the version's tag confidences (None: no tags or none)."""
+        space = self._value_space()
+        return None if space is None else space[1]
+
+    @property
+    def tagged(self) -> frozenset[str]:
+        """The attributes the items have tags for."""
+        return self.items.tagged
+
+    def facet_counts(self, attribute: str, rows: Sequence[int] | None = None,
+                     exclude: np.ndarray | None = None, min_confidence: float = 0.0
+                     ) -> list[FacetCount]:
+        """Facet counts of a tagged attribute over `rows` (None: all) without `exclude`."""
+        self.faiss_index(attribute)
+        return self.items.facets(attribute, rows, exclude, min_confidence)
 
     # -- stored vectors ------------------------------------------------------------------------
     def vectors(self, attribute: str, rows: np.ndarray) -> np.ndarray:

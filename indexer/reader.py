@@ -26,6 +26,10 @@ from indexer.live.journal import Journal, LiveChangesUnavailable
 from indexer.live.overlay import LiveOverlay, LiveStatus, LiveView
 from indexer.manifest import Manifest
 from indexer.published import PublishedIndex
+from indexer.tagger import ItemTagger
+from indexer.tags import FacetCount
+from model.prototypes import Prototypes
+from model.tagging import Calibration
 
 __all__ = ["CatalogIndex", "Hit", "Item", "LiveStatus", "read_item_hashes"]
 
@@ -40,10 +44,12 @@ class CatalogIndex:
         self.root: Path = published.root            # the version folder (INDEX_DIR resolved)
         self.manifest: Manifest = published.manifest
         manifest = published.manifest
-        self._empty = LiveView(manifest.live_folded_seq)
+        self._empty = LiveView(manifest.live_folded_seq, tagged=published.tagged)
+        prototypes = published.prototypes()
+        tagger = None if prototypes is None else ItemTagger(prototypes, published.calibration())
         self._live = None if journal is None else LiveOverlay(
             journal, manifest.live_folded_seq, manifest.attribute_names, manifest.model.dim,
-            manifest.model.sha256, published.rows_of)
+            manifest.model.sha256, published.rows_of, tagger, published.tagged)
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike[str], journal: Journal | None = None
@@ -150,6 +156,29 @@ class CatalogIndex:
         items' rows included, sorted."""
         view = self._view()
         return view.merge_allowed(self.published.allowed_rows(filters), filters)
+
+    # -- tags --------------------------------------------------------------------------------
+    def prototypes(self) -> Prototypes | None:
+        """The version's value prototypes (the catalog's labels merged over the checkpoint's);
+        None for an index built without tags."""
+        return self.published.prototypes()
+
+    def calibration(self) -> Calibration | None:
+        """The calibration of the tags' confidences (the checkpoint's); None without tags."""
+        return self.published.calibration()
+
+    def facets(self, attribute: str, rows: Sequence[int] | None = None,
+               min_confidence: float = 0.0) -> list[FacetCount]:
+        """Per value of a tagged attribute, the items labelled with it and those predicted it
+        with at least `min_confidence`, over `rows` (default: every item, live ones
+        included); [] for an attribute without tags (KeyError: unknown attribute)."""
+        self.published.faiss_index(attribute)
+        view = self._view()
+        wanted = None if rows is None else [int(r) for r in rows]
+        base = self.published.facet_counts(
+            attribute, None if wanted is None else view.base_rows(wanted),
+            view.hidden_rows if wanted is None else None, min_confidence)
+        return view.merge_facets(base, attribute, wanted, min_confidence)
 
     # -- search ----------------------------------------------------------------------------
     def search(self, attribute: str, vectors: np.ndarray, k: int,

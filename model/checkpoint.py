@@ -6,7 +6,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,10 @@ from .attributes import AttributesLike, AttributeSpec, resolve_attributes
 from .backbones import load_backbone_weights
 from .config import CONFIGS, ModelConfig, get_config
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .prototypes import Prototypes
+    from .tagging import Calibration
 from .network import ASENPlusPlus
 from .osutil import replace_atomically
 
@@ -141,7 +145,24 @@ def _from_published(state: dict, path: Path, attributes: AttributesLike | None) 
 def load_network(path: str | Path, attributes: AttributesLike | None = None) -> ASENPlusPlus:
     """Rebuild the network from a project or published checkpoint (on the CPU, eval mode)."""
     path = Path(path)
+    return _network_of(read_checkpoint_file(path), path, attributes)
+
+
+def load_network_and_values(path: str | Path, attributes: AttributesLike | None = None
+                            ) -> tuple[ASENPlusPlus, tuple[Prototypes | None, Calibration | None]]:
+    """:func:`load_network` and the value prototypes and tag calibration the checkpoint
+    keeps ((None, None) when none), from one read of the file."""
+    from .prototypes import PROTOTYPES_KEY, prototypes_from_payload
+
+    path = Path(path)
     data = read_checkpoint_file(path)
+    net = _network_of(data, path, attributes)
+    if PROTOTYPES_KEY not in data:
+        return net, (None, None)
+    return net, prototypes_from_payload(data[PROTOTYPES_KEY], str(path))
+
+
+def _network_of(data: dict, path: Path, attributes: AttributesLike | None) -> ASENPlusPlus:
     if data.get("format") == FORMAT:
         net = _from_project(data, path, attributes)
     elif isinstance(data.get("model"), dict):

@@ -6,14 +6,14 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .attributes import AttributesLike, AttributeSpec
-from .checkpoint import load_network
+from .checkpoint import load_network_and_values
 from .config import ModelConfig
 from .errors import UnknownAttributeError
 from .fusion import fuse_conv_bn
@@ -22,6 +22,10 @@ from .network import ASENPlusPlus, ForwardOutput
 from .osutil import sha256_file
 from .precision import PRECISION_NAMES, PrecisionChoice, explicit, probe_images, resolve_precision
 from .preprocess import PreparedImage, Preprocessor
+
+if TYPE_CHECKING:
+    from .prototypes import Prototypes
+    from .tagging import Calibration
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,6 +75,9 @@ class Embedder:
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 16)
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = checkpoint_sha256
+        # the value prototypes and tag calibration the checkpoint keeps (load_model sets them)
+        self.prototypes: Prototypes | None = None
+        self.calibration: Calibration | None = None
         net = net.eval()
         if fuse:
             fuse_conv_bn(net)
@@ -270,8 +277,9 @@ def load_model(path: str | Path, attributes: AttributesLike | None = None,
     freed heap memory for the next pass (:func:`model.memory.keep_freed_memory`).
     """
     keep_freed_memory()
-    net = load_network(path, attributes)
+    net, (prototypes, calibration) = load_network_and_values(path, attributes)
     emb = Embedder(net, device=device, precision=precision, batch_size=batch_size,
                    checkpoint=str(path), fuse=True, checkpoint_sha256=sha256_file(path))
+    emb.prototypes, emb.calibration = prototypes, calibration
     use_ieee_fp32(emb.device, emb.precision)
     return emb

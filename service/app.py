@@ -19,7 +19,18 @@ from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .protocols import CatalogIndexLike, EmbedderLike
-from .routers import admin, attributes, compose, explain, health, items, live, rerank, search
+from .routers import (
+    admin,
+    attributes,
+    compose,
+    explain,
+    health,
+    items,
+    live,
+    rerank,
+    search,
+    tag,
+)
 from .settings import Settings, get_settings
 from .state import ServiceState, load_embedder, open_catalog_index
 
@@ -111,7 +122,7 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 def api_v1() -> APIRouter:
     """Every /v1 endpoint but the admin ones, behind ASEN_API_KEY (when set) in one place."""
     v1 = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (search, compose, rerank, explain, attributes, items):
+    for module in (search, compose, rerank, explain, tag, attributes, items):
         v1.include_router(module.router)
     return v1
 

@@ -1,4 +1,5 @@
-"""Grouping results by a metadata column: the best item per group, k groups.
+"""Grouping results by a metadata column or a tagged attribute (its tag's value, label or
+prediction at any confidence): the best item per group, k groups.
 
 A ranked fetch is repeated with a growing depth (x4 each time) until it holds ``k`` distinct
 groups, the index has no more items for the query (a fetch returned fewer hits than asked),
@@ -62,7 +63,8 @@ def best_per_group(hits: Sequence[Hit], column: str, k: int,
         item = hit.item
         if exclude_id is not None and item.id == exclude_id:
             continue
-        value = group_value(item.metadata, column)
+        tag = item.tags.get(column)
+        value = tag.value if tag is not None else group_value(item.metadata, column)
         key = ("value", value) if value is not None else ("item", item.id)
         if key in seen:
             continue

@@ -20,6 +20,7 @@ from indexer.filters import Filters
 from indexer.items import Hit, Item
 from indexer.live.overlay import LiveStatus
 from indexer.manifest import Manifest
+from indexer.tags import FacetCount
 
 if TYPE_CHECKING:  # torch only for the type checker: importing the service loads no model
     import torch
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # torch only for the type checker: importing the service load
     from model.embedder import Explanation
     from model.precision import PrecisionChoice
     from model.preprocess import PreparedImage
+    from model.prototypes import Prototypes
+    from model.tagging import Calibration
 
 
 @runtime_checkable
@@ -73,6 +76,22 @@ class CatalogIndexLike(Protocol):
     def allowed_rows(self, filters: Filters) -> np.ndarray: ...
 
     def embedding(self, item_id: str, attribute: str) -> np.ndarray | None: ...
+
+    def prototypes(self) -> Prototypes | None:
+        """The index's value prototypes (the catalog's labels merged over the checkpoint's);
+        None for an index built without tags."""
+        ...
+
+    def calibration(self) -> Calibration | None:
+        """The tag confidences' calibration (the checkpoint's); None without tags."""
+        ...
+
+    def facets(self, attribute: str, rows: Sequence[int] | None = None,
+               min_confidence: float = 0.0) -> list[FacetCount]:
+        """Per value of a tagged attribute: items labelled with it and items predicted it
+        with at least ``min_confidence``, over ``rows`` (default: every item); [] for an
+        attribute without tags, KeyError for an unknown one."""
+        ...
 
     def embeddings(self, item_ids: Sequence[str], attributes: Sequence[str]
                    ) -> tuple[list[Item], dict[str, np.ndarray]]:

@@ -14,16 +14,17 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import Request, UploadFile
 
-from indexer.filters import Filters
+from indexer.filters import Filters, TagFilters
 
-from .batching import Overloaded, Slot
+from .batching import Deferred, Overloaded, Slot
 from .errors import ApiError, unavailable
+from .facets import item_facets, tag_infos, tagged_attributes
 from .grouping import Ranked
 from .ranking import single_fetch, top_hits, weighted_fetch
 from .schemas import QueryInfo, ResultItem, SearchResponse, Timings
 from .settings import Settings
 from .state import ServiceState, Snapshot, require_attribute
-from .uploads import prepare_image, read_upload
+from .uploads import deferred_image, prepare_image, read_upload
 
 if TYPE_CHECKING:
     from model.preprocess import PreparedImage
@@ -68,16 +69,28 @@ async def admitted(state: ServiceState) -> AsyncIterator[Slot]:
 
 @dataclass(frozen=True)
 class Ranking:
-    """What to rank and how: the checked ``k``, metadata filters and grouping column."""
+    """What to rank and how: the checked ``k``, the filters (with the confidence predicted
+    tags need to match them), the grouping column and how many top results the facets
+    count (None: no facets)."""
 
     k: int
     filters: Filters | None = None
     group_by: str | None = None
+    min_confidence: float | None = None
+    facets: int | None = None
 
     @classmethod
     def of(cls, k: int | None, filters: Filters | None, group_by: str | None,
-           settings: Settings) -> Ranking:
-        return cls(check_k(k, settings), filters or None, group_by)
+           settings: Settings, min_confidence: float | None = None,
+           facets: int | None = None) -> Ranking:
+        conf = settings.min_confidence if min_confidence is None else float(min_confidence)
+        return cls(check_k(k, settings), TagFilters(filters, conf) if filters else None,
+                   group_by, conf, facets)
+
+    @property
+    def depth(self) -> int:
+        """Hits to rank: k, or the facets' N when larger."""
+        return max(self.k, self.facets or 0)
 
 
 async def rank(snap: Snapshot, settings: Settings, weights: dict[str, float],
@@ -92,8 +105,8 @@ async def rank(snap: Snapshot, settings: Settings, weights: dict[str, float],
         fetch = single_fetch(snap.index, attributes[0], vectors[attributes[0]],
                              ranking.filters, with_scores=with_scores)
     else:
-        fetch = weighted_fetch(snap.index, weights, vectors, ranking.filters, ranking.k)
-    return await snap.call(top_hits, snap.index, fetch, ranking.k, attributes=attributes,
+        fetch = weighted_fetch(snap.index, weights, vectors, ranking.filters, ranking.depth)
+    return await snap.call(top_hits, snap.index, fetch, ranking.depth, attributes=attributes,
                            group_by=ranking.group_by, max_depth=settings.group_max_depth,
                            exclude_id=exclude_id)
 
@@ -111,16 +124,26 @@ def result_items(hits: Ranked, request: Request) -> list[ResultItem]:
     """Result items from ranked hits (hit, group value), best first."""
     return [ResultItem(rank=n, id=hit.item.id, score=float(hit.score),
                        scores={a: float(v) for a, v in hit.scores.items()} or None,
-                       metadata=dict(hit.item.metadata),
+                       metadata=dict(hit.item.metadata), tags=tag_infos(hit.item.tags),
                        image_url=image_url(request, hit.item.id), group=group)
             for n, (hit, group) in enumerate(hits, start=1)]
 
 
 def search_response(request: Request, snap: Snapshot, query: QueryInfo, hits: Ranked,
-                    timings: Timings) -> SearchResponse:
-    """The answer of a search endpoint."""
-    return SearchResponse(query=query, results=result_items(hits, request), timings=timings,
-                          model=snap.model, index_version=snap.version)
+                    timings: Timings, ranking: Ranking | None = None) -> SearchResponse:
+    """The answer of a search endpoint: the top ``query.k`` of ``hits`` (ranked to
+    ``ranking.depth``) and, when ``ranking`` asks for them, the facets of its top N."""
+    facets = None
+    if ranking is not None:
+        query = query.model_copy(update={"min_confidence": ranking.min_confidence,
+                                         "facets": ranking.facets})
+        if ranking.facets is not None:
+            top = [hit.item for hit, _ in hits[:ranking.facets]]
+            facets = item_facets(top, tagged_attributes(snap.index),
+                                 ranking.min_confidence or 0.0)
+    shown = hits if query.k is None else hits[:query.k]
+    return SearchResponse(query=query, results=result_items(shown, request), facets=facets,
+                          timings=timings, model=snap.model, index_version=snap.version)
 
 
 @dataclass
@@ -179,16 +202,23 @@ async def embed_uploads(state: ServiceState, snap: Snapshot, slot: Slot,
                         uploads: Sequence[UploadFile], attributes: Sequence[Sequence[str]],
                         settings: Settings) -> EmbeddedUploads:
     """Read, decode and preprocess the uploads (in the decode pool), then embed each one for
-    its attributes through the micro-batcher: one global-trunk pass per image."""
+    its attributes through the micro-batcher: one global-trunk pass per image. A lone
+    upload of a lone request is decoded on the inference thread instead (one hand-off)."""
     t = time.perf_counter()
-    prepared = await asyncio.gather(*(_prepared(u, settings, snap) for u in uploads))
-    decode_ms = ms_since(t)
+    images: list[PreparedImage | Deferred]
+    if len(uploads) == 1 and state.batcher.alone():
+        data = await read_upload(uploads[0], settings)
+        images = [deferred_image(data, settings, snap.embedder.preprocess)]
+    else:
+        images = list(await asyncio.gather(*(_prepared(u, settings, snap) for u in uploads)))
+    read_ms = ms_since(t)
     results = await state.batcher.embed(slot, snap.embedder,
-                                        list(zip(prepared, attributes, strict=True)))
+                                        list(zip(images, attributes, strict=True)))
     return EmbeddedUploads(
         vectors=[dict(zip(attrs, r.vectors, strict=True))
                  for attrs, r in zip(attributes, results, strict=True)],
-        decode_ms=decode_ms, queue_ms=max(r.queue_ms for r in results),
+        decode_ms=round(read_ms + max(r.prepare_ms for r in results), 3),
+        queue_ms=max(r.queue_ms for r in results),
         embed_ms=max(r.embed_ms for r in results), batch_size=max(r.batch_size for r in results))
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from indexer.filters import Filters
 from indexer.items import Hit
 
+from .facets import tagged_attributes
 from .grouping import Ranked, best_per_group, check_column, grouped
 from .protocols import CatalogIndexLike
 
@@ -23,12 +24,17 @@ def top_hits(index: CatalogIndexLike, fetch: Fetch, k: int, *, attributes: Seque
     """The top ``k`` hits of ``fetch`` on ``attributes`` (without ``exclude_id``); with
     ``group_by`` the best hit of each of the top ``k`` groups, fetching deeper as needed."""
     if group_by is not None:
-        check_column(group_by, index.metadata_columns())
+        check_column(group_by, group_columns(index))
         return grouped(fetch, k, group_by, index_limit(index, attributes), max_depth,
                        exclude_id).hits
     hits = fetch(k + (1 if exclude_id is not None else 0))
     ranked: Ranked = [(h, None) for h in hits if exclude_id is None or h.item.id != exclude_id]
     return ranked[:k]
+
+
+def group_columns(index: CatalogIndexLike) -> frozenset[str]:
+    """What group_by can name: the metadata columns and the tagged attributes."""
+    return index.metadata_columns() | frozenset(tagged_attributes(index))
 
 
 def single_fetch(index: CatalogIndexLike, attribute: str, vector: np.ndarray,
@@ -68,7 +74,7 @@ def rerank(index: CatalogIndexLike, weights: dict[str, float],
     """``candidates`` ordered by the weighted inner product of the query with their stored
     vectors (stable: ties keep the candidates' order), and the ids not in the catalog."""
     if group_by is not None:
-        check_column(group_by, index.metadata_columns())
+        check_column(group_by, group_columns(index))
     attributes = list(weights)
     items, stored = index.embeddings(candidates, attributes)
     known = {item.id for item in items}

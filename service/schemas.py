@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from indexer.catalog import MAX_ID_LENGTH
+from model.manipulation import DEFAULT_KEEP_MIX, DEFAULT_TARGET_WEIGHT
 
 from .settings import K_CEILING
 
@@ -42,6 +43,14 @@ _GROUP_DOC = (
     "item) per value of the column, still k results while the index has k groups. An item "
     "without the column is a group of its own. GET /v1/attributes lists the columns."
 )
+_MIN_CONFIDENCE_DOC = (
+    "Least calibrated confidence a predicted tag needs to match a filter on a tagged "
+    "attribute (0..1; an item's own catalog label always matches); default "
+    "ASEN_MIN_CONFIDENCE (0.5). Also the confidence `facets` counts predictions from.")
+_FACETS_DOC = (
+    "Facet counts of the top N results (1..1000, may exceed k): per tagged attribute, "
+    "each value's labelled and predicted items among them.")
+MAX_FACETS = 1000
 MAX_CANDIDATES = 1000
 MAX_REFERENCES = 16
 MAX_FILTER_VALUES = 100
@@ -115,6 +124,34 @@ class Box(BaseModel):
     y1: int
 
 
+class TagInfo(BaseModel):
+    """An item's value for an attribute: its own catalog label or a prediction."""
+
+    value: str
+    confidence: float = Field(ge=0, le=1, description="Calibrated probability that the "
+                              "value is right (1 for a catalog label).")
+    source: Literal["label", "prediction"]
+
+
+class FacetValue(BaseModel):
+    """How many items have a value: labelled with it, and predicted it."""
+
+    value: str
+    labelled: int = Field(ge=0)
+    predicted: int = Field(ge=0, description="Predictions at min_confidence or more.")
+    total: int = Field(ge=0)
+
+
+class AttributeFacets(BaseModel):
+    """Facet counts of one tagged attribute over a set of items."""
+
+    values: list[FacetValue]
+    below_min_confidence: int = Field(
+        ge=0, description="Items predicted a value with less than min_confidence (counted "
+        "under no value); the totals plus this add up to `items`.")
+    items: int = Field(ge=0, description="Items counted.")
+
+
 class ResultItem(BaseModel):
     """One catalog item in a ranking."""
 
@@ -126,6 +163,9 @@ class ResultItem(BaseModel):
     )
     metadata: dict[str, Any]
     image_url: str
+    tags: dict[str, TagInfo] = Field(
+        default_factory=dict, description="attribute -> the item's tag (every tagged "
+        "attribute; {} for an index built without tags).")
     group: str | None = Field(
         None, description="With group_by: the group's value; this item is the group's best "
         "(None: the item lacks the column and is a group of its own, or no grouping).")
@@ -138,6 +178,8 @@ class ReferenceInfo(BaseModel):
     weight: float = Field(description="Normalised: the weights of all references sum to 1.")
     image: int | None = Field(None, description="Position of the upload in `images`.")
     item_id: str | None = None
+    value: str | None = Field(None, description="A value of the attribute (its prototype is "
+                              "the query), as the value space names it.")
 
 
 class QueryInfo(BaseModel):
@@ -150,7 +192,15 @@ class QueryInfo(BaseModel):
     k: int | None = Field(None, description="Results asked for (None: re-ranking, all).")
     filters: dict[str, str | list[str]] = Field(default_factory=dict)
     group_by: str | None = None
+    min_confidence: float | None = Field(
+        None, description="Confidence predicted tags needed to match filters and be counted "
+        "in facets (the request's or ASEN_MIN_CONFIDENCE).")
+    facets: int | None = Field(None, description="Top results the facets count.")
     references: list[ReferenceInfo] | None = Field(None, description="Composed queries only.")
+    but_with: dict[str, str] | None = Field(
+        None, description="\"Like this, but with\": the attributes set to a value (its "
+        "prototype is their query, as the value space names it); every other attribute keeps "
+        "the query's own embedding. `weights` lists every attribute ranked by.")
 
 
 class SearchResponse(BaseModel):
@@ -158,6 +208,8 @@ class SearchResponse(BaseModel):
 
     query: QueryInfo
     results: list[ResultItem]
+    facets: dict[str, AttributeFacets] | None = Field(
+        None, description="With `facets`: attribute -> facet counts of the top N results.")
     timings: Timings
     model: EmbedderInfo
     index_version: str
@@ -316,8 +368,25 @@ FormItemId = Annotated[ItemId | None, BeforeValidator(_blank_is_none)]
 GroupBy = Annotated[Annotated[str, StringConstraints(max_length=256),
                               AfterValidator(clean_key)] | None,
                     BeforeValidator(_blank_is_none)]
+MinConfidence = Annotated[float | None, Field(ge=0, le=1, allow_inf_nan=False)]
+Facets = Annotated[int | None, Field(ge=1, le=MAX_FACETS)]
+FormMinConfidence = Annotated[MinConfidence, BeforeValidator(_blank_is_none)]
+FormFacets = Annotated[Facets, BeforeValidator(_blank_is_none)]
 Metadata = Annotated[Json[dict[str, JsonValue]], AfterValidator(_metadata_checked),
                      BeforeValidator(_blank_is_empty_object)]
+#: A value of an attribute (matched trimmed and case-insensitive) and "but with" targets.
+ValueName = Annotated[str, StringConstraints(min_length=1, max_length=256),
+                      AfterValidator(clean_key)]
+ButWith = Annotated[dict[Annotated[str, StringConstraints(max_length=256),
+                                   AfterValidator(clean_key)], ValueName],
+                    Field(min_length=1, max_length=MAX_REFERENCES)]
+FormButWith = Annotated[Json[ButWith] | None, BeforeValidator(_blank_is_none)]
+_BUT_WITH_DOC = (
+    '"Like this, but with": JSON object attribute -> value, e.g. {"neckline": "v"}. Ranks by '
+    "every attribute of the index: for the others (weight 1) the query's own embedding mixed "
+    f"with its value's prototype (keep_mix {DEFAULT_KEEP_MIX:g}), the value's prototype "
+    f"(weight {DEFAULT_TARGET_WEIGHT:g}) for these; weights normalised to sum to 1, as the "
+    "composed query with those references. Instead of `attribute`/`weights`.")
 
 
 # ---------------------------------------------------------------- requests
@@ -329,11 +398,21 @@ class ImageSearchForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
-    attribute: str = Field(description="Attribute to compare on (GET /v1/attributes).")
+    attribute: str | None = Field(None, description="Attribute to compare on (GET "
+                                  "/v1/attributes); or give `but_with`.")
+    but_with: FormButWith = Field(None, description=_BUT_WITH_DOC,
+                                  examples=['{"neckline": "v"}'])
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
     filters: FormFilters = Field(None, description=_FILTERS_DOC,
                                  examples=['{"category": "top"}'])
     group_by: GroupBy = Field(None, description=_GROUP_DOC)
+    min_confidence: FormMinConfidence = Field(None, description=_MIN_CONFIDENCE_DOC)
+    facets: FormFacets = Field(None, description=_FACETS_DOC)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> ImageSearchForm:
+        exactly_one(self.attribute, self.but_with, "attribute or but_with")
+        return self
 
 
 class MultiSearchForm(BaseModel):
@@ -350,6 +429,8 @@ class MultiSearchForm(BaseModel):
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
     filters: FormFilters = Field(None, description=_FILTERS_DOC)
     group_by: GroupBy = Field(None, description=_GROUP_DOC)
+    min_confidence: FormMinConfidence = Field(None, description=_MIN_CONFIDENCE_DOC)
+    facets: FormFacets = Field(None, description=_FACETS_DOC)
 
 
 class ItemSearchRequest(BaseModel):
@@ -362,21 +443,27 @@ class ItemSearchRequest(BaseModel):
     weights: Weights | None = Field(
         None, description="Several attributes with weights (instead of attribute)."
     )
+    but_with: ButWith | None = Field(None, description=_BUT_WITH_DOC,
+                                     examples=[{"neckline": "v"}])
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
     filters: MetadataFilters | None = Field(
         None, description="Exact metadata matches, e.g. {\"category\": \"top\"} (a list of "
         "values: any of them).")
     include_self: bool = Field(False, description="Keep the query item in the results.")
     group_by: GroupBy = Field(None, description=_GROUP_DOC)
+    min_confidence: MinConfidence = Field(None, description=_MIN_CONFIDENCE_DOC)
+    facets: Facets = Field(None, description=_FACETS_DOC)
 
     @model_validator(mode="after")
     def _one_query(self) -> ItemSearchRequest:
-        exactly_one(self.attribute, self.weights, "attribute or weights")
+        if sum(v is not None for v in (self.attribute, self.weights, self.but_with)) != 1:
+            raise ValueError("give exactly one of attribute, weights or but_with")
         return self
 
 
 class ComposeReference(BaseModel):
-    """One reference of a composed query: an attribute taken from an upload or an item."""
+    """One reference of a composed query: an attribute taken from an upload, an item or a
+    value's prototype."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -385,10 +472,15 @@ class ComposeReference(BaseModel):
                           description="Non-negative; all weights are normalised to sum to 1.")
     image: int | None = Field(None, ge=0, description="Position of an upload in `images`.")
     item_id: ItemId | None = Field(None, description="An indexed item (its stored embedding).")
+    value: ValueName | None = Field(
+        None, description="A value of the attribute, e.g. \"v\" for neckline: its prototype "
+        "is the query (GET /v1/attributes or POST /v1/tag name the values).")
 
     @model_validator(mode="after")
     def _one_source(self) -> ComposeReference:
-        exactly_one(self.image, self.item_id, "image or item_id")
+        given = [v for v in (self.image, self.item_id, self.value) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of image, item_id or value")
         return self
 
 
@@ -403,15 +495,18 @@ class ComposeForm(BaseModel):
     references: Json[Annotated[list[ComposeReference],
                                Field(min_length=1, max_length=MAX_REFERENCES)]] = Field(
         description="JSON array of up to 16 references, each "
-        '{"attribute", "weight", "image": <position in images>} or '
-        '{"attribute", "weight", "item_id"}; score = sum of weight x similarity on the '
-        "reference's attribute (weights normalised to sum to 1).",
+        '{"attribute", "weight", "image": <position in images>}, '
+        '{"attribute", "weight", "item_id"} or {"attribute", "weight", "value"} (the '
+        "value's prototype); score = sum of weight x similarity on the reference's "
+        "attribute (weights normalised to sum to 1).",
         examples=['[{"attribute": "neckline", "weight": 0.6, "image": 0}, '
                   '{"attribute": "colour", "weight": 0.4, "item_id": "sku-42"}]'],
     )
     k: int | None = Field(None, ge=1, le=K_CEILING, description=_K_DOC)
     filters: FormFilters = Field(None, description=_FILTERS_DOC)
     group_by: GroupBy = Field(None, description=_GROUP_DOC)
+    min_confidence: FormMinConfidence = Field(None, description=_MIN_CONFIDENCE_DOC)
+    facets: FormFacets = Field(None, description=_FACETS_DOC)
 
     @model_validator(mode="after")
     def _uploads_referenced(self) -> ComposeForm:
@@ -470,6 +565,50 @@ class ExplainForm(BaseModel):
         return self
 
 
+# ---------------------------------------------------------------- tags of an upload
+
+
+class TagForm(BaseModel):
+    """Multipart form of POST /v1/tag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile = Field(description="JPEG, PNG, WebP, ... at most ASEN_MAX_UPLOAD_BYTES.")
+
+
+class ValueConfidence(BaseModel):
+    """A value of an attribute and its calibrated probability."""
+
+    value: str
+    confidence: float = Field(ge=0, le=1)
+
+
+class UploadTag(BaseModel):
+    """An attribute's most probable value for the upload, and the next ones."""
+
+    value: str = Field(description="The nearest value prototype in the attribute's space.")
+    confidence: float = Field(ge=0, le=1, description="Calibrated probability that `value` "
+                              "is right (0.9: right about 90% of the time).")
+    alternatives: list[ValueConfidence] = Field(
+        description="The next two most probable values, most probable first.")
+    values: list[str] = Field(description="Every known value of the attribute.")
+
+
+class TagResponse(BaseModel):
+    """The upload's value for every attribute that has values, from one model pass."""
+
+    tags: dict[str, UploadTag] = Field(description="attribute -> its tag, in the index's "
+                                       "attribute order; {} when no values are known.")
+    values_source: Literal["index", "checkpoint"] | None = Field(
+        description="Where the value prototypes come from: the served index (its catalog's "
+        "labels over the checkpoint's), else the checkpoint; null: neither has any.")
+    calibrated: bool = Field(description="Whether the confidences are calibrated (a "
+                             "temperature per attribute, fitted on labelled validation data).")
+    timings: Timings
+    model: EmbedderInfo
+    index_version: str
+
+
 # ---------------------------------------------------------------- explain
 
 
@@ -499,12 +638,19 @@ class AttributeInfo(BaseModel):
     n_values: int | None = None
     index_size: int = Field(description="Items in this attribute's index.")
     index_type: str | None = None
+    facets: AttributeFacets | None = Field(
+        None, description="A tagged attribute's values with their item counts over the whole "
+        "index (null: the attribute has no tags).")
 
 
 class AttributesResponse(BaseModel):
     attributes: list[AttributeInfo]
     metadata_columns: list[str] = Field(
         default_factory=list, description="Item metadata columns (for filters and group_by).")
+    tagged_attributes: list[str] = Field(
+        default_factory=list, description="Attributes every item has a tag for (filters "
+        "and group_by on them use the tags).")
+    min_confidence: float = Field(description="Confidence the facets' predictions have.")
     index_version: str
     model: EmbedderInfo
 
@@ -515,6 +661,8 @@ class ItemResponse(BaseModel):
     id: str
     metadata: dict[str, Any]
     image_url: str
+    tags: dict[str, TagInfo] = Field(
+        default_factory=dict, description="attribute -> the item's tag ({} without tags).")
 
 
 class ItemsPage(BaseModel):

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from indexer.filters import DEFAULT_MIN_CONFIDENCE
 from model.osutil import available_cpus
 
 #: Hard ceiling on ``k`` whatever ``ASEN_MAX_K`` says (also the documented schema maximum).
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, le=K_CEILING, description="Largest k a client may ask for.")
     group_max_depth: int = Field(
         2000, ge=1, description="Most ranked items one group_by query scans for its groups.")
+    min_confidence: float = Field(
+        DEFAULT_MIN_CONFIDENCE, ge=0, le=1,
+        description="Least calibrated confidence a predicted tag needs to match a filter "
+        "(and be counted in a search's facets) when a request gives none.")
 
     # micro-batching and load shedding
     batch_max_size: int = Field(16, ge=1, le=1024, description="Images per forward pass; 1 = off.")

@@ -280,7 +280,8 @@ def plan_index(d: Deployment, checkpoint: Path) -> IndexPlan:
     if d.force_index:
         current, why = False, "a full rebuild was asked for"
     else:
-        current, why = index_is_current(d.index_dir, checkpoint, d.catalog)
+        current, why = index_is_current(d.index_dir, checkpoint, d.catalog,
+                                        tags="--no-tags" not in d.indexer_options)
     if current:
         log.info("index: reusing %s (%s)", d.index_dir, why)
         return IndexPlan(why, None)

@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .protocols import CatalogIndexLike, EmbedderLike
 from .schemas import EmbedderInfo, ReloadResponse
 from .settings import Settings
+from .values import CheckpointValues, ValueSpace, load_value_space
 
 log = logging.getLogger("service")
 
@@ -91,6 +92,7 @@ class Snapshot:
     model: EmbedderInfo
     executor: ThreadPoolExecutor
     attributes: list[str] = field(default_factory=list)   # the index's, read once at load
+    values: ValueSpace | None = None   # value prototypes + calibration, read once at load
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     refs: int = 0
     retired: bool = False
@@ -129,13 +131,16 @@ class _Opened:
     index: CatalogIndexLike
     attributes: list[str]
     sizes: dict[str, int]
+    values: ValueSpace | None
 
 
-def _open_on_pool(open_index: Callable[[Path], CatalogIndexLike], folder: Path) -> _Opened:
+def _open_on_pool(open_index: Callable[[Path], CatalogIndexLike], folder: Path,
+                  checkpoint: Path, fallback: CheckpointValues) -> _Opened:
     index = open_index(folder)
     try:
         attributes = list(index.attributes)
-        return _Opened(index, attributes, {a: int(index.size(a)) for a in attributes})
+        return _Opened(index, attributes, {a: int(index.size(a)) for a in attributes},
+                       load_value_space(index, attributes, checkpoint, fallback))
     except BaseException:
         index.close()
         raise
@@ -169,6 +174,7 @@ class ServiceState:
         self._load_model = load_model
         self._snapshot: Snapshot | None = None
         self._embedder: tuple[tuple[str, int, int], EmbedderLike] | None = None  # (key, model)
+        self._checkpoint_values = CheckpointValues()   # each checkpoint's prototypes, once
         self._reload_lock: asyncio.Lock | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._failed_version: str | None = None
@@ -375,7 +381,8 @@ class ServiceState:
         executor = ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="asen-index",
                                       initializer=_single_threaded_faiss)
         try:
-            opened = executor.submit(_open_on_pool, self._open_index, folder).result()
+            opened = executor.submit(_open_on_pool, self._open_index, folder, ckpt,
+                                     self._checkpoint_values).result()
         except (FileNotFoundError, ValueError, OSError) as exc:
             executor.shutdown(wait=False)
             raise NotLoadable(f"invalid index at {folder}: {exc}") from exc
@@ -391,7 +398,7 @@ class ServiceState:
         snap = Snapshot(index=opened.index, embedder=embedder, path=folder,
                         version=manifest.index_version, manifest=manifest,
                         model=_embedder_info(embedder, ckpt),
-                        executor=executor, attributes=opened.attributes)
+                        executor=executor, attributes=opened.attributes, values=opened.values)
         return snap, opened.sizes
 
 

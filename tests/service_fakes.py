@@ -26,12 +26,16 @@ from PIL import Image, ImageStat
 from testkit import image_bytes
 
 from indexer import FORMAT_VERSION
-from indexer.filters import Filters
+from indexer.filters import Filters, min_confidence_of
 from indexer.items import Hit, Item
 from indexer.live.journal import LiveChangesUnavailable
 from indexer.live.overlay import LiveStatus
 from indexer.manifest import Manifest
+from indexer.tagger import ItemTagger
+from indexer.tags import FacetCount, value_key
 from model.precision import PrecisionChoice, explicit
+from model.prototypes import Prototypes, compute_prototypes
+from model.tagging import Calibration
 from service.app import create_app
 from service.protocols import CatalogIndexLike
 from service.settings import Settings
@@ -55,6 +59,11 @@ PALETTE = [(230, 30, 30), (30, 200, 40), (40, 40, 220), (240, 220, 30), (200, 40
 CATALOG = [(f"sku-{n:02d}", rgb, {"category": "top" if n % 3 else "dress",
                                    "product_id": f"p-{n // 2}", "colour": f"c{n}"})
            for n, rgb in enumerate(PALETTE)]
+#: The fake index's value names per attribute; "colour" is a catalog label column (c0..c11),
+#: "collar" and "sleeve" are predicted for every item (prototypes made from n % len(names)).
+VALUE_NAMES = {"collar": ["round", "v", "square"], "sleeve": ["short", "long"],
+               "colour": [f"c{n}" for n in range(len(PALETTE))]}
+FAKE_CALIBRATION = Calibration({"collar": 0.05, "sleeve": 0.1, "colour": 0.05}, "fake")
 
 
 # ------------------------------------------------------------------------ embedder
@@ -153,10 +162,15 @@ class FakeIndex:
     ``live=False`` they raise ``LiveChangesUnavailable``, as an index without a journal)."""
 
     def __init__(self, manifest: Manifest, items: Sequence[Item],
-                 vectors: Mapping[str, np.ndarray], image_dir: Path, live: bool = True):
+                 vectors: Mapping[str, np.ndarray], image_dir: Path, live: bool = True,
+                 prototypes: Prototypes | None = None,
+                 calibration: Calibration | None = FAKE_CALIBRATION):
         self.manifest = manifest
         self.live = live
-        self._items: dict[str, Item] = {it.id: it for it in items}
+        self._prototypes = prototypes
+        self._calibration = calibration if prototypes is not None else None
+        self._tagger = None if prototypes is None else ItemTagger(prototypes, calibration)
+        self._items: dict[str, Item] = {it.id: it for it in self._tagged(items, vectors)}
         self._vectors: dict[str, dict[str, np.ndarray]] = {
             it.id: {a: np.asarray(vectors[a][n], np.float32) for a in vectors}
             for n, it in enumerate(items)}
@@ -230,10 +244,43 @@ class FakeIndex:
         return items, {a: np.array([self._vectors[i][a] for i in ids], np.float32).reshape(
             len(ids), self.dim) for a in attributes}
 
+    def _tagged(self, items: Sequence[Item], vectors: Mapping[str, np.ndarray]) -> list[Item]:
+        """The items with their tags (indexer.tagger, as the real index tags them)."""
+        if self._tagger is None:
+            return list(items)
+        tags = self._tagger.tags({a: np.atleast_2d(v) for a, v in vectors.items()},
+                                 [it.metadata for it in items])
+        return [Item(it.row, it.id, it.image, it.metadata, t)
+                for it, t in zip(items, tags, strict=True)]
+
+    def prototypes(self) -> Prototypes | None:
+        return self._prototypes
+
+    def calibration(self) -> Calibration | None:
+        return self._calibration
+
+    def facets(self, attribute: str, rows: Sequence[int] | None = None,
+               min_confidence: float = 0.0) -> list[FacetCount]:
+        self._check_attribute(attribute)
+        items = self._ordered() if rows is None else list(self.items_by_row(rows).values())
+        counts: dict[str, list[int]] = {}
+        for it in items:
+            tag = it.tags.get(attribute)
+            if tag is not None and tag.confidence >= min_confidence:
+                counts.setdefault(tag.value, [0, 0])[0 if tag.is_label else 1] += 1
+        return [FacetCount(v, lab, pred) for v, (lab, pred) in sorted(counts.items())]
+
     def _matches(self, item: Item, filters: Filters | None) -> bool:
+        min_confidence = min_confidence_of(filters or {})
         for key, want in (filters or {}).items():
-            value = item.metadata.get(key)
             wanted = [want] if isinstance(want, str) else list(want)
+            if self._prototypes is not None and key in self._prototypes:
+                tag = item.tags.get(key)
+                if tag is None or tag.confidence < min_confidence or \
+                        value_key(tag.value) not in {value_key(w) for w in wanted}:
+                    return False
+                continue
+            value = item.metadata.get(key)
             if value is None or _text(value) not in wanted:
                 return False
         return True
@@ -290,9 +337,11 @@ class FakeIndex:
         path = self._image_dir / f"live-{self._seq}.img"
         path.write_bytes(image)
         replaced = item_id in self._items
-        self._items[item_id] = Item(self._next_row, item_id, str(path), dict(metadata))
+        vecs = {a: np.asarray(v, np.float32).ravel() for a, v in vectors.items()}
+        item = Item(self._next_row, item_id, str(path), dict(metadata))
+        self._items[item_id] = self._tagged([item], {a: v[None, :] for a, v in vecs.items()})[0]
         self._next_row += 1
-        self._vectors[item_id] = {a: np.asarray(v, np.float32).ravel() for a, v in vectors.items()}
+        self._vectors[item_id] = vecs
         return self._seq, replaced
 
     def delete_item(self, item_id: str) -> int | None:
@@ -347,7 +396,15 @@ class FakeCatalog:
         vectors = {a: np.stack([self.embedder.vector(p, a) for p in prepared])
                    for a in ATTRIBUTES}
         images = Path(tempfile.mkdtemp(prefix="live-", dir=self.root))
-        return FakeIndex(Manifest.read(folder), items, vectors, images, live=live)
+        return FakeIndex(Manifest.read(folder), items, vectors, images, live=live,
+                         prototypes=fake_prototypes(vectors))
+
+
+def fake_prototypes(vectors: Mapping[str, np.ndarray]) -> Prototypes:
+    """The fake index's value prototypes (VALUE_NAMES), made from the catalog's vectors:
+    item n is labelled value n % len(names) (colour: its own colour c<n>)."""
+    labels = {a: np.arange(len(CATALOG)) % len(names) for a, names in VALUE_NAMES.items()}
+    return compute_prototypes(vectors, labels, "catalog", VALUE_NAMES)
 
 
 def write_manifest(index_dir: Path, version: str = INDEX_VERSION, n_items: int = len(CATALOG),

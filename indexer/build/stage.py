@@ -24,6 +24,7 @@ import numpy as np
 from indexer.build import budget, tuning
 from indexer.build import faiss_index as fx
 from indexer.build.index_types import IndexSpec
+from indexer.build.tagging import BuildTags, checkpoint_value_space
 from indexer.build.writer import make_manifest, write_index, write_manifest
 from indexer.catalog import Catalog, CatalogError, load_catalog
 from indexer.embed.store import EmbeddingStore, EmbedStats, Reject, StoreMeta, write_rejected
@@ -39,9 +40,12 @@ from indexer.manifest import (
     TuningInfo,
 )
 from model.attributes import AttributeSpec
+from model.prototypes import Prototypes
+from model.tagging import Calibration
 
 log = logging.getLogger(__name__)
 Selection = dict[str, Any]   # how --max-memory chose a spec (the manifest's `selection`)
+ValueSpace = tuple[Prototypes | None, Calibration | None]   # a checkpoint's, for the tags
 MEMMAP_FROM = 256 << 20      # gather an attribute's vectors in a memory-mapped file above this
 
 
@@ -66,6 +70,7 @@ class BuildOptions:
     # 0.95, or on --update the recorded target; 0: no tuning)
     target_recall: float | None = None
     tune_sample: int = tuning.DEFAULT_SAMPLE  # queries of the tuning sample (--tune-sample)
+    tags: bool = True                      # tag every item (--no-tags: none)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class _Inputs:
     attributes: list[AttributeSpec]
     facts: EmbedFacts | None
     started: float                       # perf_counter() when the build started
+    values: ValueSpace | None = None     # the checkpoint's prototypes, when it was loaded
 
 
 @dataclass
@@ -119,24 +125,27 @@ class _Plan:
     rejects: list[Reject]
 
 
-def _store_model(store: EmbeddingStore, meta: StoreMeta | None,
-                 checkpoint: str | None) -> tuple[ModelInfo, list[AttributeSpec]]:
-    """The model of the store's vectors and its attributes (n_values 0: unknown)."""
+def _store_model(store: EmbeddingStore, meta: StoreMeta | None, checkpoint: str | None
+                 ) -> tuple[ModelInfo, list[AttributeSpec], ValueSpace | None]:
+    """The model of the store's vectors and its attributes (n_values 0: unknown), and the
+    value space of `checkpoint` when given (it is loaded to check it)."""
     model = meta.model if meta else None
     attrs = (meta.attributes if meta else []) or [AttributeSpec(a) for a in store.attributes]
     if store.part_count and [a.name for a in attrs] != store.attributes:
         raise ValueError(f"{store.root}: store.json attributes differ from the Parquet columns")
     if not attrs:
         raise FileNotFoundError(f"{store.root} holds no embeddings (no Parquet files)")
+    values = None
     if checkpoint is not None:
-        model, attrs = _checked_model(store, model, [a.name for a in attrs], checkpoint)
+        model, attrs, values = _checked_model(store, model, [a.name for a in attrs],
+                                              checkpoint)
     if model is None:
         model = ModelInfo(dim=int(store.dim or 0))
-    return model, attrs
+    return model, attrs, values
 
 
 def _checked_model(store: EmbeddingStore, model: ModelInfo | None, names: list[str],
-                   checkpoint: str) -> tuple[ModelInfo, list[AttributeSpec]]:
+                   checkpoint: str) -> tuple[ModelInfo, list[AttributeSpec], ValueSpace]:
     """`--checkpoint`'s model and attributes, checked against the store's vectors."""
     from indexer.embed.stage import model_info
     from model import load_model
@@ -154,7 +163,7 @@ def _checked_model(store: EmbeddingStore, model: ModelInfo | None, names: list[s
     if missing:
         raise ValueError(f"--checkpoint lacks the store's attributes {missing}")
     specs = {a.name: a for a in emb.attributes}
-    return info, [specs[a] for a in names]
+    return info, [specs[a] for a in names], (emb.prototypes, emb.calibration)
 
 
 def _load_previous(layout: IndexLayout, model: ModelInfo, attrs: list[str]) -> _Previous | None:
@@ -262,13 +271,15 @@ def _index_specs(opts: BuildOptions, prev: _Previous | None, n: int, dim: int,
 
 def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
               facts: EmbedFacts | None = None, layout: IndexLayout | None = None,
-              live: Fold | None = None) -> BuildResult:
+              live: Fold | None = None, values: ValueSpace | None = None) -> BuildResult:
     """Build INDEX_DIR from a store; raises CatalogError before any work on bad inputs.
 
     `layout`: the INDEX_DIR layout when the caller already holds its writer lock.
     `live`: the live changes this build folds, `catalog` being the layered catalog
     (indexer/live/fold.py); without it, an INDEX_DIR with live changes is refused (their
     images are not in the store), and the new version carries the journal position over.
+    `values`: the model checkpoint's prototypes and calibration, when the caller has read
+    them (else read from the checkpoint, for the tags).
     """
     t0 = time.perf_counter()
     catalog = catalog or load_catalog(opts.catalog)
@@ -279,8 +290,8 @@ def run_build(opts: BuildOptions, *, catalog: Catalog | None = None,
     store = EmbeddingStore(opts.embeddings)
     check_store_ids(store, catalog)
     meta = StoreMeta.read(store.root)
-    model, attrs = _store_model(store, meta, opts.checkpoint)
-    inputs = _Inputs(opts, catalog, store, meta, model, attrs, facts, t0)
+    model, attrs, checked = _store_model(store, meta, opts.checkpoint)
+    inputs = _Inputs(opts, catalog, store, meta, model, attrs, facts, t0, values or checked)
     if layout is not None:
         return _build_locked(inputs, layout, live)
     with IndexLayout(opts.out) as held:
@@ -319,18 +330,47 @@ def _build_locked(inp: _Inputs, layout: IndexLayout, live: Fold | None) -> Build
     _check_rejects(inp.opts, inp.catalog, plan)
     dim = inp.model.dim
     specs = _index_specs(inp.opts, prev, len(plan.rows), dim, names)
+    tags = _build_tags(inp, plan)
     version = new_version()
     staging = layout.staging(version)
     try:
-        entries = [_attribute_entry(staging, a, specs[a.name], inp, plan, prev)
+        entries = [_attribute_entry(staging, a, specs[a.name], inp, plan, prev, tags)
                    for a in inp.attributes]
-        manifest = _finish(inp, staging, version, entries, plan, prev, live)
+        manifest = _finish(inp, staging, version, entries, plan, prev, live, tags)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     final = layout.publish(staging, version)
     live.commit({r.id for r in plan.rejects})
     return BuildResult(layout.out, final, manifest, plan.rejects)
+
+
+def _build_tags(inp: _Inputs, plan: _Plan) -> BuildTags | None:
+    """The tags of this build (None with --no-tags), from the checkpoint's prototypes and
+    calibration and the catalog's labels."""
+    if not inp.opts.tags:
+        return None
+    checkpoint = inp.opts.checkpoint or inp.model.checkpoint
+    base, calibration = inp.values if inp.values is not None else \
+        checkpoint_value_space(checkpoint, inp.model.sha256)
+    items = inp.catalog.items
+    return BuildTags(base, calibration, None if base is None else str(checkpoint),
+                     {row: items[p].metadata for p, row in plan.rows.items()})
+
+
+def _tag_vectors(index: faiss.Index, spec: IndexSpec, plan: _Plan, add_rows: np.ndarray,
+                 add_vecs: np.ndarray, full: bool) -> tuning.Vectors:
+    """Every item's vectors to tag from: a full build's own, an update's from the index
+    (ivfpq keeps codes only: their reconstruction)."""
+    if full:
+        return tuning.Vectors(add_rows, add_vecs.__getitem__)
+    stored = tuning.stored_vectors(index)
+    if stored is not None:
+        return stored
+    reader = faiss.clone_index(index)
+    fx.prepare_reader(reader, spec)
+    rows = np.array(sorted(plan.rows.values()), dtype=np.int64)
+    return tuning.Vectors(rows, lambda pos: reader.reconstruct_batch(rows[pos]))
 
 
 def _gather(store: EmbeddingStore, attribute: str, ids: list[str], dim: int,
@@ -349,7 +389,7 @@ def _gather(store: EmbeddingStore, attribute: str, ids: list[str], dim: int,
 
 def _attribute_entry(staging: Path, attribute: AttributeSpec,
                      chosen: tuple[IndexSpec, Selection | None], inp: _Inputs, plan: _Plan,
-                     prev: _Previous | None) -> AttributeEntry:
+                     prev: _Previous | None, tags: BuildTags | None) -> AttributeEntry:
     """Build (full) or update (incremental) one attribute's index and write it."""
     spec, selection = chosen
     name, dim = attribute.name, inp.model.dim
@@ -370,6 +410,8 @@ def _attribute_entry(staging: Path, attribute: AttributeSpec,
     request = tuning.TuneRequest(inp.opts.target_recall, frozenset(inp.opts.index_params),
                                  inp.opts.tune_sample)
     spec, tuned = tuning.settle(index, spec, request, vectors, old_tuning, changed, name)
+    if tags is not None:
+        tags.add(name, _tag_vectors(index, spec, plan, add_rows, add_vecs, prev is None))
     fname = write_index(staging, name, index)
     n = int(index.ntotal)
     info = IndexInfo(type=spec.type, params=dict(spec.params), file=fname, ntotal=n,
@@ -426,8 +468,10 @@ def _update_section(plan: _Plan, prev: _Previous) -> dict[str, Any]:
 
 
 def _finish(inp: _Inputs, staging: Path, version: str, entries: list[AttributeEntry],
-            plan: _Plan, prev: _Previous | None, live: Fold) -> Manifest:
-    """items.sqlite, rejected.csv, live.jsonl and the manifest of the new version."""
+            plan: _Plan, prev: _Previous | None, live: Fold, tags: BuildTags | None
+            ) -> Manifest:
+    """items.sqlite (with the tags), prototypes.json, rejected.csv, live.jsonl and the
+    manifest of the new version."""
     items = inp.catalog.items
     write_items(staging, ((plan.rows[p], items[p].id, items[p].image, items[p].metadata,
                            plan.shas[p]) for p in sorted(plan.rows, key=plan.rows.__getitem__)))
@@ -439,6 +483,8 @@ def _finish(inp: _Inputs, staging: Path, version: str, entries: list[AttributeEn
         "live": live.manifest_section()}
     if prev is not None:
         extra["update"] = _update_section(plan, prev)
+    if tags is not None:
+        extra["tags"] = tags.write(staging)
     manifest = make_manifest(
         version=version, model=inp.model, attributes=entries,
         catalog=CatalogInfo(path=inp.catalog.path, sha256=inp.catalog.sha256,

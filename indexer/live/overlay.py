@@ -25,6 +25,8 @@ import numpy as np
 from indexer.filters import FilterKey, Filters, filter_key, filter_sql
 from indexer.items import Hit, Item, metadata_json
 from indexer.live.journal import Entry, Journal, JournalError
+from indexer.tagger import ItemTagger
+from indexer.tags import FacetCount, Tag, value_key
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class LiveView:
     touched: frozenset[str] = frozenset()          # ids with a live entry (base rows hidden)
     hidden_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     stale: bool = False                            # entries this view needs were dropped
+    tagged: frozenset[str] = frozenset()           # attributes filters match by tag
     _matrices: dict[str, tuple[list[Item], np.ndarray]] = field(default_factory=dict, repr=False)
     _filters: dict[FilterKey, frozenset[str]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -104,13 +107,18 @@ class LiveView:
             hit = self._filters.get(key)
             if hit is not None:
                 return hit
-        where, args = filter_sql(key)
+        where, args = filter_sql(key, self.tagged)
         con = sqlite3.connect(":memory:")
         try:
-            con.execute("CREATE TABLE items (id TEXT, metadata TEXT)")
-            con.executemany("INSERT INTO items VALUES (?, ?)",
-                            ((i, metadata_json(li.item.metadata))
+            con.execute("CREATE TABLE items (row INTEGER, id TEXT, metadata TEXT)")
+            con.execute("CREATE TABLE tags (row INTEGER, attribute TEXT, value_key TEXT, "
+                        "confidence REAL)")
+            con.executemany("INSERT INTO items VALUES (?, ?, ?)",
+                            ((li.item.row, i, metadata_json(li.item.metadata))
                              for i, li in self.items.items()))
+            con.executemany("INSERT INTO tags VALUES (?, ?, ?, ?)",
+                            ((li.item.row, a, value_key(t.value), t.confidence)
+                             for li in self.items.values() for a, t in li.item.tags.items()))
             found = frozenset(i for (i,) in con.execute(
                 f"SELECT id FROM items WHERE {where}", args))
         finally:
@@ -170,6 +178,25 @@ class LiveView:
         ids = self.matching(filters) or frozenset()
         live = [li.item.row for i, li in self.items.items() if i in ids]
         return np.union1d(np.setdiff1d(base, self.hidden_rows), np.array(live, np.int64))
+
+    def merge_facets(self, base: list[FacetCount], attribute: str, rows: Sequence[int] | None,
+                     min_confidence: float) -> list[FacetCount]:
+        """Published facet counts (without the hidden rows) plus the live items' (of
+        `rows`, None: all of them)."""
+        if not self.items:
+            return base
+        wanted = None if rows is None else {int(r) for r in rows if r >= LIVE_ROW0}
+        counts = {value_key(f.value): f for f in base}
+        for li in self.items.values():
+            tag = li.item.tags.get(attribute)
+            if tag is None or tag.confidence < min_confidence or (
+                    wanted is not None and li.item.row not in wanted):
+                continue
+            key = value_key(tag.value)
+            f = counts.get(key) or FacetCount(tag.value, 0, 0)
+            counts[key] = FacetCount(f.value, f.labelled + tag.is_label,
+                                     f.predicted + (not tag.is_label))
+        return [counts[k] for k in sorted(counts)]
 
     def merge_embeddings(self, found: dict[str, Item], ids: Sequence[str],
                          attributes: Sequence[str], base_vectors: BaseVectors, dim: int
@@ -239,14 +266,18 @@ class LiveOverlay:
     """The live changes of one journal over one index version (thread-safe)."""
 
     def __init__(self, journal: Journal, folded_seq: int, attributes: list[str], dim: int,
-                 model: str | None, base_rows: BaseRows) -> None:
+                 model: str | None, base_rows: BaseRows, tagger: ItemTagger | None = None,
+                 tagged: frozenset[str] = frozenset()) -> None:
         self.journal = journal
         self.folded_seq = int(folded_seq)
         self._schema = _Schema(list(attributes), int(dim), model)
         self._base_rows = base_rows
+        self._tagger = tagger               # tags the live items as the build tagged
+        self._tagged = tagged               # what filters match by tag (the version's)
+        self._tag_cache: dict[int, dict[str, Tag]] = {}   # seq -> the put's tags
         self._latest: dict[str, Entry] = {}        # id -> its last entry
         self._rows: dict[str, int] = {}            # touched ids in the version -> row
-        self._view = LiveView(self.folded_seq)
+        self._view = LiveView(self.folded_seq, tagged=tagged)
         self._lock = threading.Lock()              # the view and the reading connection
         self._write_lock = threading.Lock()        # the writing connection (taken first)
         self._con: sqlite3.Connection | None = None
@@ -299,11 +330,26 @@ class LiveOverlay:
             if e.op != "put":
                 continue
             image = str(self.journal.images / e.image) if e.image else ""
-            item = Item(LIVE_ROW0 + e.seq, item_id, image, dict(e.metadata or {}))
-            items[item_id] = LiveItem(item, self._vectors(e))
+            vectors = self._vectors(e)
+            metadata = dict(e.metadata or {})
+            item = Item(LIVE_ROW0 + e.seq, item_id, image, metadata,
+                        self._tags(e.seq, vectors, metadata))
+            items[item_id] = LiveItem(item, vectors)
         hidden = np.array(sorted(self._rows[i] for i in self._latest if i in self._rows),
                           dtype=np.int64)
-        return LiveView(applied, items, frozenset(self._latest), hidden, stale)
+        live_seqs = {e.seq for e in self._latest.values()}
+        self._tag_cache = {s: t for s, t in self._tag_cache.items() if s in live_seqs}
+        return LiveView(applied, items, frozenset(self._latest), hidden, stale, self._tagged)
+
+    def _tags(self, seq: int, vectors: Mapping[str, np.ndarray],
+              metadata: Mapping[str, object]) -> dict[str, Tag]:
+        """A put's tags (made once per seq; none without vectors or prototypes)."""
+        if self._tagger is None or not vectors:
+            return {}
+        if seq not in self._tag_cache:
+            self._tag_cache[seq] = self._tagger.tags(
+                {a: v[None, :] for a, v in vectors.items()}, [metadata])[0]
+        return self._tag_cache[seq]
 
     def _vectors(self, e: Entry) -> dict[str, np.ndarray]:
         schema = self._schema

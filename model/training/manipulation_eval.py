@@ -1,8 +1,8 @@
 """Attribute manipulation under ADDE's protocol (Hou et al., ICCV 2021), per-attribute spaces.
 
     python -m model.evaluate --task manipulation --data DIR --checkpoint CKPT [--split test]
-        [--reference DIR] [--target-weight W | --target-weights W1,W2,...] [--cache DIR]
-        [--json FILE]
+        [--reference DIR] [--target-weight W | --target-weights W1,W2,...] [--keep-mix M]
+        [--cache DIR] [--json FILE]
 
 Queries: every fully labelled image of the split as reference, and for every attribute every
 other value as target; the target labels are the reference's with that attribute set to that
@@ -15,10 +15,13 @@ The gallery is the whole split (the reference included). Methods:
   attribute is the target value;
 - ``prototype``: prototype composition (:func:`model.manipulation.manipulate`): the target
   attribute's term uses the target value's prototype instead of the reference, weighted by
-  ``target_weight``;
+  ``target_weight``, and each kept attribute's the reference's embedding mixed with the
+  prototype of its own predicted value (``keep_mix``, :func:`model.manipulation.kept_vectors`).
+  One row per target weight at ``--keep-mix``, and one row of the old default (keep_mix 1,
+  weight 4: the reference's own embeddings) beside them;
 - ``prototype-prob``: the same, with the target term the item's calibrated tag probability of
   the target value (:meth:`model.tagging.Tagger.probabilities`, a softmax over the cosines to
-  the attribute's prototypes) instead of the raw cosine to the prototype.
+  the attribute's prototypes) instead of the raw cosine to the prototype (the same rows).
 
 Top-k accuracy: a query is a hit when one of its top k carries all the target labels. NDCG@k
 (ADDE's ``compute_NDCG``): gain ``2^rel - 1`` discounted by ``log(rank + 1)``, normalised by k
@@ -38,7 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from model.manipulation import DEFAULT_TARGET_WEIGHT
+from model.manipulation import (
+    DEFAULT_KEEP_MIX,
+    DEFAULT_TARGET_WEIGHT,
+    check_keep_mix,
+    kept_vectors,
+)
 from model.prototypes import Prototypes
 from model.tagging import Calibration, Tagger
 from model.training.data import load_split
@@ -49,6 +57,8 @@ from model.training.tagging_eval import load_prototypes
 KS = (10, 30)
 METHODS = ("image", "tag-filter", "prototype", "prototype-prob")
 PARTS = ("all", "target", "others")
+# The default before keep_mix (docs/RESULTS.md): the reference's own embeddings, weight 4.
+OLD_DEFAULT = (1.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -137,14 +147,26 @@ def query_metrics(ranked: np.ndarray, labels: np.ndarray, q: Queries, ks: Sequen
     return out
 
 
+def kept_queries(emb: np.ndarray, protos: Prototypes, attributes: Sequence[str],
+                 keep_mix: float) -> np.ndarray:
+    """[R, A, D] kept-attribute query vectors of references ``emb`` [R, A, D]
+    (:func:`model.manipulation.kept_vectors` per attribute)."""
+    return np.stack([kept_vectors(emb[:, i], protos[a], keep_mix)
+                     for i, a in enumerate(attributes)], axis=1)
+
+
 def method_scores(method: str, emb: np.ndarray, refs: np.ndarray, q: Queries,
                   proto_cos: np.ndarray, tags: np.ndarray, target_weight: float,
-                  proto_prob: np.ndarray | None = None) -> np.ndarray:
+                  proto_prob: np.ndarray | None = None, kept: np.ndarray | None = None
+                  ) -> np.ndarray:
     """[Q, N] scores of queries ``q`` (whose references are rows ``refs`` of ``emb``).
 
     ``proto_cos`` / ``proto_prob``: [A, V, N] cosines of the items to each value's prototype
-    and their calibrated tag probabilities; ``tags``: [N, A] predicted values."""
-    per = np.einsum("rad,nad->arn", emb[refs], emb)           # [A, R, N]
+    and their calibrated tag probabilities; ``tags``: [N, A] predicted values; ``kept``:
+    [R, A, D] the references' kept-attribute vectors for the prototype methods (default
+    their own embeddings, :func:`kept_queries`)."""
+    refs_emb = emb[refs] if kept is None or method in ("image", "tag-filter") else kept
+    per = np.einsum("rad,nad->arn", refs_emb, emb)            # [A, R, N]
     local = np.searchsorted(refs, q.ref)
     total = per.sum(axis=0)[local]
     if method == "image":
@@ -158,14 +180,42 @@ def method_scores(method: str, emb: np.ndarray, refs: np.ndarray, q: Queries,
     raise ValueError(f"unknown method {method!r}")
 
 
+@dataclass(frozen=True)
+class Run:
+    """One row of the table: a method, its target weight and keep_mix."""
+
+    method: str
+    weight: float = 0.0
+    keep_mix: float = 1.0
+
+    @property
+    def name(self) -> str:
+        if self.method in ("image", "tag-filter"):
+            return self.method
+        return f"{self.method} mix={self.keep_mix:g} w={self.weight:g}"
+
+
+def make_runs(target_weights: Sequence[float], keep_mix: float, prob: bool) -> list[Run]:
+    """image, tag-filter, then per prototype method one row per target weight at
+    ``keep_mix`` and the old default's row (:data:`OLD_DEFAULT`) unless one of them is it."""
+    pairs = [(keep_mix, float(w)) for w in target_weights]
+    if OLD_DEFAULT not in pairs:
+        pairs.append(OLD_DEFAULT)
+    methods = ("prototype", "prototype-prob") if prob else ("prototype",)
+    return [Run("image"), Run("tag-filter")] + [Run(m, w, mix) for m in methods
+                                                for mix, w in pairs]
+
+
 def evaluate_manipulation(emb: np.ndarray, labels: np.ndarray, n_values: Sequence[int],
                           protos: Prototypes, attributes: Sequence[str],
                           target_weights: Sequence[float] = (DEFAULT_TARGET_WEIGHT,),
-                          calibration: Calibration | None = None, chunk: int = 64
-                          ) -> dict[str, Any]:
-    """Per method (and per target weight for the prototype methods): mean metrics overall
-    and per target attribute. ``emb``: [N, A, D]; ``labels``: [N, A]; ``calibration``: the
-    tags' temperatures (``prototype-prob`` is run only with one)."""
+                          calibration: Calibration | None = None, chunk: int = 64,
+                          keep_mix: float = DEFAULT_KEEP_MIX) -> dict[str, Any]:
+    """Per method (and per keep_mix and target weight for the prototype methods,
+    :func:`make_runs`): mean metrics overall and per target attribute. ``emb``: [N, A, D];
+    ``labels``: [N, A]; ``calibration``: the tags' temperatures (``prototype-prob`` is run
+    only with one)."""
+    runs = make_runs(target_weights, check_keep_mix(keep_mix), calibration is not None)
     q = make_queries(labels, n_values)
     tagger = Tagger(protos, calibration)
     tags = np.stack([tagger.tag(a, emb[:, i]).values for i, a in enumerate(attributes)], 1)
@@ -174,21 +224,20 @@ def evaluate_manipulation(emb: np.ndarray, labels: np.ndarray, n_values: Sequenc
     for i, a in enumerate(attributes):
         proto_cos[i, protos[a].indices()] = tagger.cosines(a, emb[:, i]).T
         proto_prob[i, protos[a].indices()] = tagger.probabilities(a, emb[:, i]).T
-    runs = [("image", 0.0), ("tag-filter", 0.0)] + [("prototype", w) for w in target_weights]
-    if calibration is not None:
-        runs += [("prototype-prob", w) for w in target_weights]
     sums: dict[str, dict[str, np.ndarray]] = {}
     uniq = np.unique(q.ref)
     for s in range(0, len(uniq), chunk):
         refs = uniq[s:s + chunk]
         sel = np.flatnonzero(np.isin(q.ref, refs))
         sub = Queries(q.ref[sel], q.attr[sel], q.value[sel], q.target[sel])
-        for method, w in runs:
-            name = method if method in ("image", "tag-filter") else f"{method} w={w:g}"
-            scores = method_scores(method, emb, refs, sub, proto_cos, tags, w, proto_prob)
+        kept = {mix: kept_queries(emb[refs], protos, attributes, mix)
+                for mix in {r.keep_mix for r in runs}}
+        for r in runs:
+            scores = method_scores(r.method, emb, refs, sub, proto_cos, tags, r.weight,
+                                   proto_prob, kept[r.keep_mix])
             ranked = top_k(scores, max(KS))
             for key, vals in query_metrics(ranked, labels, sub).items():
-                acc = sums.setdefault(name, {}).setdefault(key, np.zeros(len(q)))
+                acc = sums.setdefault(r.name, {}).setdefault(key, np.zeros(len(q)))
                 acc[sel] = vals
     return _summarise(sums, q, attributes)
 
@@ -245,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_TARGET_WEIGHT:g})")
     p.add_argument("--target-weights", default=None,
                    help="comma-separated weights: one prototype row each (to choose one)")
+    p.add_argument("--keep-mix", type=float, default=DEFAULT_KEEP_MIX,
+                   help=f"kept attributes' share of the reference's own embedding, in (0, 1] "
+                        f"(default {DEFAULT_KEEP_MIX:g}; a row of the old default, keep_mix "
+                        f"{OLD_DEFAULT[0]:g} and weight {OLD_DEFAULT[1]:g}, is always added)")
     p.add_argument("--cache", type=Path, default=None, help="keep embeddings in this folder")
     p.add_argument("--json", type=Path)
     p.add_argument("--device", default=None)
@@ -267,6 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from model import load_model
 
     weights = _weights(args)
+    keep_mix = check_keep_mix(args.keep_mix)
     emb = load_model(args.checkpoint, device=args.device, batch_size=args.batch_size)
     protos, cal, where = load_prototypes(emb, args.checkpoint, args.reference, args.cache)
     data = load_split(args.data, args.split)
@@ -280,9 +334,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "(the protocol needs full labels, e.g. a catalog.csv)")
     embs = embed_split(emb, data, attrs, args.cache, progress=True)
     report = evaluate_manipulation(embs, labels, [a.n_values for a in data.attributes],
-                                   protos, attrs, weights, cal)
+                                   protos, attrs, weights, cal, keep_mix=keep_mix)
     report.update(data=str(args.data), split=args.split, checkpoint=str(args.checkpoint),
-                  prototypes=where, target_weights=weights)
+                  prototypes=where, target_weights=weights, keep_mix=keep_mix)
     return report
 
 
@@ -299,5 +353,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["Queries", "evaluate_manipulation", "format_manipulation", "main", "make_queries",
-           "ndcg", "query_metrics", "relevances", "top_k"]
+__all__ = ["OLD_DEFAULT", "Queries", "Run", "evaluate_manipulation", "format_manipulation",
+           "kept_queries", "main", "make_queries", "make_runs", "ndcg", "query_metrics",
+           "relevances", "top_k"]

@@ -1,4 +1,5 @@
-"""Composed queries: each attribute taken from its own reference (an upload or an item)."""
+"""Composed queries: each attribute taken from its own reference (an upload, an item or a
+value's prototype)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..ranking import Reference, combine
 from ..schemas import ComposeForm, QueryInfo, ReferenceInfo, SearchResponse
 from ..settings import Settings
 from ..state import ServiceState, Snapshot, require_attribute
+from ..values import require_values
 from . import V1
 
 router = APIRouter(prefix=f"{V1}/search", tags=["search"])
@@ -48,6 +50,25 @@ async def _upload_vectors(state: ServiceState, snap: Snapshot, settings: Setting
             if ref.image is not None and ref.weight > 0}, cost
 
 
+def _value_references(snap: Snapshot, form: ComposeForm) -> tuple[dict[int, np.ndarray],
+                                                                  list[ReferenceInfo]]:
+    """The prototype of each value reference, by position (422 for an attribute or value
+    the value space lacks, listing the known ones; other references: the served attribute
+    or 422), and every reference as used (values as the value space names them)."""
+    vectors, used = {}, []
+    for i, ref in enumerate(form.references):
+        info = ReferenceInfo(**ref.model_dump())
+        if ref.value is None:
+            require_attribute(snap, ref.attribute)
+        else:
+            proto = require_values(snap.values, ref.attribute).prototype(ref.attribute,
+                                                                         ref.value)
+            vectors[i] = proto.vector
+            info.value = proto.name
+        used.append(info)
+    return vectors, used
+
+
 @router.post(
     "/compose",
     response_model=SearchResponse,
@@ -63,19 +84,20 @@ async def search_compose(
     stored: StoredDep,
 ) -> SearchResponse:
     """Rank by the weighted sum of per-attribute similarities, each attribute's query taken
-    from its reference: an uploaded image (`images`, by position) or an indexed item (its
-    stored embedding), e.g. the neckline of upload 0 with weight 0.6 and the colour of item
+    from its reference: an uploaded image (`images`, by position), an indexed item (its
+    stored embedding) or a value of the attribute (its prototype: `{"attribute": "neckline",
+    "value": "v"}`), e.g. the neckline of upload 0 with weight 0.6 and the colour of item
     `sku-42` with 0.4. Weights are normalised to sum to 1. Each upload goes through the
     model's global trunk once for all the attributes that reference it. With one reference
     the answer is that of the plain search (`/v1/search` or `/v1/search/by-item` with
     `include_self`); reference items are not left out of the results."""
     start = time.perf_counter()
-    ranking = Ranking.of(form.k, form.filters, form.group_by, settings)
+    ranking = Ranking.of(form.k, form.filters, form.group_by, settings,
+                         form.min_confidence, form.facets)
     refs = form.references
-    for ref in refs:
-        require_attribute(snap, ref.attribute)
-    vectors = {i: (await stored.vectors(ref.item_id, [ref.attribute]))[ref.attribute]
-               for i, ref in enumerate(refs) if ref.item_id is not None}
+    vectors, used = _value_references(snap, form)
+    vectors.update({i: (await stored.vectors(ref.item_id, [ref.attribute]))[ref.attribute]
+                    for i, ref in enumerate(refs) if ref.item_id is not None})
     uploaded, cost = await _upload_vectors(state, snap, settings, form)
     vectors.update(uploaded)
     weights, queries = combine([Reference(r.attribute, r.weight, vectors[i])
@@ -86,5 +108,5 @@ async def search_compose(
     timings = search_timings(request, start, ms_since(t), cost)
     query = QueryInfo(source="compose", weights=weights, k=ranking.k,
                       filters=dict(ranking.filters or {}), group_by=ranking.group_by,
-                      references=[ReferenceInfo(**r.model_dump()) for r in refs])
-    return search_response(request, snap, query, hits, timings)
+                      references=used)
+    return search_response(request, snap, query, hits, timings, ranking)

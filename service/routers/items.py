@@ -18,6 +18,7 @@ from indexer.items import Item
 
 from ..deps import ITEM_ID, SettingsDep, SnapshotDep, StoredDep
 from ..errors import error_responses
+from ..facets import tag_infos
 from ..query import image_url
 from ..schemas import ItemResponse, ItemsPage
 from ..uploads import item_image, item_image_file
@@ -39,7 +40,7 @@ PathItem = Annotated[Item, Depends(path_item)]
 
 def _response(request: Request, item: Item) -> ItemResponse:
     return ItemResponse(id=item.id, metadata=dict(item.metadata),
-                        image_url=image_url(request, item.id))
+                        image_url=image_url(request, item.id), tags=tag_infos(item.tags))
 
 
 def _thumbnail(img: Image.Image, max_side: int) -> bytes:
@@ -92,5 +93,5 @@ async def get_item_image(
 @router.get(f"/{ITEM_ID}", response_model=ItemResponse, summary="Get an item",
             responses=error_responses(401, 404, 503))
 async def get_item(request: Request, item: PathItem) -> ItemResponse:
-    """An indexed item's metadata."""
+    """An indexed item's metadata and its tag per tagged attribute."""
     return _response(request, item)

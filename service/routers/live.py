@@ -26,6 +26,7 @@ from ..deps import (
     require_admin_key,
 )
 from ..errors import ApiError, error_responses
+from ..facets import tag_infos
 from ..query import admitted, embed_upload, image_url
 from ..schemas import ItemResponse, LiveChangeResponse, LiveItemForm
 from ..state import Snapshot
@@ -105,9 +106,11 @@ async def put_item(
     metadata: dict[str, object] = dict(form.metadata)
     seq, replaced = await _journal(snap, retry_after, snap.index.put_item, item_id, data,
                                    metadata, up.vectors)
+    stored = await snap.call(snap.index.get, item_id)     # with the tags the index gave it
     return LiveChangeResponse(
         id=item_id, op="put", seq=seq, replaced=replaced,
-        item=ItemResponse(id=item_id, metadata=metadata, image_url=image_url(request, item_id)),
+        item=ItemResponse(id=item_id, metadata=metadata, image_url=image_url(request, item_id),
+                          tags=tag_infos(stored.tags) if stored is not None else {}),
         index_version=snap.version)
 
 

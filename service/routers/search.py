@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Request, UploadFile
 
-from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, StoredDep
+from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, StoredDep, StoredItems
 from ..errors import error_responses
 from ..query import (
     Ranking,
@@ -22,6 +23,8 @@ from ..query import (
 from ..schemas import ImageSearchForm, ItemSearchRequest, MultiSearchForm, QueryInfo, SearchResponse
 from ..settings import Settings
 from ..state import ServiceState, Snapshot, require_attribute
+from ..uploads import prepare_image, read_upload
+from ..values import ButWith
 from . import V1
 
 router = APIRouter(prefix=f"{V1}/search", tags=["search"])
@@ -41,7 +44,30 @@ async def _by_upload(request: Request, state: ServiceState, snap: Snapshot, sett
     query = QueryInfo(source="upload", attribute=next(iter(weights)) if single else None,
                       weights=None if single else weights, k=ranking.k,
                       filters=dict(ranking.filters or {}), group_by=ranking.group_by)
-    return search_response(request, snap, query, hits, timings)
+    return search_response(request, snap, query, hits, timings, ranking)
+
+
+async def _but_with_upload(request: Request, state: ServiceState, snap: Snapshot,
+                           settings: Settings, image: UploadFile, plan: ButWith,
+                           ranking: Ranking) -> SearchResponse:
+    """"Like this, but with": the upload embedded for the kept attributes only (one trunk
+    pass), the targets' prototypes for the others; ranked by every attribute."""
+    start = time.perf_counter()
+    async with admitted(state) as slot:
+        if plan.kept:
+            up = await embed_upload(state, snap, slot, image, settings, plan.kept)
+            own, cost = up.vectors, up
+        else:   # every attribute set: the upload is only checked
+            await prepare_image(await read_upload(image, settings), settings,
+                                snap.embedder.preprocess)
+            own, cost = {}, None
+        t = time.perf_counter()
+        weights, vectors = plan.query(own)
+        hits = await rank(snap, settings, weights, vectors, ranking, single=False)
+        timings = search_timings(request, start, ms_since(t), cost)
+    query = QueryInfo(source="upload", weights=weights, but_with=plan.names(), k=ranking.k,
+                      filters=dict(ranking.filters or {}), group_by=ranking.group_by)
+    return search_response(request, snap, query, hits, timings, ranking)
 
 
 @router.post(
@@ -57,9 +83,16 @@ async def search_by_image(
     state: StateDep,
     snap: SnapshotDep,
 ) -> SearchResponse:
-    """Catalog items whose `attribute` looks most like the uploaded image's."""
-    ranking = Ranking.of(form.k, form.filters, form.group_by, settings)
-    attribute = require_attribute(snap, form.attribute)
+    """Catalog items whose `attribute` looks most like the uploaded image's; with `but_with`
+    instead, items like the upload in every attribute but those set to the given values
+    ("like this, but with a V-neck")."""
+    ranking = Ranking.of(form.k, form.filters, form.group_by, settings,
+                         form.min_confidence, form.facets)
+    if form.but_with is not None:
+        plan = ButWith.of(snap.values, snap.attributes, form.but_with)
+        return await _but_with_upload(request, state, snap, settings, form.image, plan,
+                                      ranking)
+    attribute = require_attribute(snap, form.attribute or "")
     return await _by_upload(request, state, snap, settings, form.image, {attribute: 1.0},
                             ranking, single=True)
 
@@ -79,7 +112,8 @@ async def search_multi(
 ) -> SearchResponse:
     """Rank by the weighted sum of per-attribute similarities (weights normalised to sum 1).
     The image goes through the model's global trunk once for all its attributes."""
-    ranking = Ranking.of(form.k, form.filters, form.group_by, settings)
+    ranking = Ranking.of(form.k, form.filters, form.group_by, settings,
+                         form.min_confidence, form.facets)
     weights = served_weights(form.weights, snap)
     return await _by_upload(request, state, snap, settings, form.image, weights, ranking,
                             single=False)
@@ -98,22 +132,36 @@ async def search_by_item(
     snap: SnapshotDep,
     stored: StoredDep,
 ) -> SearchResponse:
-    """No upload: the item's embedding from the index is the query. Give `attribute` or
-    `weights`; the item itself is left out of the results unless `include_self`."""
+    """No upload: the item's embedding from the index is the query. Give `attribute`,
+    `weights` or `but_with` (every attribute as the item's but those set to the given
+    values); the item itself is left out of the results unless `include_self`."""
     start = time.perf_counter()
-    ranking = Ranking.of(body.k, body.filters, body.group_by, settings)
-    if body.attribute is not None:
-        weights = {require_attribute(snap, body.attribute): 1.0}
-    else:
-        weights = served_weights(body.weights or {}, snap)
+    ranking = Ranking.of(body.k, body.filters, body.group_by, settings,
+                         body.min_confidence, body.facets)
     t = time.perf_counter()
-    vectors = await stored.vectors(body.item_id, list(weights))
+    weights, vectors, plan = await _item_query(body, snap, stored)
     hits = await rank(snap, settings, weights, vectors, ranking,
                       single=body.attribute is not None,
                       exclude_id=None if body.include_self else body.item_id)
     search_ms = ms_since(t)
     query = QueryInfo(source="item", item_id=body.item_id, attribute=body.attribute,
                       weights=None if body.attribute is not None else weights, k=ranking.k,
-                      filters=dict(ranking.filters or {}), group_by=ranking.group_by)
+                      filters=dict(ranking.filters or {}), group_by=ranking.group_by,
+                      but_with=plan.names() if plan is not None else None)
     timings = search_timings(request, start, search_ms)
-    return search_response(request, snap, query, hits, timings)
+    return search_response(request, snap, query, hits, timings, ranking)
+
+
+async def _item_query(body: ItemSearchRequest, snap: Snapshot, stored: StoredItems
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray], ButWith | None]:
+    """Weights and query vectors of a by-item search (with its "but with" plan if any):
+    only the attributes the query keeps are read from the index."""
+    if body.but_with is not None:
+        plan = ButWith.of(snap.values, snap.attributes, body.but_with)
+        weights, vectors = plan.query(await stored.vectors(body.item_id, plan.kept))
+        return weights, vectors, plan
+    if body.attribute is not None:
+        weights = {require_attribute(snap, body.attribute): 1.0}
+    else:
+        weights = served_weights(body.weights or {}, snap)
+    return weights, await stored.vectors(body.item_id, list(weights)), None

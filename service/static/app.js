@@ -1,6 +1,8 @@
 // ASEN++ search page: upload or pick an item, choose an attribute, see results + attention;
 // optionally take another attribute from a second reference (a composed query) and keep one
-// result per group (e.g. per product).
+// result per group (e.g. per product). The query's value for each attribute is shown (an
+// upload's from POST /v1/tag, an item's tags); choosing another value searches "like this,
+// but with" it (but_with).
 "use strict";
 
 (() => {
@@ -9,6 +11,7 @@
   const state = {
     mode: "upload", file: null, itemId: null, offset: 0, total: 0, blobs: [],
     ref2: { on: false, source: "upload", file: null, itemId: null },
+    values: null, valuesToken: 0, valueLists: {}, tagged: new Map(),   // file or item id -> values
   };
 
   // ---------------------------------------------------------------- HTTP helpers
@@ -73,6 +76,13 @@
         opt.value = column;
         opt.textContent = column.replace(/_/g, " ");
         group.appendChild(opt);
+      }
+      state.valueLists = {};
+      for (const a of data.attributes) {
+        const listed = a.facets && a.facets.values;   // a tagged attribute's values
+        if (Array.isArray(listed) && listed.length) {
+          state.valueLists[a.name] = listed.map((v) => (typeof v === "string" ? v : v.value));
+        }
       }
       $("version").textContent = `index ${data.index_version} · model ${data.model.version}`;
       updateButton();
@@ -186,6 +196,7 @@
     $("pane-upload").classList.toggle("hidden", mode !== "upload");
     $("pane-catalog").classList.toggle("hidden", mode !== "catalog");
     if (mode === "catalog" && !$("catalog-grid").children.length) loadCatalog();
+    loadValues();
     updateButton();
   }
 
@@ -197,6 +208,7 @@
     img.hidden = false;
     $("query-caption").textContent = file.name;
     $("overlay-img").hidden = true;
+    loadValues();
     updateButton();
   }
 
@@ -210,7 +222,128 @@
     img.hidden = false;
     $("query-caption").textContent = item.id;
     $("overlay-img").hidden = true;
+    loadValues();
     updateButton();
+  }
+
+  // ---------------------------------------------------------------- the query's values
+  // state.values: attribute -> {value, confidence, source, values, next} of the query now
+  // shown; a select per attribute, its predicted value first chosen.
+  function fromUploadTags(tags) {
+    const out = {};
+    for (const [attr, t] of Object.entries(tags)) {
+      out[attr] = { value: t.value, confidence: t.confidence, source: "prediction",
+        values: t.values, next: t.alternatives };
+    }
+    return out;
+  }
+
+  async function tagImage(blob) {
+    const form = new FormData();
+    form.append("image", blob);
+    return fromUploadTags((await api("v1/tag", { method: "POST", body: form })).tags);
+  }
+
+  // An item's own tags (GET /v1/items/{id}) with the attributes' value lists; without them,
+  // its image tagged as an upload.
+  async function itemValues(itemId) {
+    const item = await api(`v1/items/${encodeURIComponent(itemId)}`);
+    const tags = item.tags || {};
+    const names = Object.keys(tags).filter((a) => state.valueLists[a]);
+    if (names.length) {
+      const out = {};
+      for (const a of names) out[a] = { ...tags[a], values: state.valueLists[a], next: [] };
+      return out;
+    }
+    const res = await fetch(rel(item.image_url), { headers: headers() });
+    if (!res.ok) throw new Error(`HTTP ${res.status} for the item's image`);
+    return tagImage(await res.blob());
+  }
+
+  async function loadValues() {
+    const token = ++state.valuesToken;
+    state.values = null;
+    renderValues();
+    const source = state.mode === "upload" ? state.file : state.itemId;
+    if (!source) return;
+    try {
+      const values = state.tagged.get(source) ||
+        (state.mode === "upload" ? await tagImage(source) : await itemValues(source));
+      state.tagged.set(source, values);
+      if (token !== state.valuesToken) return;   // another query was chosen meanwhile
+      state.values = values;
+      renderValues();
+    } catch (e) {
+      if (token === state.valuesToken) setStatus(`Cannot tag the query: ${e.message}`, true);
+    }
+  }
+
+  function percent(p) { return `${Math.round(100 * p)}%`; }
+
+  function valueRow(attr, tag) {
+    const row = document.createElement("label");
+    row.className = "value-row";
+    row.dataset.attribute = attr;
+    const head = document.createElement("span");
+    head.className = "value-head";
+    const name = document.createElement("span");
+    name.textContent = attr.replace(/_/g, " ");
+    const conf = document.createElement("span");
+    conf.className = "conf";
+    conf.textContent = tag.source === "label" ? "label" : percent(tag.confidence);
+    conf.title = tag.source === "label" ? "the catalog's own label"
+      : "calibrated confidence" + (tag.next && tag.next.length ? "; next: " +
+        tag.next.map((n) => `${n.value} ${percent(n.confidence)}`).join(", ") : "");
+    head.append(name, conf);
+    const select = document.createElement("select");
+    select.id = `value-${attr}`;
+    select.dataset.attribute = attr;
+    select.dataset.predicted = tag.value;
+    for (const v of tag.values.includes(tag.value) ? tag.values : [tag.value, ...tag.values]) {
+      const opt = document.createElement("option");
+      opt.value = v;
+      opt.textContent = v;
+      select.appendChild(opt);
+    }
+    select.value = tag.value;
+    select.addEventListener("change", () => { markChanged(); search(); });
+    row.append(head, select);
+    return row;
+  }
+
+  function renderValues() {
+    const grid = $("values-grid");
+    grid.innerHTML = "";
+    const values = state.values || {};
+    $("values").classList.toggle("hidden", !Object.keys(values).length);
+    for (const [attr, tag] of Object.entries(values)) grid.appendChild(valueRow(attr, tag));
+    const labelled = Object.values(values).some((t) => t.source === "label");
+    $("values-note").textContent = (labelled ? "its labels and predicted values"
+      : "its predicted values") + ": choose another";
+    markChanged();
+  }
+
+  // The attributes set to another value than the query's: the "but with" of a search.
+  function butWith() {
+    const out = {};
+    for (const s of document.querySelectorAll("#values-grid select")) {
+      if (s.value !== s.dataset.predicted) out[s.dataset.attribute] = s.value;
+    }
+    return out;
+  }
+
+  function markChanged() {
+    const targets = butWith();
+    for (const row of document.querySelectorAll("#values-grid .value-row")) {
+      row.classList.toggle("changed", row.dataset.attribute in targets);
+    }
+    $("values-reset").disabled = !Object.keys(targets).length;
+  }
+
+  function resetValues() {
+    for (const s of document.querySelectorAll("#values-grid select")) s.value = s.dataset.predicted;
+    markChanged();
+    if (!$("search").disabled) search();
   }
 
   // ---------------------------------------------------------------- search
@@ -325,40 +458,61 @@
     return form;
   }
 
+  function jsonPost(body) {
+    return { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body) };
+  }
+
+  // The request of a search: "like this, but with" when values were changed (targets), else
+  // a composed query with a second reference, else the plain upload or by-item search.
+  function searchRequest(attribute, k, groupBy, targets) {
+    const extra = groupBy ? { group_by: groupBy } : {};
+    if (Object.keys(targets).length) {
+      if (state.mode !== "upload") {
+        return ["v1/search/by-item", jsonPost({ item_id: state.itemId, but_with: targets, k,
+          ...extra })];
+      }
+      const form = new FormData();
+      form.append("image", state.file);
+      form.append("but_with", JSON.stringify(targets));
+      form.append("k", String(k));
+      if (groupBy) form.append("group_by", groupBy);
+      return ["v1/search", { method: "POST", body: form }];
+    }
+    if (state.ref2.on) {
+      return ["v1/search/compose", { method: "POST", body: composeForm(attribute, k, groupBy) }];
+    }
+    if (state.mode === "upload") {
+      const form = new FormData();
+      form.append("image", state.file);
+      form.append("attribute", attribute);
+      form.append("k", String(k));
+      if (groupBy) form.append("group_by", groupBy);
+      return ["v1/search", { method: "POST", body: form }];
+    }
+    return ["v1/search/by-item", jsonPost({ item_id: state.itemId, attribute, k, ...extra })];
+  }
+
   async function search() {
     const attribute = $("attribute").value;
     const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 12));
     const groupBy = $("group-by").value;
-    const composed = state.ref2.on;
-    const attributes = composed ? [attribute, $("attribute2").value] : [attribute];
+    const targets = butWith();
+    const manipulated = Object.keys(targets).length > 0;
+    const attributes = manipulated ? Object.keys(targets)
+      : state.ref2.on ? [attribute, $("attribute2").value] : [attribute];
     $("search").disabled = true;
     setStatus("Searching…");
     try {
-      let data;
-      if (composed) {
-        data = await api("v1/search/compose", {
-          method: "POST", body: composeForm(attribute, k, groupBy),
-        });
-      } else if (state.mode === "upload") {
-        const form = new FormData();
-        form.append("image", state.file);
-        form.append("attribute", attribute);
-        form.append("k", String(k));
-        if (groupBy) form.append("group_by", groupBy);
-        data = await api("v1/search", { method: "POST", body: form });
-      } else {
-        const body = { item_id: state.itemId, attribute, k };
-        if (groupBy) body.group_by = groupBy;
-        data = await api("v1/search/by-item", {
-          method: "POST",
-          headers: { "Content-Type": "application/json" },
-          body: JSON.stringify(body),
-        });
-      }
+      const [path, options] = searchRequest(attribute, k, groupBy, targets);
+      const data = await api(path, options);
       renderResults(data, attributes);
-      const names = attributes.map((a) => a.replace(/_/g, " ")).join(" + ");
       const per = groupBy ? ` (one per ${groupBy.replace(/_/g, " ")})` : "";
-      setStatus(`${data.results.length} results for ${names}${per}`);
+      const what = manipulated
+        ? "like this, but with " + Object.entries(data.query.but_with || targets)
+          .map(([a, v]) => `${a.replace(/_/g, " ")} ${v}`).join(" and ")
+        : "for " + attributes.map((a) => a.replace(/_/g, " ")).join(" + ");
+      setStatus(`${data.results.length} results ${what}${per}`);
       await explain(attribute);
     } catch (e) {
       setStatus(e.message, true);
@@ -405,6 +559,7 @@
       $("weight2-value").textContent = parseFloat($("weight2").value).toFixed(2);
     });
     $("search").addEventListener("click", search);
+    $("values-reset").addEventListener("click", resetValues);
     $("prev-page").addEventListener("click", () => {
       state.offset = Math.max(0, state.offset - PAGE_SIZE);
       loadCatalog();

@@ -108,6 +108,10 @@ def test_index_staleness(tmp_path):
     (index / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
     assert index_is_current(index, ckpt, catalog)[1].startswith("unreadable manifest")
     (index / "manifest.json").write_text(json.dumps(manifest))
+    assert index_is_current(index, ckpt, catalog) == (False, "built without tags")
+    assert index_is_current(index, ckpt, catalog, tags=False)[0]     # --no-tags: current
+    manifest["tags"] = {"prototypes": "prototypes.json"}
+    (index / "manifest.json").write_text(json.dumps(manifest))
     assert index_is_current(index, ckpt, catalog)[0]
     ckpt.write_bytes(b"other weights")
     assert index_is_current(index, ckpt, catalog) == (False, "built with another checkpoint")

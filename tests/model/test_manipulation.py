@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model.errors import UnknownAttributeError
-from model.manipulation import manipulate, score
+from model.manipulation import kept_vectors, manipulate, score
 from model.prototypes import AttributePrototypes, Prototypes, UnknownValueError, ValuePrototype
 
 V_NECK = np.array([0.0, 1.0], np.float32)
@@ -28,6 +28,12 @@ def test_target_takes_the_prototype_and_the_rest_is_kept():
     np.testing.assert_allclose(score(q, items), [2.0 + 1.0, 0.0 + 1.0], atol=1e-6)
     same = manipulate(QUERY, PROTOS, {"neckline": 1}, attributes=["neckline"])
     assert list(same.vectors) == ["neckline"]
+    unembedded = manipulate({"colour": QUERY["colour"]}, PROTOS, {"neckline": "v"},
+                            target_weight=2.0, attributes=["neckline", "colour"])
+    np.testing.assert_array_equal(unembedded.vectors["neckline"], V_NECK)
+    assert unembedded.weights == q.weights   # a target needs no embedding of its own
+    with pytest.raises(UnknownAttributeError):   # ... but every kept attribute does
+        manipulate({"colour": QUERY["colour"]}, PROTOS, {}, attributes=["neckline", "colour"])
 
 
 def test_unknown_targets_are_refused():
@@ -39,3 +45,58 @@ def test_unknown_targets_are_refused():
         manipulate(QUERY, PROTOS, {"colour": "red"})   # an attribute without prototypes
     with pytest.raises(ValueError, match="positive"):
         manipulate(QUERY, PROTOS, {"neckline": "v"}, target_weight=0)
+
+
+# Two neckline prototypes and a query nearer "round" (cosine 0.8) than "v" (0.6).
+ROUND = np.array([1.0, 0.0], np.float32)
+NEAR_ROUND = np.array([0.8, 0.6], np.float32)
+TWO = Prototypes({"neckline": AttributePrototypes("neckline", (
+    ValuePrototype(0, "round", ROUND, 3, "train"),
+    ValuePrototype(1, "v", V_NECK, 2, "train"))),
+    "colour": AttributePrototypes("colour", (
+        ValuePrototype(0, "red", np.array([0.0, 1.0], np.float32), 4, "train"),))})
+
+
+def test_kept_vectors_mix_the_query_with_its_own_values_prototype():
+    query = {"neckline": NEAR_ROUND, "colour": QUERY["colour"]}
+    q = manipulate(query, TWO, {"colour": "red"}, target_weight=2.0, keep_mix=0.25)
+    want = 0.25 * NEAR_ROUND + 0.75 * ROUND           # round is the nearest, not v
+    np.testing.assert_allclose(q.vectors["neckline"], want / np.linalg.norm(want), atol=1e-6)
+    assert np.linalg.norm(q.vectors["neckline"]) == pytest.approx(1.0)
+    assert q.vectors["neckline"].dtype == np.float32
+    assert q.weights == {"neckline": 1.0, "colour": 2.0}
+    # the default mix is half and half, still unit norm
+    half = manipulate(query, TWO, {"colour": "red"}).vectors["neckline"]
+    np.testing.assert_allclose(half, (NEAR_ROUND + ROUND) / np.linalg.norm(NEAR_ROUND + ROUND),
+                               atol=1e-6)
+    # a kept attribute without prototypes keeps the query's own vector whatever the mix
+    kept = manipulate(QUERY, PROTOS, {"neckline": "v"}, keep_mix=0.25)
+    np.testing.assert_array_equal(kept.vectors["colour"], QUERY["colour"])
+
+
+def test_keep_mix_one_is_the_querys_own_embedding():
+    query = {"neckline": NEAR_ROUND, "colour": QUERY["colour"]}
+    q = manipulate(query, TWO, {"colour": "red"}, target_weight=4.0, keep_mix=1.0)
+    np.testing.assert_array_equal(q.vectors["neckline"], NEAR_ROUND)
+    np.testing.assert_array_equal(q.vectors["colour"], TWO["colour"].get("red").vector)
+    np.testing.assert_array_equal(kept_vectors(NEAR_ROUND[None, :], TWO["neckline"], 1.0),
+                                  NEAR_ROUND[None, :])
+
+
+def test_kept_vectors_batch_matches_one_at_a_time():
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(5, 2)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    batch = kept_vectors(rows, TWO["neckline"], 0.5)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-6)
+    for row, got in zip(rows, batch, strict=True):
+        one = manipulate({"neckline": row}, TWO, {}, keep_mix=0.5).vectors["neckline"]
+        np.testing.assert_allclose(got, one, atol=1e-6)
+
+
+@pytest.mark.parametrize("mix", [0.0, -0.5, 1.5, float("nan")])
+def test_keep_mix_outside_zero_to_one_is_refused(mix):
+    with pytest.raises(ValueError, match="keep_mix"):
+        manipulate(QUERY, PROTOS, {"neckline": "v"}, keep_mix=mix)
+    with pytest.raises(ValueError, match="keep_mix"):
+        kept_vectors(NEAR_ROUND[None, :], TWO["neckline"], mix)

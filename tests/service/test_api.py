@@ -126,7 +126,8 @@ def test_search_by_upload(client, fx):
     assert t["total_ms"] >= t["embed_ms"] and t["batch_size"] >= 1
     assert body["query"] == {"source": "upload", "item_id": None, "attribute": "neckline",
                              "weights": None, "k": 5, "filters": {}, "group_by": None,
-                             "references": None}
+                             "references": None, "but_with": None, "min_confidence": 0.5,
+                             "facets": None}
     manifest = json.loads((fx.index_dir / "manifest.json").read_text())
     assert body["index_version"] == manifest["index_version"]
     assert body["model"]["version"] == manifest["model"]["sha256"][:12]

@@ -261,7 +261,7 @@ def test_compose_with_one_reference_equals_plain_search(client, fx):
         [r["score"] for r in plain], abs=1e-5)
     assert composed["query"]["weights"] == {"neckline": 1.0}
     assert composed["query"]["references"] == [
-        {"attribute": "neckline", "weight": 1.0, "image": 0, "item_id": None}]
+        {"attribute": "neckline", "weight": 1.0, "image": 0, "item_id": None, "value": None}]
     by_item = ok(client.post("/v1/search/by-item", json={
         "item_id": "train-000011", "attribute": "colour", "k": 8, "include_self": True}))
     composed = ok(_compose(client, fx, [{"attribute": "colour", "weight": 2,

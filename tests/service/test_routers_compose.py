@@ -27,8 +27,9 @@ def test_compose_an_upload_and_an_item(app_client, fake_catalog):
     assert query["source"] == "compose" and query["k"] == 6
     assert query["weights"] == {"collar": 0.75, "colour": 0.25}
     assert query["references"] == [
-        {"attribute": "collar", "weight": 0.75, "image": 0, "item_id": None},
-        {"attribute": "colour", "weight": 0.25, "image": None, "item_id": "sku-05"}]
+        {"attribute": "collar", "weight": 0.75, "image": 0, "item_id": None, "value": None},
+        {"attribute": "colour", "weight": 0.25, "image": None, "item_id": "sku-05",
+         "value": None}]
     results = body["results"]
     assert len(results) == 6
     assert [x["score"] for x in results] == sorted((x["score"] for x in results), reverse=True)

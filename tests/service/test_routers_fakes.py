@@ -61,6 +61,7 @@ ROUTES = {
     ("POST", "/v1/search"): "search", ("POST", "/v1/search/multi"): "search",
     ("POST", "/v1/search/by-item"): "search", ("POST", "/v1/search/compose"): "compose",
     ("POST", "/v1/rerank"): "rerank", ("POST", "/v1/explain"): "explain",
+    ("POST", "/v1/tag"): "tag",
     ("GET", "/v1/admin/status"): "admin", ("POST", "/v1/admin/reload"): "admin",
     ("PUT", "/v1/admin/items/{item_id}"): "live", ("DELETE", "/v1/admin/items/{item_id}"): "live",
 }

@@ -39,8 +39,11 @@ def test_list_items_rejects_out_of_range_paging(app_client):
 def test_get_item(app_client):
     r = app_client.get("/v1/items/sku-05")
     assert r.status_code == 200
-    assert r.json() == {"id": "sku-05", "metadata": CATALOG[5][2],
-                        "image_url": "/v1/items/sku-05/image"}
+    body = r.json()
+    assert {k: body[k] for k in ("id", "metadata", "image_url")} == {
+        "id": "sku-05", "metadata": CATALOG[5][2], "image_url": "/v1/items/sku-05/image"}
+    assert sorted(body["tags"]) == ["collar", "colour", "sleeve"]
+    assert body["tags"]["colour"] == {"value": "c5", "confidence": 1.0, "source": "label"}
 
 
 def test_get_unknown_item_is_404(app_client):

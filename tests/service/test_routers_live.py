@@ -29,11 +29,15 @@ def test_put_adds_an_item_searchable_at_once(make_client):
     image = image_bytes(NEW)
     r = _put(client, "sku-new", image, {"category": "top", "product_id": "p-new"})
     assert r.status_code == 200
-    assert r.json() == {"id": "sku-new", "op": "put", "seq": 1, "replaced": False,
-                        "item": {"id": "sku-new",
-                                 "metadata": {"category": "top", "product_id": "p-new"},
-                                 "image_url": "/v1/items/sku-new/image"},
-                        "index_version": INDEX_VERSION}
+    body = r.json()
+    tags = body["item"].pop("tags")
+    assert body == {"id": "sku-new", "op": "put", "seq": 1, "replaced": False,
+                    "item": {"id": "sku-new",
+                             "metadata": {"category": "top", "product_id": "p-new"},
+                             "image_url": "/v1/items/sku-new/image"},
+                    "index_version": INDEX_VERSION}
+    assert sorted(tags) == ["collar", "colour", "sleeve"]          # predicted: no label column
+    assert {t["source"] for t in tags.values()} == {"prediction"}
     assert client.get("/v1/items/sku-new").json()["metadata"]["product_id"] == "p-new"
     assert client.get("/v1/items/sku-new/image").content == image
     found = client.post("/v1/search", data={"attribute": "colour", "k": "1"},

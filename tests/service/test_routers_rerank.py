@@ -24,7 +24,8 @@ def test_rerank_by_upload_orders_candidates_and_lists_unknown_ids(app_client, fa
     body = r.json()
     assert body["query"] == {"source": "upload", "item_id": None, "attribute": "collar",
                              "weights": None, "k": None, "filters": {}, "group_by": None,
-                             "references": None}
+                             "references": None, "but_with": None, "min_confidence": None,
+                             "facets": None}
     results = body["results"]
     assert sorted(x["id"] for x in results) == ["sku-03", "sku-05", "sku-10"]
     assert results[0]["id"] == "sku-03"

@@ -26,7 +26,8 @@ def test_search_by_upload_finds_the_item_with_that_image_first(app_client, fake_
     body = r.json()
     assert body["query"] == {"source": "upload", "item_id": None, "attribute": "collar",
                              "weights": None, "k": 3, "filters": {}, "group_by": None,
-                             "references": None}
+                             "references": None, "but_with": None, "min_confidence": 0.5,
+                             "facets": None}
     results = body["results"]
     assert [x["rank"] for x in results] == [1, 2, 3]
     top = results[0]
@@ -87,8 +88,9 @@ def test_search_unknown_attribute_is_422_listing_the_valid_ones(app_client):
 def test_search_unknown_group_by_column_is_422_listing_the_columns(app_client):
     error = error_of(_search(app_client, {"attribute": "collar", "group_by": "brand"},
                              image_bytes()), 422, "unknown_column")
-    assert error["details"] == {"group_by": "brand",
-                                "valid": ["category", "colour", "product_id"]}
+    assert error["details"] == {"group_by": "brand",     # metadata columns + tagged attributes
+                                "valid": ["category", "collar", "colour", "product_id",
+                                          "sleeve"]}
 
 
 @pytest.mark.parametrize("data", [

@@ -1,7 +1,9 @@
-"""The web page in headless Chromium: upload, pick an attribute, see results and attention.
+"""The web page in headless Chromium: upload, pick an attribute, see results and attention;
+the query's values and "like this, but with".
 
-The first test takes a screenshot of the page (under the test's tmp_path). The README shows
-it as docs/img/webpage.png, which a run updates only when asked to:
+The first test and the "but with" one take a screenshot of the page (under the test's
+tmp_path). The README shows the "but with" one as docs/img/webpage.png, which a run updates
+only when asked to:
 ``ASEN_UPDATE_SCREENSHOT=1 python -m pytest tests/service/test_web_page.py``.
 """
 
@@ -61,7 +63,7 @@ def page(browser):
 
 
 def test_upload_search_shows_results_and_overlay(server, fx, page, tmp_path):
-    """Also screenshots the page (see the module's docstring for updating the README's)."""
+    """Also screenshots the page (under tmp_path only)."""
     pg, errors = page
     pg.goto(server.url + "/")
     pg.wait_for_selector("#attribute option", state="attached")
@@ -89,11 +91,8 @@ def test_upload_search_shows_results_and_overlay(server, fx, page, tmp_path):
         "() => [...document.querySelectorAll('.result-card img')]"
         ".every(i => i.complete && i.naturalWidth > 0)")
     assert pg.evaluate("document.getElementById('overlay-img').naturalWidth") > 0
-    shot = tmp_path / "webpage.png"
-    pg.screenshot(path=str(shot), full_page=False)
+    pg.screenshot(path=str(tmp_path / "webpage.png"), full_page=False)
     assert not errors, errors
-    if UPDATE_SCREENSHOT:
-        shutil.copyfile(shot, SCREENSHOT)
 
 
 def test_pick_catalog_item_and_errors_are_shown(server, page):
@@ -171,4 +170,85 @@ def test_composed_query_with_a_catalog_item_as_second_reference(server, fx, page
     assert api.status_code == 200, api.text
     assert shown == [r["id"] for r in api.json()["results"]]
     assert groups == [r["group"] for r in api.json()["results"]]
+    assert not errors, errors
+
+
+def _shown_values(pg) -> dict[str, str]:
+    return pg.locator("#values-grid select").evaluate_all(
+        "els => Object.fromEntries(els.map(e => [e.dataset.attribute, e.value]))")
+
+
+def test_but_with_control_searches_like_this_but_with_another_value(server, fx, page, tmp_path):
+    """The upload's predicted values are shown (POST /v1/tag); choosing another neckline runs
+    "like this, but with" it (`but_with`) and shows what the API answers; Reset goes back to
+    the plain search. Screenshots the page (see the module's docstring for the README's)."""
+    pg, errors = page
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#attribute option", state="attached")
+    assert pg.locator("#values").is_hidden()
+    with pg.expect_response(lambda r: r.url.endswith("/v1/tag")) as tagged:
+        pg.set_input_files("#file", str(fx.image("test-000001")))
+    tags = tagged.value.json()["tags"]
+    pg.wait_for_selector("#values-grid select")
+    assert _shown_values(pg) == {a: t["value"] for a, t in tags.items()}
+    assert pg.inner_text("#values-grid [data-attribute=neckline] .conf") == \
+        f"{round(100 * tags['neckline']['confidence'])}%"
+    target = next(v for v in tags["neckline"]["values"] if v != tags["neckline"]["value"])
+
+    pg.fill("#k", "8")
+    with pg.expect_response(lambda r: r.url.endswith("/v1/search")) as answer:
+        pg.select_option("#value-neckline", target)
+    assert answer.value.status == 200
+    body = answer.value.json()
+    assert body["query"]["but_with"] == {"neckline": target}
+    pg.wait_for_selector(".result-card")
+    pg.wait_for_function("() => document.querySelectorAll('.result-card').length === 8")
+    shown = pg.locator(".result-card").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert shown == [r["id"] for r in body["results"]]
+    assert f"like this, but with neckline {target}" in pg.inner_text("#status")
+    assert "changed" in pg.get_attribute("#values-grid [data-attribute=neckline]", "class")
+    assert pg.locator(".result-card .meta .hl").first.inner_text() == f"neckline: {target}"
+    if fx.checkpoint == DEMO_CHECKPOINT:   # a trained model: the target value comes first
+        assert [r["metadata"]["neckline"] for r in body["results"][:3]] == [target] * 3
+    pg.wait_for_selector("#overlay-img:not([hidden])")
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('.result-card img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)")
+    shot = tmp_path / "webpage-but-with.png"
+    pg.screenshot(path=str(shot), full_page=False)
+
+    with pg.expect_response(lambda r: r.url.endswith("/v1/search")) as plain:
+        pg.click("#values-reset")
+    assert plain.value.json()["query"]["but_with"] is None
+    assert pg.locator("#values-reset").is_disabled()
+    assert not errors, errors
+    if UPDATE_SCREENSHOT:
+        shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_a_picked_items_values_and_but_with_by_item(server, page):
+    """A catalog item's values (its tags, or its image tagged); another value runs the
+    by-item search with `but_with`, which leaves the item itself out."""
+    pg, errors = page
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#attribute option", state="attached")
+    pg.click("#tab-catalog")
+    pg.wait_for_selector("#catalog-grid button")
+    pg.locator("#catalog-grid button").nth(4).click()
+    picked = pg.locator("#catalog-grid button.picked").get_attribute("data-id")
+    pg.wait_for_selector("#values-grid select")
+    values = _shown_values(pg)
+    item = httpx.get(f"{server.url}/v1/items/{picked}", timeout=30).json()
+    for attribute, tag in (item.get("tags") or {}).items():
+        assert values[attribute] == tag["value"]
+    options = pg.locator("#value-colour option").evaluate_all("els => els.map(e => e.value)")
+    target = next(v for v in options if v != values["colour"])
+    with pg.expect_response(lambda r: r.url.endswith("/v1/search/by-item")) as answer:
+        pg.select_option("#value-colour", target)
+    body = answer.value.json()
+    assert answer.value.status == 200, body
+    assert body["query"]["item_id"] == picked and body["query"]["but_with"] == {"colour": target}
+    pg.wait_for_selector(".result-card")
+    ids = pg.locator(".result-card").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert ids == [r["id"] for r in body["results"]] and picked not in ids
     assert not errors, errors

@@ -10,9 +10,12 @@ import pytest
 from model.manipulation import manipulate, score
 from model.prototypes import compute_prototypes
 from model.training.manipulation_eval import (
+    OLD_DEFAULT,
     Queries,
     evaluate_manipulation,
+    kept_queries,
     make_queries,
+    make_runs,
     method_scores,
     ndcg,
     query_metrics,
@@ -70,9 +73,13 @@ def test_prototype_composition_finds_the_target_and_matches_the_library():
     protos = compute_prototypes({a: emb[:, i] for i, a in enumerate(attrs)},
                                 {a: labels[:, i] for i, a in enumerate(attrs)}, "train")
     rep = evaluate_manipulation(emb, labels, [2, 3], protos, attrs, target_weights=(2.0,))
-    proto, image = rep["methods"]["prototype w=2"]["overall"], rep["methods"]["image"]["overall"]
-    assert proto["ndcg@10/target"] > 0.95 and image["ndcg@10/target"] < 0.6
-    assert proto["hit@10"] > image["hit@10"]
+    assert list(rep["methods"]) == ["image", "tag-filter", "prototype mix=0.5 w=2",
+                                    "prototype mix=1 w=4"]   # the old default beside the new
+    image = rep["methods"]["image"]["overall"]
+    for name in ("prototype mix=0.5 w=2", "prototype mix=1 w=4"):
+        proto = rep["methods"][name]["overall"]
+        assert proto["ndcg@10/target"] > 0.95 and image["ndcg@10/target"] < 0.6
+        assert proto["hit@10"] > image["hit@10"]
     assert rep["methods"]["tag-filter"]["overall"]["ndcg@10/target"] > 0.95
     # the evaluation's vectorised scores are model.manipulation's, query by query
     q = make_queries(labels, [2, 3])
@@ -80,9 +87,33 @@ def test_prototype_composition_finds_the_target_and_matches_the_library():
     cos = np.full((2, 3, len(emb)), -np.inf)
     for i, a in enumerate(attrs):
         cos[i, protos[a].indices()] = protos[a].matrix() @ emb[:, i].T
-    got = method_scores("prototype", emb, refs, q, cos, np.zeros((len(emb), 2), int), 2.0)
-    for j in (0, len(q) // 2, len(q) - 1):
-        mq = manipulate({a: emb[q.ref[j], i] for i, a in enumerate(attrs)}, protos,
-                        {attrs[q.attr[j]]: int(q.value[j])}, target_weight=2.0)
-        want = score(mq, {a: emb[:, i] for i, a in enumerate(attrs)})
-        np.testing.assert_allclose(got[j], want, atol=1e-5)
+    tags = np.zeros((len(emb), 2), int)
+    for mix in (0.5, 1.0):
+        kept = kept_queries(emb[refs], protos, attrs, mix)
+        got = method_scores("prototype", emb, refs, q, cos, tags, 2.0, kept=kept)
+        for j in (0, len(q) // 2, len(q) - 1):
+            mq = manipulate({a: emb[q.ref[j], i] for i, a in enumerate(attrs)}, protos,
+                            {attrs[q.attr[j]]: int(q.value[j])}, target_weight=2.0,
+                            keep_mix=mix)
+            want = score(mq, {a: emb[:, i] for i, a in enumerate(attrs)})
+            np.testing.assert_allclose(got[j], want, atol=1e-5)
+    # without kept vectors the references' own embeddings are used: keep_mix 1
+    own = method_scores("prototype", emb, refs, q, cos, tags, 2.0)
+    np.testing.assert_allclose(own, method_scores(
+        "prototype", emb, refs, q, cos, tags, 2.0, kept=kept_queries(emb[refs], protos, attrs,
+                                                                      1.0)), atol=1e-6)
+
+
+def test_runs_sweep_the_weights_at_the_keep_mix_and_keep_the_old_default_once():
+    names = [r.name for r in make_runs([1.0, 2.75], 0.5, prob=True)]
+    assert names == ["image", "tag-filter", "prototype mix=0.5 w=1", "prototype mix=0.5 w=2.75",
+                     "prototype mix=1 w=4", "prototype-prob mix=0.5 w=1",
+                     "prototype-prob mix=0.5 w=2.75", "prototype-prob mix=1 w=4"]
+    old = make_runs([2.0, OLD_DEFAULT[1]], OLD_DEFAULT[0], prob=False)
+    assert [r.name for r in old] == ["image", "tag-filter", "prototype mix=1 w=2",
+                                     "prototype mix=1 w=4"]
+    emb, labels = _clustered()
+    protos = compute_prototypes({"a": emb[:, 0], "b": emb[:, 1]},
+                                {"a": labels[:, 0], "b": labels[:, 1]}, "train")
+    with pytest.raises(ValueError, match="keep_mix"):
+        evaluate_manipulation(emb, labels, [2, 3], protos, ["a", "b"], keep_mix=0.0)

@@ -68,8 +68,11 @@ def test_manipulation_task(ckpt: Path, data: Path, tmp_path: Path):
     # 24 references x 2 attributes whose other value exists (the other 4 never vary)
     assert rep["queries"] == 48
     assert rep["queries_per_attribute"]["sleeve_length"] == 24
-    assert set(rep["methods"]) == {"image", "tag-filter", "prototype w=1", "prototype w=2",
-                                   "prototype-prob w=1", "prototype-prob w=2"}
+    assert set(rep["methods"]) == {  # the weights at the default keep_mix, and the old default
+        "image", "tag-filter", "prototype mix=0.5 w=1", "prototype mix=0.5 w=2",
+        "prototype mix=1 w=4", "prototype-prob mix=0.5 w=1", "prototype-prob mix=0.5 w=2",
+        "prototype-prob mix=1 w=4"}
+    assert rep["keep_mix"] == 0.5 and rep["target_weights"] == [1.0, 2.0]
     assert {"hit@10", "hit@30", "ndcg@10/target", "ndcg@30/others"} <= set(
         rep["methods"]["image"]["overall"])
 
@@ -82,6 +85,9 @@ def test_clear_errors(data: Path, tmp_path: Path, capsys):
     assert evaluate_main(["--task", "manipulation", "--data", str(data), "--checkpoint",
                           str(bare), "--target-weight", "-1"]) == 1
     assert "positive" in capsys.readouterr().err
+    assert evaluate_main(["--task", "manipulation", "--data", str(data), "--checkpoint",
+                          str(bare), "--keep-mix", "1.5"]) == 1
+    assert "keep_mix must be in (0, 1]" in capsys.readouterr().err
     assert evaluate_main(["--task", "tagging", "--data", str(data), "--checkpoint",
                           str(bare), "--knn", "3"]) == 2      # kNN needs --reference
     with pytest.raises(SystemExit) as exc:
