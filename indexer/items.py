@@ -88,48 +88,45 @@ def metadata_json(metadata: Mapping[str, object]) -> str:
 
 
 # -- writing -----------------------------------------------------------------------------------
-def write_items(folder: Path, rows: Iterable[ItemRow]) -> int:
-    """Create `folder/items.sqlite` from (row, id, image, metadata, sha256) and fsync it;
-    returns the count."""
+def _bulk_write(folder: Path, statements: Sequence[str], insert: str,
+                rows: Iterable[tuple[object, ...]], after: Sequence[str] = ()) -> int:
+    """Run `statements`, insert `rows` with `insert`, then `after`, into `folder/items.sqlite`
+    without a journal, and fsync the file; returns the rows inserted."""
     path = folder / ITEMS_DB
     con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA journal_mode=OFF")
         con.execute("PRAGMA synchronous=OFF")
-        con.execute(ITEMS_SCHEMA)
-        cur = con.executemany(
-            "INSERT INTO items(row, id, image, metadata, sha256) VALUES (?, ?, ?, ?, ?)",
-            ((int(r), i, img, metadata_json(meta), sha) for r, i, img, meta, sha in rows))
-        count = cur.rowcount
+        for sql in statements:
+            con.execute(sql)
+        count = con.executemany(insert, rows).rowcount
+        for sql in after:
+            con.execute(sql)
         con.commit()
     finally:
         con.close()
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
     return count
+
+
+def write_items(folder: Path, rows: Iterable[ItemRow]) -> int:
+    """Create `folder/items.sqlite` from (row, id, image, metadata, sha256) and fsync it;
+    returns the count."""
+    return _bulk_write(
+        folder, [ITEMS_SCHEMA],
+        "INSERT INTO items(row, id, image, metadata, sha256) VALUES (?, ?, ?, ?, ?)",
+        ((int(r), i, img, metadata_json(meta), sha) for r, i, img, meta, sha in rows))
 
 
 def write_tags(folder: Path, rows: Iterable[TagRow]) -> int:
     """Add the tags table to `folder/items.sqlite` (written by write_items) and fsync it;
     returns the count."""
-    path = folder / ITEMS_DB
-    con = sqlite3.connect(path)
-    try:
-        con.execute("PRAGMA journal_mode=OFF")
-        con.execute("PRAGMA synchronous=OFF")
-        con.execute(TAGS_SCHEMA)
-        cur = con.executemany(
-            "INSERT INTO tags(row, attribute, value, value_key, confidence, source) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            ((int(r), a, v, value_key(v), float(c), s) for r, a, v, c, s in rows))
-        count = cur.rowcount
-        con.execute(TAGS_INDEX)
-        con.commit()
-    finally:
-        con.close()
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-    return count
+    return _bulk_write(
+        folder, [TAGS_SCHEMA],
+        "INSERT INTO tags(row, attribute, value, value_key, confidence, source) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        ((int(r), a, v, value_key(v), float(c), s) for r, a, v, c, s in rows), [TAGS_INDEX])
 
 
 def facet_sql(attribute: str, min_confidence: float, where: str = "1",
