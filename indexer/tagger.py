@@ -56,9 +56,7 @@ class ItemTagger:
         self.prototypes = prototypes
         self.calibration = calibration
         self._tagger = Tagger(prototypes, calibration)
-        self._names = {a: np.array([p.name for p in ap.values], dtype=object)
-                       for a, ap in prototypes.attributes.items()}
-        self._known = {a: {p.name.strip().casefold(): p.name for p in ap.values}
+        self._known = {a: {p.name.strip().casefold(): p.value for p in ap.values}
                        for a, ap in prototypes.attributes.items()}
 
     @property
@@ -67,22 +65,22 @@ class ItemTagger:
 
     def table(self, attribute: str, embeddings: np.ndarray,
               metadata: Sequence[Mapping[str, object]]) -> TagTable:
-        """One attribute's tags of N items: embeddings [N, D] unit-norm, metadata [N]."""
+        """One attribute's tags of N items: embeddings [N, D] unit-norm, metadata [N].
+        Predictions and known labels are `Tagger.tag`'s; a label of no known value is kept
+        as written."""
         n = len(metadata)
         if n == 0:
             return TagTable(attribute, [], np.zeros(0, np.float32), np.zeros(0, bool))
-        probs = self._tagger.probabilities(attribute, embeddings)
-        best = probs.argmax(axis=1)
-        conf = probs[np.arange(n), best].astype(np.float32)
-        values: list[str] = list(self._names[attribute][best])
-        is_label = np.zeros(n, dtype=bool)
         known = self._known[attribute]
-        for i, meta in enumerate(metadata):
-            text = label_text(meta, attribute)
-            if text is not None:
-                values[i] = known.get(text.casefold(), text)
-                is_label[i] = True
-        conf[is_label] = 1.0
+        texts = [label_text(meta, attribute) for meta in metadata]
+        column = self._tagger.tag(attribute, embeddings,
+                                  [-1 if t is None else known.get(t.casefold(), -1)
+                                   for t in texts])
+        values, conf = list(column.names), column.confidences.copy()
+        is_label = column.is_label.copy()
+        for i, text in enumerate(texts):
+            if text is not None and not is_label[i]:     # a value the prototypes lack
+                values[i], conf[i], is_label[i] = text, 1.0, True
         return TagTable(attribute, values, conf, is_label)
 
     def tables(self, embeddings: Mapping[str, np.ndarray],
