@@ -8,6 +8,7 @@ only, like indexer/items.py, which stores them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,4 +47,19 @@ def value_key(value: str) -> str:
     return str(value).strip().casefold()
 
 
-__all__ = ["FacetCount", "SOURCES", "Tag", "TagSource", "value_key"]
+def count_tags(tags: Iterable[Tag | None], min_confidence: float,
+               base: Iterable[FacetCount] = ()) -> list[FacetCount]:
+    """Facet counts of `tags` (None: an item without one) at `min_confidence` or more, added
+    to `base`; one count per value key, in key order."""
+    counts = {value_key(f.value): f for f in base}
+    for tag in tags:
+        if tag is None or tag.confidence < min_confidence:
+            continue
+        key = value_key(tag.value)
+        f = counts.get(key) or FacetCount(tag.value, 0, 0)
+        counts[key] = FacetCount(f.value, f.labelled + tag.is_label,
+                                 f.predicted + (not tag.is_label))
+    return [counts[k] for k in sorted(counts)]
+
+
+__all__ = ["FacetCount", "SOURCES", "Tag", "TagSource", "count_tags", "value_key"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from indexer.items import Item
-from indexer.tags import FacetCount, Tag, value_key
+from indexer.tags import FacetCount, Tag, count_tags
 
 from .protocols import CatalogIndexLike
 from .schemas import AttributeFacets, FacetValue, TagInfo
@@ -45,16 +45,6 @@ def index_facets(index: CatalogIndexLike, attributes: Sequence[str],
 def item_facets(items: Sequence[Item], attributes: Sequence[str],
                 min_confidence: float) -> dict[str, AttributeFacets]:
     """Facet counts of the tags of `items` (a search's top N) per attribute."""
-    out = {}
-    for a in attributes:
-        counts: dict[str, FacetCount] = {}
-        for item in items:
-            tag = item.tags.get(a)
-            if tag is None or tag.confidence < min_confidence:
-                continue
-            key = value_key(tag.value)
-            c = counts.get(key) or FacetCount(tag.value, 0, 0)
-            counts[key] = FacetCount(c.value, c.labelled + tag.is_label,
-                                     c.predicted + (not tag.is_label))
-        out[a] = attribute_facets([counts[k] for k in sorted(counts)], len(items))
-    return out
+    return {a: attribute_facets(count_tags((item.tags.get(a) for item in items),
+                                           min_confidence), len(items))
+            for a in attributes}

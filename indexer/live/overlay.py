@@ -26,7 +26,7 @@ from indexer.filters import FilterKey, Filters, filter_key, filter_sql
 from indexer.items import Hit, Item, metadata_json
 from indexer.live.journal import Entry, Journal, JournalError
 from indexer.tagger import ItemTagger
-from indexer.tags import FacetCount, Tag, value_key
+from indexer.tags import FacetCount, Tag, count_tags, value_key
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +186,8 @@ class LiveView:
         if not self.items:
             return base
         wanted = None if rows is None else {int(r) for r in rows if r >= LIVE_ROW0}
-        counts = {value_key(f.value): f for f in base}
-        for li in self.items.values():
-            tag = li.item.tags.get(attribute)
-            if tag is None or tag.confidence < min_confidence or (
-                    wanted is not None and li.item.row not in wanted):
-                continue
-            key = value_key(tag.value)
-            f = counts.get(key) or FacetCount(tag.value, 0, 0)
-            counts[key] = FacetCount(f.value, f.labelled + tag.is_label,
-                                     f.predicted + (not tag.is_label))
-        return [counts[k] for k in sorted(counts)]
+        return count_tags((li.item.tags.get(attribute) for li in self.items.values()
+                           if wanted is None or li.item.row in wanted), min_confidence, base)
 
     def merge_embeddings(self, found: dict[str, Item], ids: Sequence[str],
                          attributes: Sequence[str], base_vectors: BaseVectors, dim: int
