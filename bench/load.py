@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multi-attributes", type=int, default=3, metavar="N",
                    help="compare an N-attribute query with a 1-attribute one (3; 0: skip)")
     p.add_argument("--api-key", default=os.environ.get("ASEN_API_KEY"))
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the spawned servers only (repeatable; "
+                   "the bare embed keeps this process's environment)")
     p.add_argument("--json", type=Path, help="write all numbers here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     args = p.parse_args(argv)
@@ -329,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= c <= 256:
             p.error("concurrency must be 1..256")
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    server_env = {}
+    for pair in args.server_env:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            p.error(f"--server-env {pair!r}: expected NAME=VALUE")
+        server_env[name] = value
 
     results: list[LevelResult] = []
     single: dict[str, dict] = {}
@@ -363,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 srv = ServerProcess({"ASEN_INDEX_DIR": str(setup["index_dir"]),
                                      "ASEN_RELOAD_INTERVAL_S": "0", "ASEN_QUEUE_MAX": "256",
                                      **({"ASEN_API_KEY": args.api_key} if args.api_key else {}),
-                                     **env}, log_dir=Path(tmp))
+                                     **server_env, **env}, log_dir=Path(tmp))
                 with srv:
                     srv.wait(timeout=300)
                     for c in args.concurrency:

@@ -24,13 +24,17 @@ _api_key_header = APIKeyHeader(
 _bearer = HTTPBearer(auto_error=False, description="Same key as X-API-Key, as a bearer token.")
 
 
-def app_settings(request: Request) -> Settings:
+# The dependencies below are ``async def`` although they never await: FastAPI runs a plain
+# ``def`` dependency on its thread pool, a thread hand-off per dependency per request.
+
+
+async def app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def app_state(request: Request) -> ServiceState:
+async def app_state(request: Request) -> ServiceState:
     """The app's model/index holder."""
     state: ServiceState = request.app.state.service
     return state
@@ -79,7 +83,7 @@ class StoredItems:
     """Indexed items of the request's snapshot, by id: the item, or its stored vectors (the
     query of /by-item, /rerank, /explain and composed references); 404 for an unknown id."""
 
-    def __init__(self, snap: SnapshotDep) -> None:
+    def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
 
     async def item(self, item_id: str) -> Item:
@@ -98,7 +102,12 @@ class StoredItems:
         return {a: stored[a][0] for a in attributes}
 
 
-StoredDep = Annotated[StoredItems, Depends()]
+async def stored_items(snap: SnapshotDep) -> StoredItems:
+    """The request snapshot's :class:`StoredItems`."""
+    return StoredItems(snap)
+
+
+StoredDep = Annotated[StoredItems, Depends(stored_items)]
 HeaderKey = Annotated[str | None, Security(_api_key_header)]
 BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 

@@ -63,6 +63,34 @@ def weighted_fetch(index: CatalogIndexLike, weights: dict[str, float],
     return fetch
 
 
+Rescore = Callable[[Mapping[str, np.ndarray]], np.ndarray]   # stored vectors -> [N] scores
+
+
+def rescored_fetch(index: CatalogIndexLike, weights: dict[str, float],
+                   vectors: dict[str, np.ndarray], filters: Filters | None, k: int,
+                   rescore: Rescore, pool: int) -> Fetch:
+    """Candidates by the weighted sum of per-attribute similarities (at least ``pool``),
+    ranked by ``rescore`` of their stored vectors of every attribute (a "but with" query:
+    service/values.py; a score of -inf leaves the item out); each hit keeps its
+    per-attribute similarities."""
+    attributes = list(weights)
+
+    def fetch(depth: int) -> Sequence[Hit]:
+        width = max(depth, pool)
+        hits = index.search_many(weights, vectors, width, filters,
+                                 candidates=max(10 * k, 100, width))
+        if not hits:
+            return []
+        items, stored = index.embeddings([h.item.id for h in hits], attributes)
+        similarities = {h.item.id: h.scores for h in hits}
+        scores = rescore(stored)
+        order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])]
+        return [Hit(items[i], float(scores[i]), similarities.get(items[i].id, {}))
+                for i in order[:depth]]
+
+    return fetch
+
+
 def index_limit(index: CatalogIndexLike, attributes: Sequence[str]) -> int:
     """The most hits a query on these attributes can have."""
     return max(int(index.size(a)) for a in attributes)

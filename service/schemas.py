@@ -382,11 +382,13 @@ ButWith = Annotated[dict[Annotated[str, StringConstraints(max_length=256),
                     Field(min_length=1, max_length=MAX_REFERENCES)]
 FormButWith = Annotated[Json[ButWith] | None, BeforeValidator(_blank_is_none)]
 _BUT_WITH_DOC = (
-    '"Like this, but with": JSON object attribute -> value, e.g. {"neckline": "v"}. Ranks by '
-    "every attribute of the index: for the others (weight 1) the query's own embedding mixed "
-    f"with its value's prototype (keep_mix {DEFAULT_KEEP_MIX:g}), the value's prototype "
-    f"(weight {DEFAULT_TARGET_WEIGHT:g}) for these; weights normalised to sum to 1, as the "
-    "composed query with those references. Instead of `attribute`/`weights`.")
+    '"Like this, but with": JSON object attribute -> value, e.g. {"neckline": "v"}. '
+    "Candidates by every attribute of the index: for the others (weight 1) the query's own "
+    f"embedding mixed with its value's prototype (keep_mix {DEFAULT_KEEP_MIX:g}), the value's "
+    f"prototype (weight {DEFAULT_TARGET_WEIGHT:g}) for these, as the composed query with those "
+    "references; ranked by the kept attributes' similarity plus their tag agreement with the "
+    "query and the items' probability of the target values (docs/API.md). Instead of "
+    "`attribute`/`weights`.")
 
 
 # ---------------------------------------------------------------- requests

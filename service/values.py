@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from model.manipulation import DEFAULT_TARGET_WEIGHT, manipulate
+from model.manipulation import (
+    DEFAULT_POOL,
+    DEFAULT_TARGET_WEIGHT,
+    agreement_of,
+    agreement_scores,
+    manipulate,
+    same_item,
+)
 from model.prototypes import AttributePrototypes, Prototypes, UnknownValueError, ValuePrototype
 from model.tagging import Calibration, Tagger
 
@@ -188,17 +195,43 @@ class ButWith:
         """attribute -> the target value's name, as the value space spells it."""
         return {a: p.name for a, p in self.targets.items()}
 
-    def query(self, own: Mapping[str, np.ndarray],
-              target_weight: float = DEFAULT_TARGET_WEIGHT
-              ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Weights (normalised to sum to 1) and query vectors, ``own`` holding the query's
-        embeddings of :attr:`kept` (:func:`model.manipulation.manipulate`)."""
+    def query(self, own: Mapping[str, np.ndarray], *, leave_out_same: bool = True,
+              target_weight: float = DEFAULT_TARGET_WEIGHT) -> ButWithQuery:
+        """The query of ``own``, the query's embeddings of :attr:`kept`
+        (:func:`model.manipulation.manipulate`, ranked by
+        :func:`model.manipulation.agreement_scores`); ``leave_out_same``: without the items
+        that are the query's own (:func:`model.manipulation.same_item`: an upload of a
+        catalog image; a by-item search leaves its item out by id instead)."""
         mq = manipulate(own, self.space.prototypes, self.names(), target_weight,
                         attributes=self.attributes)
         total = sum(mq.weights.values())
-        return {a: w / total for a, w in mq.weights.items()}, mq.vectors
+        stage = agreement_of(mq, own, self.space.tagger)
+        tagger = self.space.tagger
+
+        def rescore(items: Mapping[str, np.ndarray]) -> np.ndarray:
+            scores = agreement_scores(mq, stage, items, tagger)
+            if leave_out_same:
+                scores[same_item(own, items)] = -np.inf
+            return scores
+
+        return ButWithQuery(self.names(), {a: w / total for a, w in mq.weights.items()},
+                            mq.vectors, rescore)
 
 
-__all__ = ["ButWith", "CheckpointValues", "ValueScore", "ValueSpace", "ValuesSource",
-           "load_value_space", "require_values", "unknown_attribute", "unknown_value",
-           "value_vectors"]
+@dataclass(frozen=True)
+class ButWithQuery:
+    """A "like this, but with" query: its targets (attribute -> value name), the weights
+    (summing to 1) and vectors whose weighted inner products gather at least ``pool``
+    candidates, and ``rescore``, which ranks them from their stored vectors of every
+    attribute (-inf: an item to leave out)."""
+
+    names: dict[str, str]
+    weights: dict[str, float]
+    vectors: dict[str, np.ndarray]
+    rescore: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    pool: int = DEFAULT_POOL
+
+
+__all__ = ["ButWith", "ButWithQuery", "CheckpointValues", "ValueScore", "ValueSpace",
+           "ValuesSource", "load_value_space", "require_values", "unknown_attribute",
+           "unknown_value", "value_vectors"]

@@ -21,7 +21,13 @@ The gallery is the whole split (the reference included). Methods:
   weight 4: the reference's own embeddings) beside them;
 - ``prototype-prob``: the same, with the target term the item's calibrated tag probability of
   the target value (:meth:`model.tagging.Tagger.probabilities`, a softmax over the cosines to
-  the attribute's prototypes) instead of the raw cosine to the prototype (the same rows).
+  the attribute's prototypes) instead of the raw cosine to the prototype (the same rows);
+- ``agreement``: what the service ranks by (:func:`model.manipulation.agreement_scores`): the
+  ``prototype`` score at the default weight gathers the top ``pool`` candidates, ranked by the
+  kept attributes' cosines plus ``agreement`` times the probability that item and reference
+  share each kept attribute's value, plus ``target_weight`` times the item's probability of the
+  target value (one row, at the defaults or ``--agreement`` / ``--rank-target-weight``);
+  like the service it leaves out the reference itself.
 
 Top-k accuracy: a query is a hit when one of its top k carries all the target labels. NDCG@k
 (ADDE's ``compute_NDCG``): gain ``2^rel - 1`` discounted by ``log(rank + 1)``, normalised by k
@@ -42,8 +48,12 @@ from typing import Any
 import numpy as np
 
 from model.manipulation import (
+    DEFAULT_AGREEMENT,
     DEFAULT_KEEP_MIX,
+    DEFAULT_POOL,
+    DEFAULT_RANK_TARGET_WEIGHT,
     DEFAULT_TARGET_WEIGHT,
+    SAME_ITEM_COSINE,
     check_keep_mix,
     kept_vectors,
 )
@@ -55,7 +65,7 @@ from model.training.report_output import emit_report
 from model.training.tagging_eval import load_prototypes
 
 KS = (10, 30)
-METHODS = ("image", "tag-filter", "prototype", "prototype-prob")
+METHODS = ("image", "tag-filter", "prototype", "prototype-prob", "agreement")
 PARTS = ("all", "target", "others")
 # The default before keep_mix (docs/RESULTS.md): the reference's own embeddings, weight 4.
 OLD_DEFAULT = (1.0, 4.0)
@@ -181,41 +191,88 @@ def method_scores(method: str, emb: np.ndarray, refs: np.ndarray, q: Queries,
 
 
 @dataclass(frozen=True)
+class AgreementRun:
+    """The ``agreement`` method's weights and candidate pool."""
+
+    agreement: float = DEFAULT_AGREEMENT
+    target_weight: float = DEFAULT_RANK_TARGET_WEIGHT
+    pool: int = DEFAULT_POOL
+
+
+def agreement_method_scores(emb: np.ndarray, refs: np.ndarray, q: Queries, kept: np.ndarray,
+                            proto_cos: np.ndarray, proto_prob: np.ndarray,
+                            run: AgreementRun) -> np.ndarray:
+    """[Q, N] scores of the ``agreement`` method; -inf outside each query's pool (the top
+    ``run.pool`` of the ``prototype`` score at :data:`DEFAULT_TARGET_WEIGHT`) and for the
+    items that are the reference's own (:func:`model.manipulation.same_item` of its kept
+    attributes: the reference itself)."""
+    per = np.einsum("rad,nad->arn", kept, emb)                           # [A, R, N]
+    local = np.searchsorted(refs, q.ref)
+    linear = per.sum(axis=0)[local] - per[q.attr, local]
+    pool = linear + DEFAULT_TARGET_WEIGHT * proto_cos[q.attr, q.value]
+    agree = np.einsum("avr,avn->arn", proto_prob[:, :, refs], proto_prob)  # [A, R, N]
+    kept_agree = agree.sum(axis=0)[local] - agree[q.attr, local]
+    scores = linear + run.agreement * kept_agree + run.target_weight * proto_prob[q.attr, q.value]
+    close = np.einsum("rad,nad->arn", emb[refs], emb) >= SAME_ITEM_COSINE    # [A, R, N]
+    same = close.sum(axis=0)[local] - close[q.attr, local] == emb.shape[1] - 1
+    scores[same] = -np.inf           # the reference itself, left out as the service does
+    if run.pool >= scores.shape[1]:
+        return scores
+    cut = np.argpartition(-pool, run.pool, axis=1)[:, :run.pool]
+    out = np.full_like(scores, -np.inf)
+    np.put_along_axis(out, cut, np.take_along_axis(scores, cut, axis=1), axis=1)
+    return out
+
+
+@dataclass(frozen=True)
 class Run:
     """One row of the table: a method, its target weight and keep_mix."""
 
     method: str
     weight: float = 0.0
     keep_mix: float = 1.0
+    agreement: AgreementRun | None = None
 
     @property
     def name(self) -> str:
         if self.method in ("image", "tag-filter"):
             return self.method
+        if self.agreement is not None:
+            a = self.agreement
+            return f"{self.method} mix={self.keep_mix:g} b={a.agreement:g} w={a.target_weight:g}"
         return f"{self.method} mix={self.keep_mix:g} w={self.weight:g}"
 
 
-def make_runs(target_weights: Sequence[float], keep_mix: float, prob: bool) -> list[Run]:
+def make_runs(target_weights: Sequence[float], keep_mix: float, prob: bool,
+              agreement: AgreementRun | None = None) -> list[Run]:
     """image, tag-filter, then per prototype method one row per target weight at
-    ``keep_mix`` and the old default's row (:data:`OLD_DEFAULT`) unless one of them is it."""
+    ``keep_mix`` and the old default's row (:data:`OLD_DEFAULT`) unless one of them is it;
+    with ``prob`` (a calibration) also the ``agreement`` row."""
     pairs = [(keep_mix, float(w)) for w in target_weights]
     if OLD_DEFAULT not in pairs:
         pairs.append(OLD_DEFAULT)
     methods = ("prototype", "prototype-prob") if prob else ("prototype",)
-    return [Run("image"), Run("tag-filter")] + [Run(m, w, mix) for m in methods
+    runs = [Run("image"), Run("tag-filter")] + [Run(m, w, mix) for m in methods
                                                 for mix, w in pairs]
+    if prob:
+        runs.append(Run("agreement", keep_mix=keep_mix, agreement=agreement or AgreementRun()))
+    return runs
 
 
 def evaluate_manipulation(emb: np.ndarray, labels: np.ndarray, n_values: Sequence[int],
                           protos: Prototypes, attributes: Sequence[str],
                           target_weights: Sequence[float] = (DEFAULT_TARGET_WEIGHT,),
                           calibration: Calibration | None = None, chunk: int = 64,
-                          keep_mix: float = DEFAULT_KEEP_MIX) -> dict[str, Any]:
+                          keep_mix: float = DEFAULT_KEEP_MIX,
+                          agreement: AgreementRun | None = None,
+                          without_reference: bool = False) -> dict[str, Any]:
     """Per method (and per keep_mix and target weight for the prototype methods,
     :func:`make_runs`): mean metrics overall and per target attribute. ``emb``: [N, A, D];
-    ``labels``: [N, A]; ``calibration``: the tags' temperatures (``prototype-prob`` is run
-    only with one)."""
-    runs = make_runs(target_weights, check_keep_mix(keep_mix), calibration is not None)
+    ``labels``: [N, A]; ``calibration``: the tags' temperatures (``prototype-prob`` and
+    ``agreement`` are run only with one); ``without_reference``: no method may rank a query's
+    reference (ADDE's gallery holds it)."""
+    runs = make_runs(target_weights, check_keep_mix(keep_mix), calibration is not None,
+                     agreement)
     q = make_queries(labels, n_values)
     tagger = Tagger(protos, calibration)
     tags = np.stack([tagger.tag(a, emb[:, i]).values for i, a in enumerate(attributes)], 1)
@@ -233,8 +290,15 @@ def evaluate_manipulation(emb: np.ndarray, labels: np.ndarray, n_values: Sequenc
         kept = {mix: kept_queries(emb[refs], protos, attributes, mix)
                 for mix in {r.keep_mix for r in runs}}
         for r in runs:
-            scores = method_scores(r.method, emb, refs, sub, proto_cos, tags, r.weight,
-                                   proto_prob, kept[r.keep_mix])
+            if r.agreement is not None:
+                scores = agreement_method_scores(emb, refs, sub, kept[r.keep_mix], proto_cos,
+                                                 proto_prob, r.agreement)
+            else:
+                scores = method_scores(r.method, emb, refs, sub, proto_cos, tags, r.weight,
+                                       proto_prob, kept[r.keep_mix])
+            if without_reference:
+                scores = np.array(scores, dtype=np.float64)
+                scores[np.arange(len(sub)), sub.ref] = -np.inf
             ranked = top_k(scores, max(KS))
             for key, vals in query_metrics(ranked, labels, sub).items():
                 acc = sums.setdefault(r.name, {}).setdefault(key, np.zeros(len(q)))
@@ -298,6 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"kept attributes' share of the reference's own embedding, in (0, 1] "
                         f"(default {DEFAULT_KEEP_MIX:g}; a row of the old default, keep_mix "
                         f"{OLD_DEFAULT[0]:g} and weight {OLD_DEFAULT[1]:g}, is always added)")
+    p.add_argument("--agreement", type=float, default=DEFAULT_AGREEMENT,
+                   help=f"the agreement row's weight of each kept attribute's value agreement "
+                        f"(default {DEFAULT_AGREEMENT:g})")
+    p.add_argument("--rank-target-weight", type=float, default=DEFAULT_RANK_TARGET_WEIGHT,
+                   help=f"the agreement row's weight of the target value's probability "
+                        f"(default {DEFAULT_RANK_TARGET_WEIGHT:g})")
+    p.add_argument("--pool", type=int, default=DEFAULT_POOL,
+                   help=f"candidates the agreement row ranks (default {DEFAULT_POOL})")
+    p.add_argument("--without-reference", action="store_true",
+                   help="leave each query's reference out of every method's results (ADDE's "
+                        "gallery holds it, and image-only search ranks it first)")
     p.add_argument("--cache", type=Path, default=None, help="keep embeddings in this folder")
     p.add_argument("--json", type=Path)
     p.add_argument("--device", default=None)
@@ -333,10 +408,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{args.data} {args.split}: no image is labelled for every attribute "
                          "(the protocol needs full labels, e.g. a catalog.csv)")
     embs = embed_split(emb, data, attrs, args.cache, progress=True)
+    if args.agreement < 0 or not args.rank_target_weight > 0 or args.pool < 1:
+        raise ValueError("need --agreement >= 0, --rank-target-weight > 0 and --pool >= 1")
+    agreement = AgreementRun(args.agreement, args.rank_target_weight, args.pool)
     report = evaluate_manipulation(embs, labels, [a.n_values for a in data.attributes],
-                                   protos, attrs, weights, cal, keep_mix=keep_mix)
+                                   protos, attrs, weights, cal, keep_mix=keep_mix,
+                                   agreement=agreement, without_reference=args.without_reference)
     report.update(data=str(args.data), split=args.split, checkpoint=str(args.checkpoint),
-                  prototypes=where, target_weights=weights, keep_mix=keep_mix)
+                  prototypes=where, target_weights=weights, keep_mix=keep_mix,
+                  without_reference=args.without_reference)
     return report
 
 
@@ -353,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["OLD_DEFAULT", "Queries", "Run", "evaluate_manipulation", "format_manipulation",
+__all__ = ["OLD_DEFAULT", "AgreementRun", "Queries", "Run", "agreement_method_scores",
+           "evaluate_manipulation", "format_manipulation",
            "kept_queries", "main", "make_queries", "make_runs", "ndcg", "query_metrics",
            "relevances", "top_k"]

@@ -24,7 +24,7 @@ from ..schemas import ImageSearchForm, ItemSearchRequest, MultiSearchForm, Query
 from ..settings import Settings
 from ..state import ServiceState, Snapshot, require_attribute
 from ..uploads import prepare_image, read_upload
-from ..values import ButWith
+from ..values import ButWith, ButWithQuery
 from . import V1
 
 router = APIRouter(prefix=f"{V1}/search", tags=["search"])
@@ -62,10 +62,11 @@ async def _but_with_upload(request: Request, state: ServiceState, snap: Snapshot
                                 snap.embedder.preprocess)
             own, cost = {}, None
         t = time.perf_counter()
-        weights, vectors = plan.query(own)
-        hits = await rank(snap, settings, weights, vectors, ranking, single=False)
+        bw = plan.query(own)
+        hits = await rank(snap, settings, bw.weights, bw.vectors, ranking, single=False,
+                          rescore=(bw.rescore, bw.pool))
         timings = search_timings(request, start, ms_since(t), cost)
-    query = QueryInfo(source="upload", weights=weights, but_with=plan.names(), k=ranking.k,
+    query = QueryInfo(source="upload", weights=bw.weights, but_with=plan.names(), k=ranking.k,
                       filters=dict(ranking.filters or {}), group_by=ranking.group_by)
     return search_response(request, snap, query, hits, timings, ranking)
 
@@ -139,27 +140,28 @@ async def search_by_item(
     ranking = Ranking.of(body.k, body.filters, body.group_by, settings,
                          body.min_confidence, body.facets)
     t = time.perf_counter()
-    weights, vectors, plan = await _item_query(body, snap, stored)
+    weights, vectors, bw = await _item_query(body, snap, stored)
     hits = await rank(snap, settings, weights, vectors, ranking,
                       single=body.attribute is not None,
-                      exclude_id=None if body.include_self else body.item_id)
+                      exclude_id=None if body.include_self else body.item_id,
+                      rescore=None if bw is None else (bw.rescore, bw.pool))
     search_ms = ms_since(t)
     query = QueryInfo(source="item", item_id=body.item_id, attribute=body.attribute,
                       weights=None if body.attribute is not None else weights, k=ranking.k,
                       filters=dict(ranking.filters or {}), group_by=ranking.group_by,
-                      but_with=plan.names() if plan is not None else None)
+                      but_with=bw.names if bw is not None else None)
     timings = search_timings(request, start, search_ms)
     return search_response(request, snap, query, hits, timings, ranking)
 
 
 async def _item_query(body: ItemSearchRequest, snap: Snapshot, stored: StoredItems
-                      ) -> tuple[dict[str, float], dict[str, np.ndarray], ButWith | None]:
-    """Weights and query vectors of a by-item search (with its "but with" plan if any):
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray], ButWithQuery | None]:
+    """Weights and query vectors of a by-item search (with its "but with" query if any):
     only the attributes the query keeps are read from the index."""
     if body.but_with is not None:
         plan = ButWith.of(snap.values, snap.attributes, body.but_with)
-        weights, vectors = plan.query(await stored.vectors(body.item_id, plan.kept))
-        return weights, vectors, plan
+        bw = plan.query(await stored.vectors(body.item_id, plan.kept), leave_out_same=False)
+        return bw.weights, bw.vectors, bw
     if body.attribute is not None:
         weights = {require_attribute(snap, body.attribute): 1.0}
     else:

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from model.errors import UnknownAttributeError
-from model.manipulation import kept_vectors, manipulate, score
+from model.manipulation import (
+    agreement_of,
+    agreement_scores,
+    kept_vectors,
+    manipulate,
+    same_item,
+    score,
+)
 from model.prototypes import AttributePrototypes, Prototypes, UnknownValueError, ValuePrototype
+from model.tagging import Calibration, Tagger
 
 V_NECK = np.array([0.0, 1.0], np.float32)
 PROTOS = Prototypes({"neckline": AttributePrototypes("neckline", (
@@ -100,3 +108,62 @@ def test_keep_mix_outside_zero_to_one_is_refused(mix):
         manipulate(QUERY, PROTOS, {"neckline": "v"}, keep_mix=mix)
     with pytest.raises(ValueError, match="keep_mix"):
         kept_vectors(NEAR_ROUND[None, :], TWO["neckline"], mix)
+
+
+COLOURS = AttributePrototypes("colour", (
+    ValuePrototype(0, "red", np.array([1.0, 0.0], np.float32), 4, "train"),
+    ValuePrototype(1, "blue", np.array([0.0, 1.0], np.float32), 4, "train")))
+BOTH = Prototypes({"neckline": PROTOS["neckline"], "colour": COLOURS})
+
+
+def test_agreement_scores_by_hand():
+    """Kept colour: cosine + agreement x P(same value); set neckline: target_weight x P(v);
+    normalised by the weights (1 + agreement + target_weight)."""
+    tagger = Tagger(BOTH, Calibration({"neckline": 0.5, "colour": 0.25}, "valid"))
+    query = {"colour": np.array([0.8, 0.6], np.float32)}
+    q = manipulate(query, BOTH, {"neckline": "v"}, attributes=["neckline", "colour"],
+                   keep_mix=1.0)
+    rank = agreement_of(q, query, tagger, agreement=2.0, target_weight=3.0)
+    assert rank.targets == {"neckline": 1} and list(rank.reference) == ["colour"]
+    items = {"neckline": np.array([[0.6, 0.8], [1.0, 0.0]], np.float32),
+             "colour": np.array([[0.6, 0.8], [1.0, 0.0]], np.float32)}
+
+    def softmax(z, t):
+        e = np.exp(np.asarray(z) / t)
+        return e / e.sum()
+
+    p_q = softmax([0.8, 0.6], 0.25)
+    want = []
+    for i in range(2):
+        p_n, p_c = softmax(items["neckline"][i], 0.5), softmax(items["colour"][i], 0.25)
+        want.append((float(items["colour"][i] @ query["colour"]) + 2.0 * float(p_c @ p_q)
+                     + 3.0 * p_n[1]) / 6.0)
+    np.testing.assert_allclose(agreement_scores(q, rank, items, tagger), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="agreement"):
+        agreement_of(q, query, tagger, agreement=-1.0)
+
+
+def test_agreement_prefers_an_item_that_shares_the_kept_value():
+    """Two items equally V-necked: the one whose colour is the query's value (red) ranks first
+    with agreement, although the other's colour vector (blue, just) is nearer the query's."""
+    tagger = Tagger(BOTH, Calibration({"neckline": 0.1, "colour": 0.05}, "valid"))
+    query = {"colour": np.array([0.72, 0.694], np.float32)}     # red, just
+    near_blue = np.array([0.69, 0.7238], np.float32)
+    red = np.array([0.8, 0.6], np.float32)
+    assert list(tagger.tag("colour", np.stack([query["colour"], near_blue, red])).values) == \
+        [0, 1, 0]
+    items = {"neckline": np.array([[0, 1], [0, 1]], np.float32),
+             "colour": np.stack([near_blue, red])}
+    q = manipulate(query, BOTH, {"neckline": "v"}, attributes=["neckline", "colour"],
+                   keep_mix=1.0)
+    plain = agreement_scores(q, agreement_of(q, query, tagger, agreement=0.0), items, tagger)
+    agreeing = agreement_scores(q, agreement_of(q, query, tagger), items, tagger)
+    assert plain[0] > plain[1] and agreeing[1] > agreeing[0]
+
+
+def test_same_item_is_every_kept_attribute_nearly_identical():
+    query = {"colour": np.array([0.6, 0.8], np.float32), "neckline": np.array([1, 0], np.float32)}
+    items = {"colour": np.array([[0.6, 0.8], [0.6, 0.8], [0.8, 0.6]], np.float32),
+             "neckline": np.array([[1, 0], [0.9, 0.436], [1, 0]], np.float32)}
+    assert same_item(query, items).tolist() == [True, False, False]
+    assert same_item({}, items).tolist() == [False] * 3    # nothing kept: nothing to match

@@ -18,7 +18,14 @@ from service_fakes import (
 )
 from testkit import error_of, image_file
 
-from model.manipulation import DEFAULT_TARGET_WEIGHT, manipulate
+from model.manipulation import (
+    DEFAULT_TARGET_WEIGHT,
+    agreement_of,
+    agreement_scores,
+    manipulate,
+    same_item,
+)
+from model.tagging import Tagger
 
 
 def _upload(client, fake_catalog, item_id: str, path: str, **fields: str):
@@ -110,21 +117,29 @@ def test_a_value_reference_names_one_source(app_client, fake_catalog, ref):
     error_of(r, 422, "validation_error")
 
 
-def _manipulated_ranking(index, item_id: str, targets: dict, k: int) -> list[tuple[str, float]]:
-    """The ranking of model.manipulation.manipulate's query from the item's stored vectors."""
+def _manipulated_ranking(index, item_id: str, targets: dict, k: int,
+                         leave_out_same: bool) -> list[tuple[str, float]]:
+    """The ranking of model.manipulation's query from the item's stored vectors: every item
+    (the fake catalog is smaller than the candidate pool) by agreement_scores, without the
+    item's own (same_item) when ``leave_out_same``."""
     kept = [a for a in ATTRIBUTES if a not in targets]
     _, vecs = index.embeddings([item_id], kept)
-    mq = manipulate({a: vecs[a][0] for a in kept}, index.prototypes(), targets,
-                    attributes=list(ATTRIBUTES))
-    total = sum(mq.weights.values())
-    hits = index.search_many({a: w / total for a, w in mq.weights.items()}, mq.vectors, k)
-    return [(h.item.id, round(h.score, 5)) for h in hits]
+    own = {a: vecs[a][0] for a in kept}
+    mq = manipulate(own, index.prototypes(), targets, attributes=list(ATTRIBUTES))
+    tagger = Tagger(index.prototypes(), index.calibration())
+    ids = [h.item.id for h in index.search(kept[0], vecs[kept[0]], 1000)[0]]
+    items, stored = index.embeddings(ids, list(ATTRIBUTES))
+    scores = agreement_scores(mq, agreement_of(mq, own, tagger), stored, tagger)
+    if leave_out_same:
+        scores[same_item(own, stored)] = -np.inf
+    order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])][:k]
+    return [(items[i].id, round(float(scores[i]), 5)) for i in order]
 
 
 def test_but_with_ranks_by_the_librarys_manipulated_query(app_client, fake_catalog):
-    """Upload and by-item: the kept attributes' vectors and weights (1) of
-    model.manipulation.manipulate, the target's prototype (DEFAULT_TARGET_WEIGHT); the weights
-    are the composed query's with those references."""
+    """Upload and by-item: the candidates of model.manipulation.manipulate's query (the
+    weights are the composed query's with those references: 1 per kept attribute, the
+    target's prototype at DEFAULT_TARGET_WEIGHT), ranked by agreement_scores."""
     kept = [a for a in ATTRIBUTES if a != "collar"]
     refs = [{"attribute": a, "weight": 1.0, "image": 0} for a in kept] + [
         {"attribute": "collar", "weight": DEFAULT_TARGET_WEIGHT, "value": "square"}]
@@ -134,13 +149,17 @@ def test_but_with_ranks_by_the_librarys_manipulated_query(app_client, fake_catal
     assert manipulated["query"]["but_with"] == {"collar": "square"}
     assert manipulated["query"]["attribute"] is None
     assert manipulated["query"]["weights"] == pytest.approx(composed["query"]["weights"])
-    want = _manipulated_ranking(served_index(app_client), "sku-02", {"collar": "square"}, 6)
+    index = served_index(app_client)
+    want = _manipulated_ranking(index, "sku-02", {"collar": "square"}, 6, leave_out_same=True)
     assert [(x["id"], round(x["score"], 5)) for x in manipulated["results"]] == want
+    assert "sku-02" not in [x["id"] for x in manipulated["results"]]   # the upload's own item
 
     by_item = app_client.post("/v1/search/by-item", json={
         "item_id": "sku-02", "but_with": {"collar": "square"}, "k": 6, "include_self": True})
     assert by_item.status_code == 200, by_item.text
     assert by_item.json()["query"]["but_with"] == {"collar": "square"}
+    want = _manipulated_ranking(index, "sku-02", {"collar": "square"}, 6, leave_out_same=False)
+    assert "sku-02" in [i for i, _ in want]      # include_self: the item itself is ranked
     assert [(x["id"], round(x["score"], 5)) for x in by_item.json()["results"]] == want
 
 
@@ -154,12 +173,12 @@ def test_but_with_every_attribute_needs_no_embedding(make_client, fake_catalog):
     assert r.status_code == 200, r.text
     assert embedder.calls == before   # the upload is decoded and checked, never embedded
     index = served_index(client)
-    protos = index.prototypes()
-    weights = r.json()["query"]["weights"]
+    tagger = Tagger(index.prototypes(), index.calibration())
     top = r.json()["results"][0]
-    want = sum(weights[a] * float(index.embedding(top["id"], a) @ protos[a].get(v).vector)
-               for a, v in targets.items())
-    assert top["score"] == pytest.approx(want, abs=1e-5)
+    # every attribute set: the mean of the item's probabilities of the target values
+    probs = [tagger.probabilities(a, index.embedding(top["id"], a)[None, :])[0]
+             [[p.name for p in index.prototypes()[a].values].index(v)] for a, v in targets.items()]
+    assert top["score"] == pytest.approx(float(np.mean(probs)), abs=1e-5)
     assert _upload(client, fake_catalog, "sku-09", "/v1/search",
                    but_with=json.dumps({"collar": "v"}), attribute="collar").status_code == 422
 

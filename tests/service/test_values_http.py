@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from testkit import REPO_ROOT, TinyIndex, error_of, ok, tiny_index
 from testkit.datasets import read_rows
 
 from indexer.reader import CatalogIndex
-from model.manipulation import DEFAULT_TARGET_WEIGHT, manipulate
+from model.manipulation import (
+    DEFAULT_POOL,
+    DEFAULT_TARGET_WEIGHT,
+    agreement_of,
+    agreement_scores,
+    manipulate,
+    same_item,
+)
 from model.prototypes import read_prototypes
+from model.tagging import Tagger
 
 DEMO_CHECKPOINT = REPO_ROOT / "model" / "weights" / "demo.pt"
 REGION_ATTRIBUTES = ("sleeve_length", "neckline", "hem_length", "button")
@@ -98,9 +107,10 @@ def test_a_value_reference_ranks_that_value_first(client, rows):
 
 def test_but_with_ranks_the_target_value_first_and_keeps_the_rest(client, demo, rows):
     """By item and by upload: the top results have the target neckline, and they keep more of
-    the query's other attributes than the target value's prototype alone finds; both rank by
-    model.manipulation.manipulate's query from the item's stored vectors, with the composed
-    query's weights (kept attributes 1, the target's prototype DEFAULT_TARGET_WEIGHT)."""
+    the query's other attributes than the target value's prototype alone finds; both rank as
+    model.manipulation does from the item's stored vectors: manipulate's query, with the
+    composed query's weights (kept attributes 1, the target's prototype
+    DEFAULT_TARGET_WEIGHT), for the candidates, agreement_scores for their order."""
     queries = [i for i, row in rows.items() if row["split"] == "test"
                and row["neckline"] != "v"][:3]
     others = ("sleeve_length", "hem_length", "button", "colour", "pattern")
@@ -128,24 +138,37 @@ def test_but_with_ranks_the_target_value_first_and_keeps_the_rest(client, demo, 
         {"attribute": "neckline", "weight": DEFAULT_TARGET_WEIGHT, "value": "v"}]
     composed = ok(_compose(client, refs, image, k="8"))
     assert manipulated["query"]["weights"] == pytest.approx(composed["query"]["weights"])
-    want = _library_ranking(demo, item_id, names, {"neckline": "v"}, 8)
-    for body, tol in ((by_item, 1e-5), (manipulated, 1e-3)):   # the upload is embedded again
+    for body, tol, same in ((by_item, 1e-5, False), (manipulated, 1e-3, True)):
+        # the upload is embedded again; as the item's own image, it leaves the item out
+        want = _library_ranking(demo, item_id, names, {"neckline": "v"}, 8, leave_out_same=same)
+        assert (item_id in [r["id"] for r in body["results"]]) is not same
         assert [r["id"] for r in body["results"]] == [i for i, _ in want]
         assert [r["score"] for r in body["results"]] == pytest.approx(
             [s for _, s in want], abs=tol)
 
 
-def _library_ranking(demo, item_id: str, names: list, targets: dict, k: int) -> list:
+def _library_ranking(demo, item_id: str, names: list, targets: dict, k: int,
+                     leave_out_same: bool) -> list:
     """(id, score) of the top k for manipulate's query from the item's stored vectors and the
-    index's value prototypes (else the checkpoint's, as the service)."""
+    index's value prototypes and calibration (else the checkpoint's, as the service): every
+    item ranked by agreement_scores (the catalog is within the service's candidate pool)."""
     index = CatalogIndex.open(demo.index_dir)
     try:
         kept = [a for a in names if a not in targets]
         _, vecs = index.embeddings([item_id], kept)
-        protos = index.prototypes() or read_prototypes(demo.checkpoint)[0]
-        mq = manipulate({a: vecs[a][0] for a in kept}, protos, targets, attributes=names)
-        total = sum(mq.weights.values())
-        hits = index.search_many({a: w / total for a, w in mq.weights.items()}, mq.vectors, k)
-        return [(h.item.id, h.score) for h in hits]
+        own = {a: vecs[a][0] for a in kept}
+        protos, calibration = index.prototypes(), index.calibration()
+        if protos is None:
+            protos, calibration = read_prototypes(demo.checkpoint)
+        mq = manipulate(own, protos, targets, attributes=names)
+        tagger = Tagger(protos, calibration)
+        ids = [h.item.id for h in index.search(kept[0], vecs[kept[0]], DEFAULT_POOL)[0]]
+        assert len(ids) < DEFAULT_POOL
+        items, stored = index.embeddings(ids, names)
+        scores = agreement_scores(mq, agreement_of(mq, own, tagger), stored, tagger)
+        if leave_out_same:
+            scores[same_item(own, stored)] = -np.inf
+        order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])][:k]
+        return [(items[i].id, float(scores[i])) for i in order]
     finally:
         index.close()

@@ -7,11 +7,21 @@ import math
 import numpy as np
 import pytest
 
-from model.manipulation import manipulate, score
+from model.manipulation import (
+    DEFAULT_TARGET_WEIGHT,
+    agreement_of,
+    agreement_scores,
+    manipulate,
+    same_item,
+    score,
+)
 from model.prototypes import compute_prototypes
+from model.tagging import Calibration, Tagger
 from model.training.manipulation_eval import (
     OLD_DEFAULT,
+    AgreementRun,
     Queries,
+    agreement_method_scores,
     evaluate_manipulation,
     kept_queries,
     make_queries,
@@ -108,7 +118,8 @@ def test_runs_sweep_the_weights_at_the_keep_mix_and_keep_the_old_default_once():
     names = [r.name for r in make_runs([1.0, 2.75], 0.5, prob=True)]
     assert names == ["image", "tag-filter", "prototype mix=0.5 w=1", "prototype mix=0.5 w=2.75",
                      "prototype mix=1 w=4", "prototype-prob mix=0.5 w=1",
-                     "prototype-prob mix=0.5 w=2.75", "prototype-prob mix=1 w=4"]
+                     "prototype-prob mix=0.5 w=2.75", "prototype-prob mix=1 w=4",
+                     "agreement mix=0.5 b=2.5 w=8"]
     old = make_runs([2.0, OLD_DEFAULT[1]], OLD_DEFAULT[0], prob=False)
     assert [r.name for r in old] == ["image", "tag-filter", "prototype mix=1 w=2",
                                      "prototype mix=1 w=4"]
@@ -117,3 +128,60 @@ def test_runs_sweep_the_weights_at_the_keep_mix_and_keep_the_old_default_once():
                                 {"a": labels[:, 0], "b": labels[:, 1]}, "train")
     with pytest.raises(ValueError, match="keep_mix"):
         evaluate_manipulation(emb, labels, [2, 3], protos, ["a", "b"], keep_mix=0.0)
+
+
+def test_agreement_row_is_the_librarys_two_stages_query_by_query():
+    """Every item when the pool holds the gallery: model.manipulation.agreement_scores; with a
+    pool of 5, only the top 5 of the prototype score (DEFAULT_TARGET_WEIGHT) are ranked."""
+    emb, labels = _clustered()
+    attrs = ["a", "b"]
+    protos = compute_prototypes({a: emb[:, i] for i, a in enumerate(attrs)},
+                                {a: labels[:, i] for i, a in enumerate(attrs)}, "train")
+    cal = Calibration({"a": 0.1, "b": 0.2}, "test")
+    tagger = Tagger(protos, cal)
+    q = make_queries(labels, [2, 3])
+    refs = np.unique(q.ref)
+    cos = np.full((2, 3, len(emb)), -np.inf)
+    prob = np.zeros((2, 3, len(emb)))
+    for i, a in enumerate(attrs):
+        cos[i, protos[a].indices()] = tagger.cosines(a, emb[:, i]).T
+        prob[i, protos[a].indices()] = tagger.probabilities(a, emb[:, i]).T
+    kept = kept_queries(emb[refs], protos, attrs, 0.5)
+    run = AgreementRun(agreement=1.5, target_weight=6.0, pool=len(emb))
+    got = agreement_method_scores(emb, refs, q, kept, cos, prob, run)
+    items = {a: emb[:, i] for i, a in enumerate(attrs)}
+    for j in (0, len(q) // 2, len(q) - 1):
+        own = {a: emb[q.ref[j], i] for i, a in enumerate(attrs)}
+        mq = manipulate(own, protos, {attrs[q.attr[j]]: int(q.value[j])}, keep_mix=0.5)
+        want = agreement_scores(mq, agreement_of(mq, own, tagger, 1.5, 6.0), items, tagger)
+        weight = 1 + 1.5 + 6.0                    # the library's scores are normalised
+        assert got[j][q.ref[j]] == -np.inf        # the reference itself is left out
+        want[same_item({attrs[1 - q.attr[j]]: own[attrs[1 - q.attr[j]]]}, items)] = -np.inf
+        np.testing.assert_allclose(got[j] / weight, want, atol=1e-5)
+        mq_linear = manipulate(own, protos, {attrs[q.attr[j]]: int(q.value[j])},
+                               target_weight=DEFAULT_TARGET_WEIGHT, keep_mix=0.5)
+        pool = np.argsort(-score(mq_linear, items), kind="stable")[:5]
+        few = agreement_method_scores(emb, refs, q, kept, cos, prob,
+                                      AgreementRun(1.5, 6.0, pool=5))[j]
+        pool = [i for i in pool if np.isfinite(want[i])]     # without the reference's own
+        assert set(np.flatnonzero(np.isfinite(few))) == set(pool)
+        np.testing.assert_allclose(few[pool], got[j][pool])
+    rep = evaluate_manipulation(emb, labels, [2, 3], protos, attrs, (2.0,), cal)
+    assert rep["methods"]["agreement mix=0.5 b=2.5 w=8"]["overall"]["ndcg@10/target"] > 0.95
+
+
+def test_without_reference_no_method_ranks_the_reference():
+    emb, labels = _clustered()
+    attrs = ["a", "b"]
+    protos = compute_prototypes({a: emb[:, i] for i, a in enumerate(attrs)},
+                                {a: labels[:, i] for i, a in enumerate(attrs)}, "train")
+    cal = Calibration({"a": 0.1, "b": 0.2}, "test")
+    with_ref = evaluate_manipulation(emb, labels, [2, 3], protos, attrs, (2.0,), cal)
+    without = evaluate_manipulation(emb, labels, [2, 3], protos, attrs, (2.0,), cal,
+                                    without_reference=True)
+    # image-only ranks the reference first (others relevance 1), so leaving it out costs it
+    assert without["methods"]["image"]["overall"]["ndcg@10/others"] < \
+        with_ref["methods"]["image"]["overall"]["ndcg@10/others"]
+    agreement = "agreement mix=0.5 b=2.5 w=8"     # already leaves the reference out
+    assert without["methods"][agreement]["overall"] == pytest.approx(
+        with_ref["methods"][agreement]["overall"])

@@ -71,7 +71,7 @@ def test_manipulation_task(ckpt: Path, data: Path, tmp_path: Path):
     assert set(rep["methods"]) == {  # the weights at the default keep_mix, and the old default
         "image", "tag-filter", "prototype mix=0.5 w=1", "prototype mix=0.5 w=2",
         "prototype mix=1 w=4", "prototype-prob mix=0.5 w=1", "prototype-prob mix=0.5 w=2",
-        "prototype-prob mix=1 w=4"}
+        "prototype-prob mix=1 w=4", "agreement mix=0.5 b=2.5 w=8"}
     assert rep["keep_mix"] == 0.5 and rep["target_weights"] == [1.0, 2.0]
     assert {"hit@10", "hit@30", "ndcg@10/target", "ndcg@30/others"} <= set(
         rep["methods"]["image"]["overall"])
