@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +80,25 @@ class Hit:
     item: Item
     score: float
     scores: Mapping[str, float] = field(default_factory=dict)
+
+
+#: Scores of N candidates from their stored vectors [N, D] per weighted attribute; -inf leaves
+#: a candidate out (a "but with" query's ranking stage: service/values.py).
+Rescore = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+def ranked_candidates(weights: Mapping[str, float], similarities: Mapping[str, np.ndarray],
+                      stored: Mapping[str, np.ndarray], k: int,
+                      rescore: Rescore | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The order of the top ``k`` candidates and every candidate's score: the weighted sum of
+    their per-attribute ``similarities``, or ``rescore`` of their ``stored`` vectors (its
+    -inf ones left out of the order)."""
+    if rescore is None:
+        total = np.sum([weights[a] * similarities[a] for a in weights], axis=0)
+        return np.argsort(-total, kind="stable")[:k], total
+    total = np.asarray(rescore(stored), dtype=np.float64)
+    order = np.argsort(-total, kind="stable")
+    return order[np.isfinite(total[order])][:k], total
 
 
 def metadata_json(metadata: Mapping[str, object]) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from indexer.build.faiss_index import IndexSpec, prepare_reader, reconstruct
 from indexer.filters import Filters
-from indexer.items import Hit, Item, ItemsTable
+from indexer.items import Hit, Item, ItemsTable, Rescore, ranked_candidates
 from indexer.manifest import AttributeEntry, Manifest
 from indexer.prototype_file import read_prototypes_file
 from indexer.tags import FacetCount
@@ -245,8 +245,10 @@ class PublishedIndex:
 
     def search_many(self, weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
                     k: int, filters: Filters | None = None, candidates: int | None = None,
-                    exclude: np.ndarray | None = None) -> list[Hit]:
-        """Items ranked by the weighted sum of their per-attribute inner products.
+                    exclude: np.ndarray | None = None, rescore: Rescore | None = None
+                    ) -> list[Hit]:
+        """Items ranked by the weighted sum of their per-attribute inner products (or by
+        `rescore` of their stored vectors).
 
         Candidates are the union of each attribute's top `candidates` (default
         max(10k, 100); all items when the version is that small; the positively weighted
@@ -265,9 +267,9 @@ class PublishedIndex:
         rows = np.array(sorted(found), dtype=np.int64)
         if not len(rows):
             return []
-        per_attr = {a: self.vectors(a, rows) @ queries[a] for a in weights}
-        total = np.sum([weights[a] * per_attr[a] for a in weights], axis=0)
-        order = np.argsort(-total, kind="stable")[:k]
+        stored = {a: self.vectors(a, rows) for a in weights}
+        per_attr = {a: stored[a] @ queries[a] for a in weights}
+        order, total = ranked_candidates(weights, per_attr, stored, k, rescore)
         items = self.items.by_rows(int(rows[i]) for i in order)
         return [Hit(items[int(rows[i])], float(total[i]),
                     {a: float(per_attr[a][i]) for a in weights})

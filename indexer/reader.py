@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.filters import Filters
-from indexer.items import Hit, Item, read_item_hashes
+from indexer.items import Hit, Item, Rescore, read_item_hashes
 from indexer.live.journal import Journal, LiveChangesUnavailable
 from indexer.live.overlay import LiveOverlay, LiveStatus, LiveView
 from indexer.manifest import Manifest
@@ -192,10 +192,11 @@ class CatalogIndex:
         return view.merge_search(base, attribute, q, k, filters)
 
     def search_many(self, weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
-                    k: int, filters: Filters | None = None, candidates: int | None = None
-                    ) -> list[Hit]:
-        """Items ranked by the weighted sum of their per-attribute inner products; each hit
-        has its per-attribute scores.
+                    k: int, filters: Filters | None = None, candidates: int | None = None,
+                    rescore: Rescore | None = None) -> list[Hit]:
+        """Items ranked by the weighted sum of their per-attribute inner products, or by
+        `rescore` of their stored vectors of the weighted attributes (a -inf score leaves an
+        item out); each hit has its per-attribute scores.
 
         Candidates are the union of each attribute's top `candidates` (default max(10k, 100);
         all items when the index is that small), rescored exactly against the stored vectors,
@@ -207,8 +208,8 @@ class CatalogIndex:
         queries = self.published.query_vectors(weights, vectors)
         view = self._view()
         base = self.published.search_many(weights, queries, k, filters, candidates,
-                                          view.hidden_rows)
-        return view.merge_many(base, weights, queries, k, filters)
+                                          view.hidden_rows, rescore)
+        return view.merge_many(base, weights, queries, k, filters, rescore)
 
     # -- live changes ------------------------------------------------------------------------
     def _overlay(self) -> LiveOverlay:

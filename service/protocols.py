@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from indexer.filters import Filters
-from indexer.items import Hit, Item
+from indexer.items import Hit, Item, Rescore
 from indexer.live.overlay import LiveStatus
 from indexer.manifest import Manifest
 from indexer.tags import FacetCount
@@ -104,9 +104,10 @@ class CatalogIndexLike(Protocol):
         ...
 
     def search_many(self, weights: dict[str, float], vectors: dict[str, np.ndarray], k: int,
-                    filters: Filters | None = None, candidates: int | None = None
-                    ) -> list[Hit]:
-        """Hits by the weighted sum of per-attribute inner products (``Hit.scores`` set)."""
+                    filters: Filters | None = None, candidates: int | None = None,
+                    rescore: Rescore | None = None) -> list[Hit]:
+        """Hits by the weighted sum of per-attribute inner products, or by ``rescore`` of the
+        candidates' stored vectors (-inf: left out); ``Hit.scores`` set."""
         ...
 
     def put_item(self, item_id: str, image: bytes, metadata: dict[str, object],

@@ -16,12 +16,13 @@ from fastapi import Request, UploadFile
 from starlette.applications import Starlette
 
 from indexer.filters import Filters, TagFilters
+from indexer.items import Rescore
 
 from .batching import Deferred, Overloaded, Slot
 from .errors import ApiError, unavailable
 from .facets import item_facets, tag_infos, tagged_attributes
 from .grouping import Ranked
-from .ranking import Rescore, rescored_fetch, single_fetch, top_hits, weighted_fetch
+from .ranking import single_fetch, top_hits, weighted_fetch
 from .schemas import QueryInfo, ResultItem, SearchResponse, Timings
 from .settings import Settings
 from .state import ServiceState, Snapshot, require_attribute
@@ -101,17 +102,16 @@ async def rank(snap: Snapshot, settings: Settings, weights: dict[str, float],
     """The top hits of a query, ranked on the index threads.
 
     ``single``: one attribute searched in its own index (``with_scores``: listing its score
-    per attribute too); otherwise the weighted sum of every attribute's similarity, whose top
-    candidates (at least the given pool) ``rescore`` ranks when given."""
+    per attribute too); otherwise the weighted sum of every attribute's similarity, or
+    ``rescore`` (with its candidates per attribute) of the candidates' stored vectors."""
     attributes = list(weights)
-    if rescore is not None:
-        fetch = rescored_fetch(snap.index, weights, vectors, ranking.filters, ranking.depth,
-                               *rescore)
-    elif single:
+    if single:
         fetch = single_fetch(snap.index, attributes[0], vectors[attributes[0]],
                              ranking.filters, with_scores=with_scores)
     else:
-        fetch = weighted_fetch(snap.index, weights, vectors, ranking.filters, ranking.depth)
+        by, pool = rescore if rescore is not None else (None, 100)
+        fetch = weighted_fetch(snap.index, weights, vectors, ranking.filters, ranking.depth,
+                               by, pool)
     return await snap.call(top_hits, snap.index, fetch, ranking.depth, attributes=attributes,
                            group_by=ranking.group_by, max_depth=settings.group_max_depth,
                            exclude_id=exclude_id)

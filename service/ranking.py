@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.filters import Filters
-from indexer.items import Hit
+from indexer.items import Hit, Rescore
 
 from .facets import tagged_attributes
 from .grouping import Ranked, best_per_group, check_column, grouped
@@ -52,41 +52,15 @@ def single_fetch(index: CatalogIndexLike, attribute: str, vector: np.ndarray,
 
 def weighted_fetch(index: CatalogIndexLike, weights: dict[str, float],
                    vectors: dict[str, np.ndarray], filters: Filters | None,
-                   k: int) -> Fetch:
-    """Ranked hits by the weighted sum of per-attribute similarities. Deeper fetches (for
-    grouping) widen the candidate pool to their depth, from the usual max(10k, 100)."""
+                   k: int, rescore: Rescore | None = None, pool: int = 100) -> Fetch:
+    """Ranked hits by the weighted sum of per-attribute similarities, or by ``rescore`` of
+    the candidates' stored vectors (a "but with" query: service/values.py). Candidates are
+    each attribute's top max(10k, ``pool``); deeper fetches (for grouping) widen that to
+    their depth."""
 
     def fetch(depth: int) -> Sequence[Hit]:
         return index.search_many(weights, vectors, depth, filters,
-                                 candidates=max(10 * k, 100, depth))
-
-    return fetch
-
-
-Rescore = Callable[[Mapping[str, np.ndarray]], np.ndarray]   # stored vectors -> [N] scores
-
-
-def rescored_fetch(index: CatalogIndexLike, weights: dict[str, float],
-                   vectors: dict[str, np.ndarray], filters: Filters | None, k: int,
-                   rescore: Rescore, pool: int) -> Fetch:
-    """Candidates by the weighted sum of per-attribute similarities (at least ``pool``),
-    ranked by ``rescore`` of their stored vectors of every attribute (a "but with" query:
-    service/values.py; a score of -inf leaves the item out); each hit keeps its
-    per-attribute similarities."""
-    attributes = list(weights)
-
-    def fetch(depth: int) -> Sequence[Hit]:
-        width = max(depth, pool)
-        hits = index.search_many(weights, vectors, width, filters,
-                                 candidates=max(10 * k, 100, width))
-        if not hits:
-            return []
-        items, stored = index.embeddings([h.item.id for h in hits], attributes)
-        similarities = {h.item.id: h.scores for h in hits}
-        scores = rescore(stored)
-        order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])]
-        return [Hit(items[i], float(scores[i]), similarities.get(items[i].id, {}))
-                for i in order[:depth]]
+                                 candidates=max(10 * k, pool, depth), rescore=rescore)
 
     return fetch
 

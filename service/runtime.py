@@ -15,6 +15,14 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
+# numpy's and FAISS's OpenBLAS run one thread each. The index threads' matrix products (the
+# candidates' tag probabilities of a "but with" query, the weighted rescoring) are small, and
+# a team of OpenBLAS threads spins on the cores after each one: the next forward of the
+# model took 2.5x as long (a 5-attribute upload embedding 164 against 63 ms; docs/BENCHMARKS.md,
+# "Single-query latency"). An explicit OPENBLAS_NUM_THREADS wins. Takes effect only if set
+# before numpy and faiss load.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Freed activations stay in one heap for the next batch, before any thread allocates
 # (model/memory.py).
 from model.memory import keep_freed_memory  # noqa: E402

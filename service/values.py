@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from indexer.items import Rescore
 from model.manipulation import (
     DEFAULT_POOL,
     DEFAULT_TARGET_WEIGHT,
@@ -221,14 +222,14 @@ class ButWith:
 @dataclass(frozen=True)
 class ButWithQuery:
     """A "like this, but with" query: its targets (attribute -> value name), the weights
-    (summing to 1) and vectors whose weighted inner products gather at least ``pool``
-    candidates, and ``rescore``, which ranks them from their stored vectors of every
-    attribute (-inf: an item to leave out)."""
+    (summing to 1) and vectors whose inner products gather the candidates (each attribute's
+    top ``pool`` at least), and ``rescore``, which ranks them from their stored vectors of
+    every attribute (-inf: an item to leave out)."""
 
     names: dict[str, str]
     weights: dict[str, float]
     vectors: dict[str, np.ndarray]
-    rescore: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    rescore: Rescore
     pool: int = DEFAULT_POOL
 
 

@@ -27,7 +27,7 @@ from testkit import image_bytes
 
 from indexer import FORMAT_VERSION
 from indexer.filters import Filters, min_confidence_of
-from indexer.items import Hit, Item
+from indexer.items import Hit, Item, Rescore
 from indexer.live.journal import LiveChangesUnavailable
 from indexer.live.overlay import LiveStatus
 from indexer.manifest import Manifest
@@ -306,15 +306,19 @@ class FakeIndex:
 
     def search_many(self, weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
                     k: int, filters: Filters | None = None,
-                    candidates: int | None = None) -> list[Hit]:
+                    candidates: int | None = None, rescore: Rescore | None = None) -> list[Hit]:
         weights = {a: float(w) for a, w in weights.items() if w}
         items = [it for it in self._ordered() if self._matches(it, filters)]
         if not weights or k <= 0 or not items:
             return []
-        per = {a: np.array([self._vectors[it.id][a] for it in items]) @ np.ravel(vectors[a])
-               for a in weights}
-        total = sum(weights[a] * per[a].astype(np.float64) for a in weights)
-        order = np.argsort(-np.asarray(total), kind="stable")[:k]
+        stored = {a: np.array([self._vectors[it.id][a] for it in items]) for a in weights}
+        per = {a: stored[a] @ np.ravel(vectors[a]) for a in weights}
+        if rescore is not None:     # every item is a candidate here
+            total = np.asarray(rescore(stored), dtype=np.float64)
+            order = [i for i in np.argsort(-total, kind="stable") if np.isfinite(total[i])][:k]
+        else:
+            total = sum(weights[a] * per[a].astype(np.float64) for a in weights)
+            order = np.argsort(-np.asarray(total), kind="stable")[:k]
         return [Hit(items[i], float(total[i]), {a: float(per[a][i]) for a in weights})
                 for i in order]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.filters import FilterKey, Filters, filter_key, filter_sql
-from indexer.items import Hit, Item, metadata_json
+from indexer.items import Hit, Item, Rescore, metadata_json, ranked_candidates
 from indexer.live.journal import Entry, Journal, JournalError
 from indexer.tagger import ItemTagger
 from indexer.tags import FacetCount, Tag, count_tags, value_key
@@ -228,19 +228,19 @@ class LiveView:
                 for n, b in enumerate(base)]
 
     def merge_many(self, base: list[Hit], weights: Mapping[str, float],
-                   queries: Mapping[str, np.ndarray], k: int, filters: Filters | None
-                   ) -> list[Hit]:
-        """The published weighted-sum ranking merged with every live item searchable on
-        all weighted attributes (and matching `filters`), scored exactly."""
+                   queries: Mapping[str, np.ndarray], k: int, filters: Filters | None,
+                   rescore: Rescore | None = None) -> list[Hit]:
+        """The published weighted-sum (or `rescore`) ranking merged with every live item
+        searchable on all weighted attributes (and matching `filters`), scored exactly."""
         ids = self.matching(filters)
         found = [li for li in self.items.values()
                  if all(a in li.vectors for a in weights)
                  and (ids is None or li.item.id in ids)]
         if not found or k <= 0:
             return base[:k]
-        per_attr = {a: np.stack([li.vectors[a] for li in found]) @ queries[a] for a in weights}
-        total = np.sum([weights[a] * per_attr[a] for a in weights], axis=0)
-        order = np.argsort(-total, kind="stable")[:k]
+        stored = {a: np.stack([li.vectors[a] for li in found]) for a in weights}
+        per_attr = {a: stored[a] @ queries[a] for a in weights}
+        order, total = ranked_candidates(weights, per_attr, stored, k, rescore)
         live = [Hit(found[i].item, float(total[i]), {a: float(per_attr[a][i]) for a in weights})
                 for i in order]
         return merge_hits(base, live, k)

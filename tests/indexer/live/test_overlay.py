@@ -135,6 +135,36 @@ def test_search_many_merges_live_items_as_one_ranking(idx):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_search_many_rescore_ranks_published_and_live_candidates_and_drops_minus_inf(idx):
+    """A rescore ranks every candidate, live ones included, from their stored vectors of the
+    weighted attributes; -inf leaves a candidate out; the hits keep their similarities."""
+    rng = np.random.default_rng(4)
+    a, b = idx.attributes[:2]
+    first = idx.list_items(0, 1)[1][0].id
+    q = {a: idx.embedding(first, a), b: unit(rng, idx.dim)}    # a: a published item's own
+    idx.put_item("live", png(4), {}, {n: unit(rng, idx.dim) for n in idx.attributes})
+    live_b = idx.embedding("live", b)
+    best_a = idx.search(a, q[a][None, :], 1)[0][0]
+    assert best_a.item.id == first
+    seen: list[int] = []
+
+    def rescore(stored):      # nearest the live item on b first; the best on a left out
+        assert set(stored) == {a, b}
+        seen.append(len(stored[b]))
+        out = stored[b] @ live_b
+        out[stored[a] @ q[a] >= best_a.score - 1e-5] = -np.inf
+        return out
+
+    hits = idx.search_many({a: 1.0, b: 1.0}, q, 5, rescore=rescore)
+    assert hits[0].item.id == "live" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert best_a.item.id not in {h.item.id for h in hits}     # the -inf one (published)
+    assert len(hits) == 5 and len(seen) == 2                   # published, then live
+    for h in hits:
+        assert h.score == pytest.approx(float(idx.embedding(h.item.id, b) @ live_b), abs=1e-3)
+        assert set(h.scores) == {a, b}
+
+
 def test_published_index_alone_and_an_index_without_journal(fx):
     """PublishedIndex reads the version as built; CatalogIndex over it without a journal
     serves the same and refuses live changes with LiveChangesUnavailable."""
