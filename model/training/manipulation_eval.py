@@ -2,6 +2,7 @@
 
     python -m model.evaluate --task manipulation --data DIR --checkpoint CKPT [--split test]
         [--reference DIR] [--target-weight W | --target-weights W1,W2,...] [--keep-mix M]
+        [--agreement B] [--rank-target-weight W] [--pool N] [--without-reference]
         [--cache DIR] [--json FILE]
 
 Queries: every fully labelled image of the split as reference, and for every attribute every
