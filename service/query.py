@@ -109,9 +109,8 @@ async def rank(snap: Snapshot, settings: Settings, weights: dict[str, float],
         fetch = single_fetch(snap.index, attributes[0], vectors[attributes[0]],
                              ranking.filters, with_scores=with_scores)
     else:
-        by, pool = rescore if rescore is not None else (None, 100)
         fetch = weighted_fetch(snap.index, weights, vectors, ranking.filters, ranking.depth,
-                               by, pool)
+                               *(rescore or ()))
     return await snap.call(top_hits, snap.index, fetch, ranking.depth, attributes=attributes,
                            group_by=ranking.group_by, max_depth=settings.group_max_depth,
                            exclude_id=exclude_id)

@@ -27,7 +27,7 @@ from testkit import image_bytes
 
 from indexer import FORMAT_VERSION
 from indexer.filters import Filters, min_confidence_of
-from indexer.items import Hit, Item, Rescore
+from indexer.items import Hit, Item, Rescore, ranked_candidates
 from indexer.live.journal import LiveChangesUnavailable
 from indexer.live.overlay import LiveStatus
 from indexer.manifest import Manifest
@@ -313,12 +313,9 @@ class FakeIndex:
             return []
         stored = {a: np.array([self._vectors[it.id][a] for it in items]) for a in weights}
         per = {a: stored[a] @ np.ravel(vectors[a]) for a in weights}
-        if rescore is not None:     # every item is a candidate here
-            total = np.asarray(rescore(stored), dtype=np.float64)
-            order = [i for i in np.argsort(-total, kind="stable") if np.isfinite(total[i])][:k]
-        else:
-            total = sum(weights[a] * per[a].astype(np.float64) for a in weights)
-            order = np.argsort(-np.asarray(total), kind="stable")[:k]
+        # every item is a candidate here, ranked as the real index ranks its candidates
+        order, total = ranked_candidates(weights, {a: p.astype(np.float64) for a, p in per.items()},
+                                         stored, k, rescore)
         return [Hit(items[i], float(total[i]), {a: float(per[a][i]) for a in weights})
                 for i in order]
 
