@@ -10,8 +10,9 @@ POST /v1/search/compose with those references: the upload (or the item) for each
 attribute and a value reference for each target. Both embed the upload once, for the kept
 attributes only, and rank with one weighted search; this measures it. One server
 (``python -m service``) answers both, in interleaved rounds (so both see the same machine
-load), by upload and by item; the script prints the median latencies (client wall time and
-the service's ``timings.total_ms``) and the ratio manipulated / composed.
+load; each round starts one request later), by upload and by item; the script prints the
+median latencies (client wall time, the service's ``timings.total_ms`` and its
+``search_ms``, the ranking) and the ratio manipulated / composed.
 
 Without --index it builds a synthetic catalog of --n-items test images and indexes it with
 the demo checkpoint (model/weights/demo.pt) in a temporary folder. Run it on a quiet machine.
@@ -46,6 +47,7 @@ class Timing:
     requests: int
     client_p50_ms: float
     server_p50_ms: float
+    search_p50_ms: float
 
 
 def build_index(out: Path, n_items: int, checkpoint: Path) -> Path:
@@ -82,20 +84,24 @@ def requests_for(client: httpx.Client, target: tuple[str, str], item_id: str,
 
 
 def measure(client: httpx.Client, requests: dict[str, dict], rounds: int) -> list[Timing]:
-    """Interleaved rounds of every request (after two warm-up rounds); medians."""
-    wall: dict[str, list[float]] = {name: [] for name in requests}
-    server: dict[str, list[float]] = {name: [] for name in requests}
+    """Interleaved rounds of every request (after two warm-up rounds), each round starting
+    one request later (so that none always follows the same one); medians."""
+    names = list(requests)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    server: dict[str, list[list[float]]] = {name: [] for name in names}
     for n in range(rounds + 2):
-        for name, kwargs in requests.items():
+        for name in names[n % len(names):] + names[:n % len(names)]:
             t = time.perf_counter()
-            r = client.post(**kwargs)
+            r = client.post(**requests[name])
             elapsed = (time.perf_counter() - t) * 1000.0
             r.raise_for_status()
             if n >= 2:
+                timings = r.json()["timings"]
                 wall[name].append(elapsed)
-                server[name].append(r.json()["timings"]["total_ms"])
+                server[name].append([timings["total_ms"], timings["search_ms"]])
     return [Timing(name, len(wall[name]), statistics.median(wall[name]),
-                   statistics.median(server[name])) for name in requests]
+                   statistics.median(s for s, _ in server[name]),
+                   statistics.median(s for _, s in server[name])) for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,16 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                 timings = measure(client, requests_for(client, (attribute, value),
                                                        first["id"], image), args.rounds)
     by = {t.name: t for t in timings}
-    print(f"{'request':<18} {'n':>4} {'client p50 ms':>14} {'server p50 ms':>14}")
+    print(f"{'request':<18} {'n':>4} {'client p50 ms':>14} {'server p50 ms':>14} "
+          f"{'search p50 ms':>14}")
     for t in timings:
-        print(f"{t.name:<18} {t.requests:>4} {t.client_p50_ms:>14.2f} {t.server_p50_ms:>14.2f}")
+        print(f"{t.name:<18} {t.requests:>4} {t.client_p50_ms:>14.2f} {t.server_p50_ms:>14.2f} "
+              f"{t.search_p50_ms:>14.2f}")
     ratios = {kind: by[f"{kind}_but_with"].client_p50_ms / by[f"{kind}_composed"].client_p50_ms
               for kind in ("upload", "item")}
+    search = {kind: by[f"{kind}_but_with"].search_p50_ms / by[f"{kind}_composed"].search_p50_ms
+              for kind in ("upload", "item")}
     for kind, ratio in ratios.items():
-        print(f"{kind}: manipulated / composed (client p50) = {ratio:.3f}")
+        print(f"{kind}: manipulated / composed (client p50) = {ratio:.3f}, "
+              f"search p50 {search[kind]:.3f}")
     if args.json:
         args.json.write_text(json.dumps({"timings": [asdict(t) for t in timings],
-                                         "ratios": ratios}, indent=2))
+                                         "ratios": ratios, "search_ratios": search}, indent=2))
     return 0
 
 

@@ -10,7 +10,9 @@ without prototypes always keeps ``q_a``). An item scores
 ``sum_a w_a <q_a, x_a>`` over the attributes, with weight 1 for the kept attributes and
 ``target_weight`` for the set ones (the score that ``CatalogIndex.search_many`` ranks by).
 
-That linear score only gathers candidates. They are ranked by :func:`agreement_scores`, which
+That linear score only gathers candidates (the service's: each attribute's top
+:data:`DEFAULT_POOL` among the items tagged with the target values). They are ranked by
+:func:`agreement_scores`, which
 adds what an inner product cannot express: for each kept attribute, ``agreement`` times the
 probability that the item and the query share a value (``<P_q,a, P_x,a>``, the calibrated tag
 probabilities of :class:`model.tagging.Tagger`), and for each set attribute ``target_weight``
@@ -41,9 +43,10 @@ DEFAULT_TARGET_WEIGHT = 4.0
 # kept attribute, and of a set attribute's probability of its target value.
 DEFAULT_AGREEMENT = 2.5
 DEFAULT_RANK_TARGET_WEIGHT = 8.0
-# Candidates of the linear score that agreement_scores ranks (at least): on the seed-11 test
-# split 200 rank as the whole gallery does (docs/RESULTS.md).
-DEFAULT_POOL = 200
+# Candidates per attribute that agreement_scores ranks (at least): each attribute's top 100 among
+# the items tagged with the target value, as many as a composed query gathers; on the seed-11
+# test split 200 rank as 100 do (docs/RESULTS.md).
+DEFAULT_POOL = 100
 # An item whose embedding of every kept attribute is this close to the query's is the query's
 # own item (an upload of a catalog image): "like this, but with" leaves it out, as the by-item
 # search leaves the item itself out. In a small catalog it otherwise ranks high: the demo's

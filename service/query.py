@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 from fastapi import Request, UploadFile
 from starlette.applications import Starlette
 
-from indexer.filters import Filters, TagFilters
+from indexer.filters import DEFAULT_MIN_CONFIDENCE, Filters, TagFilters
 from indexer.items import Rescore
 
 from .batching import Deferred, Overloaded, Slot
@@ -93,6 +94,21 @@ class Ranking:
     def depth(self) -> int:
         """Hits to rank: k, or the facets' N when larger."""
         return max(self.k, self.facets or 0)
+
+    def with_targets(self, targets: Mapping[str, str]) -> Ranking:
+        """This ranking among the items tagged with every ``targets`` value too (a "but with"
+        query's candidates, at the same ``min_confidence`` as the filters); 422
+        conflicting_filter when a filter names one of the targets' attributes."""
+        if not targets:
+            return self
+        clash = sorted(set(self.filters or {}) & set(targets))
+        if clash:
+            raise ApiError(422, "conflicting_filter",
+                           f"but_with sets {clash[0]!r}, which filters also name; leave it "
+                           f"out of filters", details={"attributes": clash})
+        conf = DEFAULT_MIN_CONFIDENCE if self.min_confidence is None else self.min_confidence
+        return dataclasses.replace(
+            self, filters=TagFilters({**(self.filters or {}), **targets}, conf))
 
 
 async def rank(snap: Snapshot, settings: Settings, weights: dict[str, float],

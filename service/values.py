@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -196,13 +196,16 @@ class ButWith:
         """attribute -> the target value's name, as the value space spells it."""
         return {a: p.name for a, p in self.targets.items()}
 
-    def query(self, own: Mapping[str, np.ndarray], *, leave_out_same: bool = True,
+    def query(self, own: Mapping[str, np.ndarray], *, tagged: Collection[str] = (),
+              leave_out_same: bool = True,
               target_weight: float = DEFAULT_TARGET_WEIGHT) -> ButWithQuery:
         """The query of ``own``, the query's embeddings of :attr:`kept`
         (:func:`model.manipulation.manipulate`, ranked by
-        :func:`model.manipulation.agreement_scores`); ``leave_out_same``: without the items
-        that are the query's own (:func:`model.manipulation.same_item`: an upload of a
-        catalog image; a by-item search leaves its item out by id instead)."""
+        :func:`model.manipulation.agreement_scores`); its candidates are the items tagged
+        with the target value of each target in ``tagged`` (the attributes the index has tags
+        for); ``leave_out_same``: without the items that are the query's own
+        (:func:`model.manipulation.same_item`: an upload of a catalog image; a by-item search
+        leaves its item out by id instead)."""
         mq = manipulate(own, self.space.prototypes, self.names(), target_weight,
                         attributes=self.attributes)
         total = sum(mq.weights.values())
@@ -215,22 +218,26 @@ class ButWith:
                 scores[same_item(own, items)] = -np.inf
             return scores
 
-        return ButWithQuery(self.names(), {a: w / total for a, w in mq.weights.items()},
-                            mq.vectors, rescore)
+        names = self.names()
+        return ButWithQuery(names, {a: w / total for a, w in mq.weights.items()},
+                            mq.vectors, rescore,
+                            filters={a: v for a, v in names.items() if a in tagged})
 
 
 @dataclass(frozen=True)
 class ButWithQuery:
     """A "like this, but with" query: its targets (attribute -> value name), the weights
     (summing to 1) and vectors whose inner products gather the candidates (each attribute's
-    top ``pool`` at least), and ``rescore``, which ranks them from their stored vectors of
-    every attribute (-inf: an item to leave out)."""
+    top ``pool`` at least, among the items that match ``filters``: the targets the index has
+    tags for), and ``rescore``, which ranks them from their stored vectors of every attribute
+    (-inf: an item to leave out)."""
 
     names: dict[str, str]
     weights: dict[str, float]
     vectors: dict[str, np.ndarray]
     rescore: Rescore
     pool: int = DEFAULT_POOL
+    filters: dict[str, str] = field(default_factory=dict)
 
 
 __all__ = ["ButWith", "ButWithQuery", "CheckpointValues", "ValueScore", "ValueSpace",

@@ -24,7 +24,8 @@ The gallery is the whole split (the reference included). Methods:
   the target value (:meth:`model.tagging.Tagger.probabilities`, a softmax over the cosines to
   the attribute's prototypes) instead of the raw cosine to the prototype (the same rows);
 - ``agreement``: what the service ranks by (:func:`model.manipulation.agreement_scores`): the
-  ``prototype`` score at the default weight gathers the top ``pool`` candidates, ranked by the
+  candidates the service takes (the items tagged with the target value, confidence 0.5 or
+  more, and among them each attribute's top ``pool`` by its ``prototype`` term), ranked by the
   kept attributes' cosines plus ``agreement`` times the probability that item and reference
   share each kept attribute's value, plus ``target_weight`` times the item's probability of the
   target value (one row, at the defaults or ``--agreement`` / ``--rank-target-weight``);
@@ -193,36 +194,51 @@ def method_scores(method: str, emb: np.ndarray, refs: np.ndarray, q: Queries,
 
 @dataclass(frozen=True)
 class AgreementRun:
-    """The ``agreement`` method's weights and candidate pool."""
+    """The ``agreement`` method's weights, candidates per attribute, and the confidence an
+    item's predicted tag of the target value needs to be a candidate (the service's default
+    ``min_confidence``, indexer.filters.DEFAULT_MIN_CONFIDENCE)."""
 
     agreement: float = DEFAULT_AGREEMENT
     target_weight: float = DEFAULT_RANK_TARGET_WEIGHT
     pool: int = DEFAULT_POOL
+    min_confidence: float = 0.5
 
 
 def agreement_method_scores(emb: np.ndarray, refs: np.ndarray, q: Queries, kept: np.ndarray,
                             proto_cos: np.ndarray, proto_prob: np.ndarray,
                             run: AgreementRun) -> np.ndarray:
-    """[Q, N] scores of the ``agreement`` method; -inf outside each query's pool (the top
-    ``run.pool`` of the ``prototype`` score at :data:`DEFAULT_TARGET_WEIGHT`) and for the
-    items that are the reference's own (:func:`model.manipulation.same_item` of its kept
-    attributes: the reference itself)."""
+    """[Q, N] scores of the ``agreement`` method; -inf outside each query's candidates and for
+    the items that are the reference's own (:func:`model.manipulation.same_item` of its kept
+    attributes: the reference itself). The candidates are the service's: the items tagged
+    with the target value (probability at least ``run.min_confidence``), and among them the
+    union of each attribute's top ``run.pool`` by that attribute's query term (the kept
+    vector's cosine, the target prototype's for the target attribute)."""
     per = np.einsum("rad,nad->arn", kept, emb)                           # [A, R, N]
     local = np.searchsorted(refs, q.ref)
     linear = per.sum(axis=0)[local] - per[q.attr, local]
-    pool = linear + DEFAULT_TARGET_WEIGHT * proto_cos[q.attr, q.value]
     agree = np.einsum("avr,avn->arn", proto_prob[:, :, refs], proto_prob)  # [A, R, N]
     kept_agree = agree.sum(axis=0)[local] - agree[q.attr, local]
     scores = linear + run.agreement * kept_agree + run.target_weight * proto_prob[q.attr, q.value]
     close = np.einsum("rad,nad->arn", emb[refs], emb) >= SAME_ITEM_COSINE    # [A, R, N]
     same = close.sum(axis=0)[local] - close[q.attr, local] == emb.shape[1] - 1
     scores[same] = -np.inf           # the reference itself, left out as the service does
-    if run.pool >= scores.shape[1]:
-        return scores
-    cut = np.argpartition(-pool, run.pool, axis=1)[:, :run.pool]
-    out = np.full_like(scores, -np.inf)
-    np.put_along_axis(out, cut, np.take_along_axis(scores, cut, axis=1), axis=1)
-    return out
+    return np.where(_candidates(per[:, local], q, proto_cos, proto_prob, run), scores, -np.inf)
+
+
+def _candidates(per: np.ndarray, q: Queries, proto_cos: np.ndarray, proto_prob: np.ndarray,
+                run: AgreementRun) -> np.ndarray:
+    """[Q, N] bool: the agreement method's candidates (``per``: [A, Q, N] the kept vectors'
+    cosines)."""
+    allowed = proto_prob[q.attr, q.value] >= run.min_confidence
+    terms = per.copy()
+    terms[q.attr, np.arange(len(q))] = proto_cos[q.attr, q.value]
+    if run.pool >= allowed.shape[1]:
+        return allowed
+    chosen = np.zeros(allowed.shape, dtype=bool)
+    for term in terms:
+        top = np.argpartition(-np.where(allowed, term, -np.inf), run.pool - 1, axis=1)
+        np.put_along_axis(chosen, top[:, :run.pool], True, axis=1)
+    return chosen & allowed
 
 
 @dataclass(frozen=True)
@@ -370,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the agreement row's weight of the target value's probability "
                         f"(default {DEFAULT_RANK_TARGET_WEIGHT:g})")
     p.add_argument("--pool", type=int, default=DEFAULT_POOL,
-                   help=f"candidates the agreement row ranks (default {DEFAULT_POOL})")
+                   help=f"candidates per attribute the agreement row ranks, among the items tagged "
+                        f"with the target value (default {DEFAULT_POOL})")
     p.add_argument("--without-reference", action="store_true",
                    help="leave each query's reference out of every method's results (ADDE's "
                         "gallery holds it, and image-only search ranks it first)")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, UploadFile
 
 from ..deps import MULTIPART, SettingsDep, SnapshotDep, StateDep, StoredDep, StoredItems
 from ..errors import error_responses
+from ..facets import tagged_attributes
 from ..query import (
     Ranking,
     admitted,
@@ -62,8 +63,9 @@ async def _but_with_upload(request: Request, state: ServiceState, snap: Snapshot
                                 snap.embedder.preprocess)
             own, cost = {}, None
         t = time.perf_counter()
-        bw = plan.query(own)
-        hits = await rank(snap, settings, bw.weights, bw.vectors, ranking, single=False,
+        bw = plan.query(own, tagged=tagged_attributes(snap.index))
+        hits = await rank(snap, settings, bw.weights, bw.vectors,
+                          ranking.with_targets(bw.filters), single=False,
                           rescore=(bw.rescore, bw.pool))
         timings = search_timings(request, start, ms_since(t), cost)
     query = QueryInfo(source="upload", weights=bw.weights, but_with=plan.names(), k=ranking.k,
@@ -141,7 +143,8 @@ async def search_by_item(
                          body.min_confidence, body.facets)
     t = time.perf_counter()
     weights, vectors, bw = await _item_query(body, snap, stored)
-    hits = await rank(snap, settings, weights, vectors, ranking,
+    hits = await rank(snap, settings, weights, vectors,
+                      ranking if bw is None else ranking.with_targets(bw.filters),
                       single=body.attribute is not None,
                       exclude_id=None if body.include_self else body.item_id,
                       rescore=None if bw is None else (bw.rescore, bw.pool))
@@ -160,7 +163,8 @@ async def _item_query(body: ItemSearchRequest, snap: Snapshot, stored: StoredIte
     only the attributes the query keeps are read from the index."""
     if body.but_with is not None:
         plan = ButWith.of(snap.values, snap.attributes, body.but_with)
-        bw = plan.query(await stored.vectors(body.item_id, plan.kept), leave_out_same=False)
+        bw = plan.query(await stored.vectors(body.item_id, plan.kept),
+                        tagged=tagged_attributes(snap.index), leave_out_same=False)
         return bw.weights, bw.vectors, bw
     if body.attribute is not None:
         weights = {require_attribute(snap, body.attribute): 1.0}

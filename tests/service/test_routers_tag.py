@@ -16,7 +16,7 @@ from service_fakes import (
     served_index,
     write_manifest,
 )
-from testkit import error_of, image_file
+from testkit import error_of, image_file, tagged_with
 
 from model.manipulation import (
     DEFAULT_TARGET_WEIGHT,
@@ -120,14 +120,15 @@ def test_a_value_reference_names_one_source(app_client, fake_catalog, ref):
 def _manipulated_ranking(index, item_id: str, targets: dict, k: int,
                          leave_out_same: bool) -> list[tuple[str, float]]:
     """The ranking of model.manipulation's query from the item's stored vectors: every item
-    (the fake catalog is smaller than the candidate pool) by agreement_scores, without the
-    item's own (same_item) when ``leave_out_same``."""
+    tagged with the targets' values (the fake catalog is smaller than the candidate pool) by
+    agreement_scores, without the item's own (same_item) when ``leave_out_same``."""
     kept = [a for a in ATTRIBUTES if a not in targets]
     _, vecs = index.embeddings([item_id], kept)
     own = {a: vecs[a][0] for a in kept}
     mq = manipulate(own, index.prototypes(), targets, attributes=list(ATTRIBUTES))
     tagger = Tagger(index.prototypes(), index.calibration())
-    ids = [h.item.id for h in index.search(kept[0], vecs[kept[0]], 1000)[0]]
+    ids = [h.item.id for h in index.search(kept[0], vecs[kept[0]], 1000)[0]
+           if tagged_with(h.item, targets)]
     items, stored = index.embeddings(ids, list(ATTRIBUTES))
     scores = agreement_scores(mq, agreement_of(mq, own, tagger), stored, tagger)
     if leave_out_same:
@@ -167,13 +168,14 @@ def test_but_with_every_attribute_needs_no_embedding(make_client, fake_catalog):
     embedder = FakeEmbedder()
     client = make_client(embedder=embedder)
     before = embedder.calls
-    targets = {"collar": "v", "sleeve": "long", "colour": "c3"}
+    targets = {"collar": "v", "sleeve": "short", "colour": "c7"}
     r = _upload(client, fake_catalog, "sku-09", "/v1/search", k="2",
                 but_with=json.dumps(targets))
     assert r.status_code == 200, r.text
     assert embedder.calls == before   # the upload is decoded and checked, never embedded
     index = served_index(client)
     tagger = Tagger(index.prototypes(), index.calibration())
+    assert [x["id"] for x in r.json()["results"]] == ["sku-07"]   # the only item with all 3
     top = r.json()["results"][0]
     # every attribute set: the mean of the item's probabilities of the target values
     probs = [tagger.probabilities(a, index.embedding(top["id"], a)[None, :])[0]
@@ -181,6 +183,27 @@ def test_but_with_every_attribute_needs_no_embedding(make_client, fake_catalog):
     assert top["score"] == pytest.approx(float(np.mean(probs)), abs=1e-5)
     assert _upload(client, fake_catalog, "sku-09", "/v1/search",
                    but_with=json.dumps({"collar": "v"}), attribute="collar").status_code == 422
+
+
+def test_but_with_ranks_only_items_tagged_with_the_target(app_client):
+    """The candidates are the items whose tag is the target value: a catalog label ("colour")
+    admits only the items labelled with it, whatever their embeddings say; a filter on a
+    target's attribute contradicts the target (422 conflicting_filter)."""
+    r = app_client.post("/v1/search/by-item", json={"item_id": "sku-05",
+                                                     "but_with": {"colour": "c3"}, "k": 5})
+    assert r.status_code == 200, r.text
+    assert [x["id"] for x in r.json()["results"]] == ["sku-03"]
+    r = app_client.post("/v1/search/by-item", json={"item_id": "sku-05", "k": 5,
+                                                     "but_with": {"collar": "v"}})
+    assert {x["id"] for x in r.json()["results"]} == {"sku-04", "sku-07", "sku-10"}   # collar v
+    for body in ({"filters": {"collar": "round"}}, {"filters": {"collar": ["v", "round"]}}):
+        r = app_client.post("/v1/search/by-item", json={
+            "item_id": "sku-05", "but_with": {"collar": "v"}, **body})
+        assert error_of(r, 422, "conflicting_filter")["details"] == {"attributes": ["collar"]}
+    r = app_client.post("/v1/search/by-item", json={
+        "item_id": "sku-05", "but_with": {"collar": "v"}, "filters": {"category": "dress"}})
+    assert r.json()["results"] == []             # both: every v collar is a top
+    assert r.json()["query"]["filters"] == {"category": "dress"}
 
 
 def test_by_item_but_with_leaves_the_item_out_and_404s_an_unknown_id(app_client):

@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 import pytest
-from testkit import REPO_ROOT, TinyIndex, error_of, ok, tiny_index
+from testkit import REPO_ROOT, TinyIndex, error_of, ok, tagged_with, tiny_index
 from testkit.datasets import read_rows
 
 from indexer.reader import CatalogIndex
@@ -139,9 +139,10 @@ def test_but_with_ranks_the_target_value_first_and_keeps_the_rest(client, demo, 
     composed = ok(_compose(client, refs, image, k="8"))
     assert manipulated["query"]["weights"] == pytest.approx(composed["query"]["weights"])
     for body, tol, same in ((by_item, 1e-5, False), (manipulated, 1e-3, True)):
-        # the upload is embedded again; as the item's own image, it leaves the item out
+        # the upload is embedded again; only items tagged neckline v are candidates, so the
+        # item itself (another neckline) is not one, include_self or not
         want = _library_ranking(demo, item_id, names, {"neckline": "v"}, 8, leave_out_same=same)
-        assert (item_id in [r["id"] for r in body["results"]]) is not same
+        assert item_id not in [r["id"] for r in body["results"]]
         assert [r["id"] for r in body["results"]] == [i for i, _ in want]
         assert [r["score"] for r in body["results"]] == pytest.approx(
             [s for _, s in want], abs=tol)
@@ -151,7 +152,8 @@ def _library_ranking(demo, item_id: str, names: list, targets: dict, k: int,
                      leave_out_same: bool) -> list:
     """(id, score) of the top k for manipulate's query from the item's stored vectors and the
     index's value prototypes and calibration (else the checkpoint's, as the service): every
-    item ranked by agreement_scores (the catalog is within the service's candidate pool)."""
+    item tagged with the targets' values ranked by agreement_scores (the catalog's tagged items
+    are within the service's candidate pool)."""
     index = CatalogIndex.open(demo.index_dir)
     try:
         kept = [a for a in names if a not in targets]
@@ -162,8 +164,9 @@ def _library_ranking(demo, item_id: str, names: list, targets: dict, k: int,
             protos, calibration = read_prototypes(demo.checkpoint)
         mq = manipulate(own, protos, targets, attributes=names)
         tagger = Tagger(protos, calibration)
-        ids = [h.item.id for h in index.search(kept[0], vecs[kept[0]], DEFAULT_POOL)[0]]
-        assert len(ids) < DEFAULT_POOL
+        every = [h.item for h in index.search(kept[0], vecs[kept[0]], index.size(kept[0]))[0]]
+        ids = [it.id for it in every if tagged_with(it, targets)]   # the candidates
+        assert 0 < len(ids) < DEFAULT_POOL
         items, stored = index.embeddings(ids, names)
         scores = agreement_scores(mq, agreement_of(mq, own, tagger), stored, tagger)
         if leave_out_same:

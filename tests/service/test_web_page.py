@@ -201,8 +201,11 @@ def test_but_with_control_searches_like_this_but_with_another_value(server, fx, 
     assert answer.value.status == 200
     body = answer.value.json()
     assert body["query"]["but_with"] == {"neckline": target}
+    found = len(body["results"])       # only the items tagged with the target are ranked
+    assert 0 < found <= 8
+    assert {r["tags"]["neckline"]["value"] for r in body["results"]} == {target}
     pg.wait_for_selector(".result-card")
-    pg.wait_for_function("() => document.querySelectorAll('.result-card').length === 8")
+    pg.wait_for_function(f"() => document.querySelectorAll('.result-card').length === {found}")
     shown = pg.locator(".result-card").evaluate_all("els => els.map(e => e.dataset.id)")
     assert shown == [r["id"] for r in body["results"]]
     assert f"like this, but with neckline {target}" in pg.inner_text("#status")

@@ -10,7 +10,7 @@
 - ``api``: checks of the HTTP API's answers and upload fields.
 """
 
-from testkit.api import error_of, image_file, ok
+from testkit.api import error_of, image_file, ok, tagged_with
 from testkit.datasets import (
     BROKEN_ITEMS,
     append_broken_items,
@@ -44,6 +44,6 @@ __all__ = [
     "TinyIndex", "append_broken_items", "build_index", "embed_catalog", "encode_image",
     "error_of", "free_port", "image_bytes", "image_file", "index_catalog", "ok",
     "product_catalog", "product_id", "random_unit_vectors", "read_rows", "run_indexer",
-    "run_indexer_killed", "run_indexer_stage", "subset_catalog", "synthetic_dataset",
+    "run_indexer_killed", "run_indexer_stage", "subset_catalog", "synthetic_dataset", "tagged_with",
     "tiny_checkpoint", "tiny_index", "wait_until_ready", "write_image", "write_rows",
 ]

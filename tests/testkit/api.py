@@ -33,3 +33,12 @@ def image_file(image: bytes | Path, name: str = "q.jpg",
     """``files=`` of a request with one upload in the ``image`` field."""
     data = image if isinstance(image, bytes) else image.read_bytes()
     return {"image": (name, data, mime)}
+
+
+def tagged_with(item: Any, targets: dict[str, str], min_confidence: float = 0.5) -> bool:
+    """Whether an indexed item (``indexer.items.Item``) is a "but with" candidate of
+    ``targets`` (attribute -> value): its tag of each is that value, as a catalog label or a
+    prediction of at least ``min_confidence`` (the service's default)."""
+    return all(a in item.tags and item.tags[a].value == v
+               and (item.tags[a].source == "label" or item.tags[a].confidence >= min_confidence)
+               for a, v in targets.items())

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from model.manipulation import (
-    DEFAULT_TARGET_WEIGHT,
     agreement_of,
     agreement_scores,
     manipulate,
@@ -131,8 +130,9 @@ def test_runs_sweep_the_weights_at_the_keep_mix_and_keep_the_old_default_once():
 
 
 def test_agreement_row_is_the_librarys_two_stages_query_by_query():
-    """Every item when the pool holds the gallery: model.manipulation.agreement_scores; with a
-    pool of 5, only the top 5 of the prototype score (DEFAULT_TARGET_WEIGHT) are ranked."""
+    """Every item tagged with the target value when the pool holds the gallery:
+    model.manipulation.agreement_scores; with a pool of 5, only the union of each attribute's
+    top 5 (by its query vector) among those items, the service's candidates."""
     emb, labels = _clustered()
     attrs = ["a", "b"]
     protos = compute_prototypes({a: emb[:, i] for i, a in enumerate(attrs)},
@@ -157,15 +157,21 @@ def test_agreement_row_is_the_librarys_two_stages_query_by_query():
         weight = 1 + 1.5 + 6.0                    # the library's scores are normalised
         assert got[j][q.ref[j]] == -np.inf        # the reference itself is left out
         want[same_item({attrs[1 - q.attr[j]]: own[attrs[1 - q.attr[j]]]}, items)] = -np.inf
+        target = attrs[q.attr[j]]
+        column = list(protos[target].indices()).index(int(q.value[j]))
+        tagged = tagger.probabilities(target, items[target])[:, column] >= 0.5
+        want[~tagged] = -np.inf                   # only the items tagged with the target
         np.testing.assert_allclose(got[j] / weight, want, atol=1e-5)
-        mq_linear = manipulate(own, protos, {attrs[q.attr[j]]: int(q.value[j])},
-                               target_weight=DEFAULT_TARGET_WEIGHT, keep_mix=0.5)
-        pool = np.argsort(-score(mq_linear, items), kind="stable")[:5]
+        pool: set[int] = set()       # each attribute's top 5 among the target-tagged items
+        for a in attrs:
+            term = np.where(tagged, items[a] @ mq.vectors[a], -np.inf)
+            pool |= {int(i) for i in np.argsort(-term, kind="stable")[:5] if tagged[i]}
         few = agreement_method_scores(emb, refs, q, kept, cos, prob,
                                       AgreementRun(1.5, 6.0, pool=5))[j]
-        pool = [i for i in pool if np.isfinite(want[i])]     # without the reference's own
-        assert set(np.flatnonzero(np.isfinite(few))) == set(pool)
-        np.testing.assert_allclose(few[pool], got[j][pool])
+        pool = {i for i in pool if np.isfinite(want[i])}     # without the reference's own
+        assert 0 < len(pool) < tagged.sum()
+        assert set(np.flatnonzero(np.isfinite(few))) == pool
+        np.testing.assert_allclose(few[sorted(pool)], got[j][sorted(pool)])
     rep = evaluate_manipulation(emb, labels, [2, 3], protos, attrs, (2.0,), cal)
     assert rep["methods"]["agreement mix=0.5 b=2.5 w=8"]["overall"]["ndcg@10/target"] > 0.95
 
