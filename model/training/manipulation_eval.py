@@ -230,10 +230,10 @@ def _candidates(per: np.ndarray, q: Queries, proto_cos: np.ndarray, proto_prob: 
     """[Q, N] bool: the agreement method's candidates (``per``: [A, Q, N] the kept vectors'
     cosines)."""
     allowed = proto_prob[q.attr, q.value] >= run.min_confidence
-    terms = per.copy()
-    terms[q.attr, np.arange(len(q))] = proto_cos[q.attr, q.value]
     if run.pool >= allowed.shape[1]:
         return allowed
+    terms = per.copy()
+    terms[q.attr, np.arange(len(q))] = proto_cos[q.attr, q.value]
     chosen = np.zeros(allowed.shape, dtype=bool)
     for term in terms:
         top = np.argpartition(-np.where(allowed, term, -np.inf), run.pool - 1, axis=1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from indexer.filters import DEFAULT_MIN_CONFIDENCE
+
 
 def ok(response: Any) -> Any:
     """The JSON body of a 200 answer (fails with the body otherwise)."""
@@ -35,7 +37,8 @@ def image_file(image: bytes | Path, name: str = "q.jpg",
     return {"image": (name, data, mime)}
 
 
-def tagged_with(item: Any, targets: dict[str, str], min_confidence: float = 0.5) -> bool:
+def tagged_with(item: Any, targets: dict[str, str],
+                min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> bool:
     """Whether an indexed item (``indexer.items.Item``) is a "but with" candidate of
     ``targets`` (attribute -> value): its tag of each is that value, as a catalog label or a
     prediction of at least ``min_confidence`` (the service's default)."""

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from indexer.filters import DEFAULT_MIN_CONFIDENCE
 from model.manipulation import (
     agreement_of,
     agreement_scores,
@@ -127,6 +128,10 @@ def test_runs_sweep_the_weights_at_the_keep_mix_and_keep_the_old_default_once():
                                 {"a": labels[:, 0], "b": labels[:, 1]}, "train")
     with pytest.raises(ValueError, match="keep_mix"):
         evaluate_manipulation(emb, labels, [2, 3], protos, ["a", "b"], keep_mix=0.0)
+
+
+def test_agreement_rows_candidates_need_the_services_default_confidence():
+    assert AgreementRun().min_confidence == DEFAULT_MIN_CONFIDENCE
 
 
 def test_agreement_row_is_the_librarys_two_stages_query_by_query():
