@@ -95,11 +95,23 @@ class StoredItems:
 
     async def vectors(self, item_id: str, attributes: Sequence[str]) -> dict[str, np.ndarray]:
         """The item's stored vector [D] for each of ``attributes``."""
-        items, stored = await self.snap.call(self.snap.index.embeddings, [item_id],
-                                             list(attributes))
-        if not items:
-            raise item_not_found(item_id)
-        return {a: stored[a][0] for a in attributes}
+        found = await self.reference_vectors([(item_id, a) for a in attributes])
+        return dict(zip(attributes, found, strict=True))
+
+    async def reference_vectors(self, references: Sequence[tuple[str, str]]
+                                ) -> list[np.ndarray]:
+        """The stored vector [D] of each ``(item id, attribute)``, in order, read in one
+        call on the index threads (404 for the first unknown id)."""
+        if not references:
+            return []
+        ids = list(dict.fromkeys(item_id for item_id, _ in references))
+        attributes = list(dict.fromkeys(attribute for _, attribute in references))
+        items, stored = await self.snap.call(self.snap.index.embeddings, ids, attributes)
+        position = {item.id: n for n, item in enumerate(items)}
+        unknown = next((item_id for item_id in ids if item_id not in position), None)
+        if unknown is not None:
+            raise item_not_found(unknown)
+        return [stored[attribute][position[item_id]] for item_id, attribute in references]
 
 
 async def stored_items(snap: SnapshotDep) -> StoredItems:

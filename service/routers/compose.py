@@ -96,8 +96,10 @@ async def search_compose(
                          form.min_confidence, form.facets)
     refs = form.references
     vectors, used = _value_references(snap, form)
-    vectors.update({i: (await stored.vectors(ref.item_id, [ref.attribute]))[ref.attribute]
-                    for i, ref in enumerate(refs) if ref.item_id is not None})
+    by_item = [(i, (ref.item_id, ref.attribute)) for i, ref in enumerate(refs)
+               if ref.item_id is not None]
+    found = await stored.reference_vectors([pair for _, pair in by_item])   # one index call
+    vectors.update((i, v) for (i, _), v in zip(by_item, found, strict=True))
     uploaded, cost = await _upload_vectors(state, snap, settings, form)
     vectors.update(uploaded)
     weights, queries = combine([Reference(r.attribute, r.weight, vectors[i])

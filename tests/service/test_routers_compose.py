@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from service_fakes import ATTRIBUTES
+from service_fakes import ATTRIBUTES, served_index
 from testkit import error_of, image_bytes, image_file
 
 PATH = "/v1/search/compose"
@@ -76,6 +76,37 @@ def test_compose_filters_and_group_by(app_client):
     results = body["results"]
     assert results and all(x["metadata"]["category"] == "top" for x in results)
     assert len({x["group"] for x in results}) == len(results)
+
+
+def test_compose_reads_every_item_reference_in_one_index_call(app_client, monkeypatch):
+    index = served_index(app_client)
+    calls = []
+    real = index.embeddings
+
+    def counted(ids, attrs):
+        calls.append((list(ids), list(attrs)))
+        return real(ids, attrs)
+
+    monkeypatch.setattr(index, "embeddings", counted)
+    refs = [{"attribute": "collar", "item_id": "sku-03"},
+            {"attribute": "colour", "item_id": "sku-07"},
+            {"attribute": "sleeve", "item_id": "sku-03"}]
+    body = _compose(app_client, refs, k="5").json()
+    assert calls == [(["sku-03", "sku-07"], ["collar", "colour", "sleeve"])]
+    stored = {(r["item_id"], r["attribute"]): index.embedding(r["item_id"], r["attribute"])
+              for r in refs}
+    for x in body["results"]:   # each attribute compared with its own reference's vector
+        for (item_id, attribute), query in stored.items():
+            expected = float(query @ index.embedding(x["id"], attribute))
+            assert x["scores"][attribute] == pytest.approx(expected, abs=1e-5), item_id
+
+
+def test_compose_names_the_first_unknown_item(app_client):
+    refs = [{"attribute": "collar", "item_id": "sku-01"},
+            {"attribute": "colour", "item_id": "gone"},
+            {"attribute": "sleeve", "item_id": "also-gone"}]
+    assert error_of(_compose(app_client, refs), 404, "item_not_found")["details"] == \
+        {"item_id": "gone"}
 
 
 def test_compose_unknown_item_is_404(app_client):
