@@ -161,6 +161,7 @@ def single_query(url: str, emb, image: bytes, attribute: str, rounds: int, per_r
 
     img = open_image(image)
     service, forward, with_decode, server_total = [], [], [], []
+    stages: dict[str, list[float]] = {"decode_ms": [], "embed_ms": [], "search_ms": []}
     server_cpu = bare_cpu = 0.0
     with httpx.Client(base_url=url, timeout=60.0, headers=headers) as client:
         def query() -> httpx.Response:
@@ -177,7 +178,10 @@ def single_query(url: str, emb, image: bytes, attribute: str, rounds: int, per_r
                 resp = query()
                 service.append((time.perf_counter() - t0) * 1000.0)
                 resp.raise_for_status()
-                server_total.append(resp.json()["timings"]["total_ms"])
+                timings = resp.json()["timings"]
+                server_total.append(timings["total_ms"])
+                for name, values in stages.items():
+                    values.append(timings[name])
             if server_pid:
                 server_cpu += process_cpu_seconds(server_pid) - cpu0
             cpu0 = time.process_time()
@@ -198,6 +202,11 @@ def single_query(url: str, emb, image: bytes, attribute: str, rounds: int, per_r
         "bare_embed_p50_ms": round(percentile(forward, 50), 2),
         "bare_decode_embed_p50_ms": round(percentile(with_decode, 50), 2),
         "bare_cpu_ms_per_query": round(bare_cpu / n * 1000.0, 2),
+        # where the service's time goes (p50 of each stage in the responses' timings)
+        **{f"server_{name[:-3]}_p50_ms": round(percentile(values, 50), 2)
+           for name, values in stages.items()},
+        "outside_route_p50_ms": round(percentile(
+            [a - b for a, b in zip(service, server_total, strict=True)], 50), 2),
     }
     out["service_vs_bare"] = round(out["service_p50_ms"] / out["bare_embed_p50_ms"], 3)
     if server_pid:
@@ -292,6 +301,12 @@ def markdown(results: list[LevelResult], single: dict[str, dict],
                          f"{s['bare_embed_p50_ms']} | {s['bare_decode_embed_p50_ms']} | "
                          f"{s['service_vs_bare']:.2f}x | {s.get('server_cpu_ms_per_query')} | "
                          f"{s['bare_cpu_ms_per_query']} | {s.get('cpu_service_vs_bare')}x |")
+        lines += ["", "| batching | server decode + preprocess p50 ms | server forward p50 ms "
+                  "| server search p50 ms | outside the route p50 ms (HTTP, form, response) |",
+                  "|---|---:|---:|---:|---:|"]
+        for mode, s in single.items():
+            lines.append(f"| {mode} | {s['server_decode_p50_ms']} | {s['server_embed_p50_ms']} "
+                         f"| {s['server_search_p50_ms']} | {s['outside_route_p50_ms']} |")
     if scaling:
         lines += ["", "| batching | attributes | 1-attr p50 ms (HTTP) | multi p50 ms (HTTP) "
                   "| ratio HTTP | ratio inside | ratio embed |",
