@@ -94,7 +94,10 @@ class StoredItems:
         return item
 
     async def vectors(self, item_id: str, attributes: Sequence[str]) -> dict[str, np.ndarray]:
-        """The item's stored vector [D] for each of ``attributes``."""
+        """The item's stored vector [D] for each of ``attributes`` (none: only checked)."""
+        if not attributes:
+            await self.item(item_id)
+            return {}
         found = await self.reference_vectors([(item_id, a) for a in attributes])
         return dict(zip(attributes, found, strict=True))
 

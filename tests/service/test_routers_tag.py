@@ -214,6 +214,11 @@ def test_by_item_but_with_leaves_the_item_out_and_404s_an_unknown_id(app_client)
     r = app_client.post("/v1/search/by-item", json={"item_id": "nope",
                                                      "but_with": {"sleeve": "long"}})
     assert r.status_code == 404
+    every = {"collar": "v", "sleeve": "long", "colour": "c1"}   # no attribute kept
+    assert app_client.post("/v1/search/by-item", json={
+        "item_id": "sku-02", "but_with": every}).status_code == 200
+    r = app_client.post("/v1/search/by-item", json={"item_id": "nope", "but_with": every})
+    assert error_of(r, 404, "item_not_found")["details"] == {"item_id": "nope"}
 
 
 def _without_prototypes(fake_catalog):
