@@ -11,6 +11,7 @@ shortens the concurrency test (default 30 s).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -306,7 +307,9 @@ def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attribu
         rng = random.Random(w)
         with httpx.Client(base_url=urls[w % 2], timeout=60.0) as c:
             n = 0
-            while time.monotonic() < stop:
+            for seq in itertools.count():      # a new image for every put: no two items tie
+                if time.monotonic() >= stop:
+                    break
                 with lock:
                     mine = [i for i in alive if i.startswith(f"c{w}-") and i not in busy]
                     if mine and rng.random() < 0.25:           # replace one of its own
@@ -314,7 +317,7 @@ def test_concurrent_puts_deletes_and_searches(client, second_server, fx, attribu
                     else:
                         item_id, n = f"c{w}-{n}", n + 1
                     busy.add(item_id)
-                image = new_image(fx, 1000 + w * 10000 + n * 7 + rng.randrange(7))
+                image = new_image(fx, 1000 + w * 10000 + seq)
                 resp = put(c, item_id, image, {"category": "stress", "writer": str(w)})
                 check(resp, f"put {item_id}")
                 with lock:
