@@ -95,11 +95,8 @@ class StoredItems:
 
     async def vectors(self, item_id: str, attributes: Sequence[str]) -> dict[str, np.ndarray]:
         """The item's stored vector [D] for each of ``attributes`` (none: only checked)."""
-        if not attributes:
-            await self.item(item_id)
-            return {}
-        found = await self.reference_vectors([(item_id, a) for a in attributes])
-        return dict(zip(attributes, found, strict=True))
+        position, stored = await self._stored([item_id], attributes)
+        return {a: stored[a][position[item_id]] for a in attributes}
 
     async def reference_vectors(self, references: Sequence[tuple[str, str]]
                                 ) -> list[np.ndarray]:
@@ -107,14 +104,22 @@ class StoredItems:
         call on the index threads (404 for the first unknown id)."""
         if not references:
             return []
-        ids = list(dict.fromkeys(item_id for item_id, _ in references))
-        attributes = list(dict.fromkeys(attribute for _, attribute in references))
-        items, stored = await self.snap.call(self.snap.index.embeddings, ids, attributes)
+        position, stored = await self._stored([item_id for item_id, _ in references],
+                                              [attribute for _, attribute in references])
+        return [stored[attribute][position[item_id]] for item_id, attribute in references]
+
+    async def _stored(self, item_ids: Sequence[str], attributes: Sequence[str]
+                      ) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """One index call: each id's row in the stored vectors [n, D] per attribute (404
+        for the first unknown id)."""
+        ids = list(dict.fromkeys(item_ids))
+        items, stored = await self.snap.call(self.snap.index.embeddings, ids,
+                                             list(dict.fromkeys(attributes)))
         position = {item.id: n for n, item in enumerate(items)}
         unknown = next((item_id for item_id in ids if item_id not in position), None)
         if unknown is not None:
             raise item_not_found(unknown)
-        return [stored[attribute][position[item_id]] for item_id, attribute in references]
+        return position, stored
 
 
 async def stored_items(snap: SnapshotDep) -> StoredItems:
